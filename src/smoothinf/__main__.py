@@ -1,0 +1,5 @@
+import sys
+
+from smoothinf.cli import main
+
+sys.exit(main())

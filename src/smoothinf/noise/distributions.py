@@ -1,0 +1,76 @@
+"""Additive input-noise distributions for smoothing and expectation attacks.
+
+All three have standard deviation ``sigma`` per pixel (pixel units), so results are comparable
+across families: Gaussian N(0, sigma^2), uniform U(-sqrt(3) sigma, sqrt(3) sigma) and Laplace with
+scale sigma / sqrt(2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from smoothinf.errors import SmoothinfError
+
+NOISE_FAMILIES = ("gaussian", "uniform", "laplace")
+
+
+@dataclass(frozen=True)
+class NoiseDistribution:
+    """A zero-mean i.i.d. noise distribution with per-pixel std ``sigma`` (pixel units)."""
+
+    family: str = "gaussian"
+    sigma: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.family not in NOISE_FAMILIES:
+            raise SmoothinfError(
+                f"unknown noise {self.family!r}; choose one of {', '.join(NOISE_FAMILIES)}"
+            )
+        if not math.isfinite(self.sigma) or self.sigma < 0:
+            raise SmoothinfError(f"sigma must be a finite number >= 0, got {self.sigma}")
+
+    @classmethod
+    def gaussian(cls, sigma: float) -> NoiseDistribution:
+        return cls("gaussian", float(sigma))
+
+    @classmethod
+    def uniform(cls, sigma: float) -> NoiseDistribution:
+        return cls("uniform", float(sigma))
+
+    @classmethod
+    def laplace(cls, sigma: float) -> NoiseDistribution:
+        return cls("laplace", float(sigma))
+
+    def sample(
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Draw a noise tensor of ``shape``; zeros when sigma = 0 (no generator state used)."""
+        if device is None and generator is not None:
+            device = generator.device
+        if self.sigma == 0:
+            return torch.zeros(shape, device=device, dtype=dtype)
+        if self.family == "gaussian":
+            return torch.randn(shape, generator=generator, device=device, dtype=dtype) * self.sigma
+        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        if self.family == "uniform":
+            return (2 * u - 1) * (self.sigma * math.sqrt(3.0))
+        # Laplace by inverse CDF: u in [0,1) -> centred v in [-1/2, 1/2).
+        v = u - 0.5
+        scale = self.sigma / math.sqrt(2.0)
+        return -scale * torch.sign(v) * torch.log1p(-2 * v.abs()).clamp_min(-80.0)
+
+
+def as_noise(noise: NoiseDistribution | str, sigma: float | None = None) -> NoiseDistribution:
+    """Accept a NoiseDistribution or a family name plus sigma."""
+    if isinstance(noise, NoiseDistribution):
+        return noise
+    if sigma is None:
+        raise SmoothinfError("sigma is required when noise is given by name")
+    return NoiseDistribution(noise, float(sigma))

@@ -1,0 +1,1 @@
+"""smoothinf.training."""

@@ -1,0 +1,78 @@
+"""Small shared helpers: devices, seeds, generators and input validation."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from smoothinf.errors import SmoothinfError
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """Map ``auto|cpu|cuda|cuda:N`` to a device; ``auto`` picks CUDA when present."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SmoothinfError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise SmoothinfError(f"unknown device {name!r}; use auto, cpu or cuda") from exc
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator | None:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``; ``None`` when seed is None."""
+    if seed is None:
+        return None
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a parameter-free model)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def check_images(x: torch.Tensor, name: str = "x", device: torch.device | None = None) -> None:
+    """Raise a one-line ValueError unless ``x`` is a finite (N, C, H, W) float batch in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise SmoothinfError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise SmoothinfError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise SmoothinfError(f"{name} must be a float tensor with pixels in [0, 1], got {x.dtype}")
+    if device is not None and x.device.type != device.type:
+        raise SmoothinfError(f"{name} is on {x.device} but the model is on {device}; move it with .to()")
+    if x.numel() and not torch.isfinite(x).all():
+        raise SmoothinfError(f"{name} contains NaN or infinite values")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise SmoothinfError(
+            f"{name} has pixels outside [0, 1] (min {x.min().item():.3g}, max {x.max().item():.3g});"
+            " pass unnormalised images, normalisation is a layer inside the model"
+        )
+
+
+def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None) -> None:
+    """Raise unless ``y`` is an integer (n,) label vector with values in [0, num_classes)."""
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point():
+        raise SmoothinfError("labels must be a 1-D integer tensor")
+    if y.shape[0] != n:
+        raise SmoothinfError(f"batch size mismatch: {n} inputs but {y.shape[0]} labels")
+    if num_classes is not None and y.numel() and (y.min() < 0 or y.max() >= num_classes):
+        raise SmoothinfError(f"labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
