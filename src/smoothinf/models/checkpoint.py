@@ -1,0 +1,314 @@
+"""Safe checkpoints: weights in safetensors + a JSON sidecar that says how to rebuild the model.
+
+Layout: ``save_checkpoint("run/model.safetensors", model, meta)`` writes
+
+* ``run/model.safetensors``: the state dict (``normalize`` buffers and noise parameters included);
+* ``run/model.safetensors.json``: the sidecar, ``{"format": "smoothinf-checkpoint",
+  "format_version": 1, "smoothinf_version", "created", "arch": {"name", "kwargs"},
+  "normalization": {"mean", "std"}, "noise": model.smoothinf_noise or null, "dataset", "training",
+  "metrics", ..., "weights_sha256"}`` (every other key of ``meta`` is kept as given).
+
+The path is used as given (``.safetensors`` is appended when it has no suffix). Both files are
+written to temporary files in the target folder, flushed, then renamed into place with
+``os.replace`` (weights first, sidecar last); the sidecar carries the weights' sha256, so a pair
+left incoherent by a crash between the two renames is detected on load, never silently used.
+Legacy ``.pth`` / ``.pth.tar`` files go through ``smoothinf.models.legacy`` (``weights_only``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from smoothinf.errors import CheckpointError, SmoothinfError
+
+FORMAT_NAME = "smoothinf-checkpoint"
+FORMAT_VERSION = 1
+LEGACY_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar of a weights file: ``path + ".json"``."""
+    return Path(str(path) + ".json")
+
+
+def _to_json(value):
+    """``json.dumps`` default: tuples, Paths, dataclasses, tensors and NumPy values to JSON types."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "tolist"):  # NumPy arrays and scalars
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, torch.device | torch.dtype):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temp file in ``path``'s folder, fsync it, then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tensors_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, storage-disjoint copies of the state dict (safetensors refuses shared memory)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if t.numel() and ident in seen:
+            t = t.clone()
+        seen.add(ident)
+        out[key] = t
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping | None = None) -> Path:
+    """Write ``model``'s weights (safetensors) and a JSON sidecar atomically; returns the weights path.
+
+    ``model`` must come from ``create_model`` (it carries ``smoothinf_arch``; DDP / DataParallel /
+    ``torch.compile`` wrappers are unwrapped); its noise config
+    ``model.smoothinf_noise`` is recorded when present. ``meta`` (JSON-serialisable: dataset name
+    or DatasetInfo, training config, metrics, ...) is stored in the sidecar as given.
+    """
+    from smoothinf import __version__
+
+    for attr in ("module", "_orig_mod"):  # unwrap DataParallel / DDP / torch.compile
+        if not hasattr(model, "smoothinf_arch") and isinstance(getattr(model, attr, None), nn.Module):
+            model = getattr(model, attr)
+    arch = getattr(model, "smoothinf_arch", None)
+    if not isinstance(arch, Mapping) or "name" not in arch:
+        raise CheckpointError(
+            "model has no smoothinf_arch record; build it with smoothinf.models.create_model"
+        )
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".safetensors")
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path}: folder {path.parent} does not exist")
+    kwargs = dict(arch.get("kwargs", {}))
+    noise = getattr(model, "smoothinf_noise", None)
+    try:
+        json.dumps(noise, default=_to_json)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: the model's noise config cannot be saved ({exc}); inject noise with JSON-able"
+            " arguments (e.g. layers as names, not a callable)"
+        ) from None
+    sidecar = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "smoothinf_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "arch": {"name": arch["name"], "kwargs": kwargs},
+        "normalization": {"mean": kwargs.get("mean"), "std": kwargs.get("std")},
+        "noise": noise,
+    }
+    reserved = set(sidecar) | {"weights_sha256", "weights_file"}
+    for key, value in (meta or {}).items():
+        if key in reserved:
+            raise CheckpointError(f"{path}: meta key {key!r} is reserved for the checkpoint format")
+        sidecar[str(key)] = value
+    tensors = _tensors_for_saving(model)
+    fd, tmp_weights = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp_weights, metadata={"format": "pt", "smoothinf_arch": arch["name"]})
+        with open(tmp_weights, "rb+") as fh:
+            os.fsync(fh.fileno())
+        sidecar["weights_file"] = path.name
+        sidecar["weights_sha256"] = _sha256(Path(tmp_weights))
+        try:
+            text = json.dumps(sidecar, indent=2, default=_to_json, allow_nan=True)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: meta is not JSON serialisable: {exc}") from None
+        os.replace(tmp_weights, path)
+    except BaseException:
+        Path(tmp_weights).unlink(missing_ok=True)
+        raise
+    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    return path
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    """The parsed sidecar of ``path`` (the weights file); one-line CheckpointError when bad."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise CheckpointError(f"{path}: sidecar {side.name} not found")
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{side}: corrupt sidecar JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f'{side}: not a smoothinf checkpoint sidecar (no "format": "{FORMAT_NAME}")')
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{side}: format_version {meta['format_version']} is newer than this smoothinf reads"
+            f" ({FORMAT_VERSION}); upgrade smoothinf"
+        )
+    arch = meta.get("arch")
+    if (
+        not isinstance(arch, dict)
+        or not isinstance(arch.get("name"), str)
+        or not isinstance(arch.get("kwargs"), dict)
+    ):
+        raise CheckpointError(f'{side}: sidecar has no valid "arch" entry ({{"name", "kwargs"}})')
+    return meta
+
+
+def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; missing, truncated or corrupt files raise a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({msg})") from None
+
+
+def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a one-line error naming the first mismatch."""
+    target = model.state_dict()
+    arch = getattr(model, "smoothinf_arch", {}).get("name", type(model).__name__)
+    for key, value in target.items():
+        if key not in state:
+            raise CheckpointError(
+                f"{path}: weights do not fit {arch}: missing key {key!r} {tuple(value.shape)}"
+            )
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{path}: weights do not fit {arch}: {key!r} has shape {tuple(state[key].shape)},"
+                f" the model expects {tuple(value.shape)}"
+            )
+    extra = [key for key in state if key not in target]
+    if extra:
+        raise CheckpointError(
+            f"{path}: weights do not fit {arch}: unexpected key {extra[0]!r}"
+            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
+    model.load_state_dict(dict(state), strict=True)
+
+
+def _rebuild(meta: dict, path: Path, arch_override: str | None, overrides: dict) -> nn.Module:
+    from smoothinf.models.registry import create_model, list_models
+
+    name = arch_override or meta["arch"]["name"]
+    if name not in list_models():
+        raise CheckpointError(
+            f"{path}: unknown architecture {name!r} in the sidecar; known: {', '.join(list_models())}"
+        )
+    kwargs = {**meta["arch"]["kwargs"], **overrides}
+    try:
+        model = create_model(name, **kwargs)
+    except SmoothinfError as exc:
+        raise CheckpointError(f"{path}: cannot rebuild {name!r}: {exc}") from None
+    noise = meta.get("noise")
+    if noise:
+        try:
+            from smoothinf.noise import inject_noise
+        except ImportError:
+            raise CheckpointError(
+                f"{path}: the checkpoint has noise layers ({noise}) but smoothinf.noise.inject_noise"
+                " is unavailable"
+            ) from None
+        try:
+            model = inject_noise(model, **noise)
+        except SmoothinfError as exc:
+            raise CheckpointError(f"{path}: cannot re-apply noise config {noise}: {exc}") from None
+    return model
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    arch: str | None = None,
+    verify: bool = True,
+    **overrides,
+) -> tuple[nn.Module, dict]:
+    """Rebuild a model from a checkpoint; returns ``(model, meta)``, the model in eval mode on ``device``.
+
+    With a sidecar: the architecture (``arch`` overrides its name, ``overrides`` its kwargs), the
+    noise layers (``inject_noise(model, **meta["noise"])``) and then the weights, loaded strictly;
+    ``verify`` checks the weights' sha256 against the sidecar. Without a sidecar the file is taken
+    as a legacy state dict: ``arch`` is then required, with ``num_classes``, ``in_channels``,
+    ``mean``, ``std`` (or ``dataset="cifar10"`` etc. to take them from the data registry) and
+    optionally ``input_normalized`` (see ``load_legacy_checkpoint``).
+    """
+    from smoothinf.utils import resolve_device
+
+    path = Path(path)
+    device = resolve_device(device)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if not sidecar_path(path).is_file():
+        return _load_without_sidecar(path, device, arch, overrides)
+    meta = read_sidecar(path)
+    if verify and meta.get("weights_sha256") and _sha256(path) != meta["weights_sha256"]:
+        raise CheckpointError(
+            f"{path}: weights do not match the sidecar's sha256 (file changed, truncated or half-written)"
+        )
+    state = read_safetensors(path)
+    model = _rebuild(meta, path, arch, overrides)
+    apply_state_dict(model, state, path)
+    return model.to(device).eval(), meta
+
+
+def _load_without_sidecar(path: Path, device: torch.device, arch: str | None, overrides: dict):
+    from smoothinf.models.legacy import load_legacy_checkpoint
+
+    if arch is None:
+        raise CheckpointError(
+            f"{path}: no sidecar {sidecar_path(path).name}; to load it as a legacy state dict pass the"
+            " architecture (arch= / --arch) and the data set's normalisation"
+        )
+    dataset = overrides.pop("dataset", None)
+    if dataset is not None:
+        from smoothinf.data import get_dataset_info
+
+        info = get_dataset_info(dataset)
+        for key, value in (
+            ("num_classes", info.num_classes),
+            ("in_channels", info.in_channels),
+            ("mean", info.mean),
+            ("std", info.std),
+        ):
+            overrides.setdefault(key, value)
+    missing = [k for k in ("num_classes", "in_channels", "mean", "std") if k not in overrides]
+    if missing:
+        raise CheckpointError(f"{path}: legacy checkpoint needs {', '.join(missing)} (or dataset=NAME)")
+    return load_legacy_checkpoint(path, arch, device=device, **overrides)
