@@ -1,1 +1,35 @@
-"""smoothinf.smoothing."""
+"""Smoothed inference (batched Monte Carlo votes) and L2 certification."""
+
+from smoothinf.smoothing.certify import (
+    ABSTAIN,
+    binomial_two_sided_pvalue,
+    certified_accuracy,
+    certify,
+    clopper_pearson_lower,
+    predict_with_abstain,
+)
+from smoothinf.smoothing.classifier import SmoothedClassifier
+from smoothinf.smoothing.votes import (
+    VOTES,
+    apply_vote,
+    class_ranks,
+    exponential_rank,
+    reciprocal_rank,
+    top_k,
+)
+
+__all__ = [
+    "ABSTAIN",
+    "VOTES",
+    "SmoothedClassifier",
+    "apply_vote",
+    "binomial_two_sided_pvalue",
+    "certified_accuracy",
+    "certify",
+    "class_ranks",
+    "clopper_pearson_lower",
+    "exponential_rank",
+    "predict_with_abstain",
+    "reciprocal_rank",
+    "top_k",
+]

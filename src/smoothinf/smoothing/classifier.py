@@ -1,0 +1,178 @@
+"""SmoothedClassifier: a base classifier's votes averaged over m noise draws around the input.
+
+All m draws of many examples run as batched forwards: a chunk of d whole draws is a
+(d * N, C, H, W) batch, draw-major (rows j*N .. (j+1)*N - 1 are draw j), evaluated inside
+``per_draw_noise(model, d)`` so that weight-noise (PNI/CNI) layers give each draw its own weight
+noise. ``batch_size`` bounds d * N. Counting is a sum over the draw axis, never a Python loop over
+draws or examples. With a fixed generator the input-noise draws do not depend on the chunk size
+(on the CPU); noisy inputs are not clipped (Cohen et al.'s convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from smoothinf.errors import SmoothinfError
+from smoothinf.noise.distributions import NoiseDistribution, as_noise
+from smoothinf.noise.draws import per_draw_noise
+from smoothinf.smoothing.votes import VOTES, RankWeight, apply_vote
+from smoothinf.utils import check_images, model_device
+
+DEFAULT_BATCH_SIZE = 4096
+MIN_FREQUENCY = 1e-12  # log vote frequencies are clamped here, away from -inf
+
+
+def _check_count(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SmoothinfError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+class SmoothedClassifier(nn.Module):
+    """g(x) = argmax_k sum_i v_k(f(x + n_i)), n_i ~ noise with per-pixel std sigma (pixel units).
+
+    ``forward(x)`` (N, C, H, W) in [0, 1] -> (N, K) class scores usable as logits by attack
+    libraries: soft -> log mean softmax (differentiable), logits -> mean logits (differentiable),
+    hard / weighted -> log vote frequencies (clamped away from -inf; no gradient).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sigma: float = 0.0,
+        m: int = 1,
+        vote: str = "hard",
+        noise: str | NoiseDistribution = "gaussian",
+        weights: RankWeight | None = None,
+        batch_size: int | None = None,
+    ):
+        super().__init__()
+        if vote not in VOTES:
+            raise SmoothinfError(f"unknown vote {vote!r}; choose one of {', '.join(VOTES)}")
+        self.model = model
+        self.noise = (
+            NoiseDistribution(noise.family, float(sigma)) if isinstance(noise, NoiseDistribution)
+            else as_noise(noise, sigma)
+        )
+        self.m = _check_count("m", m)
+        self.vote = vote
+        self.weights = weights
+        self.batch_size = _check_count("batch_size", batch_size or DEFAULT_BATCH_SIZE)
+
+    @property
+    def sigma(self) -> float:
+        return self.noise.sigma
+
+    def extra_repr(self) -> str:
+        return f"noise={self.noise.family}, sigma={self.sigma}, m={self.m}, vote={self.vote}"
+
+    def _check(self, x: torch.Tensor) -> None:
+        check_images(x, "x", device=model_device(self.model))
+
+    def _noise(self, x: torch.Tensor, draws: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Noise (draws * N, C, H, W), generated draw by draw in stream order."""
+        shape = (draws,) + tuple(x.shape)
+        device = generator.device if generator is not None else x.device
+        per_draw = x[0].numel() * x.shape[0]
+        if self.noise.family != "gaussian" or per_draw % 16 == 0 or draws == 1:
+            # torch's CPU normal sampler fills blocks of 16: whole draws of a multiple of 16 values
+            # consume the stream identically however they are chunked (uniform always does).
+            eps = self.noise.sample(shape, generator, device, x.dtype)
+        else:
+            eps = torch.stack([self.noise.sample(x.shape, generator, device, x.dtype) for _ in range(draws)])
+        return eps.to(x.device).reshape((draws * x.shape[0],) + tuple(x.shape[1:]))
+
+    def draw_logits(
+        self, x: torch.Tensor, m: int, generator: torch.Generator | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Yield logits (d, N, K) of the base model for successive chunks of d noise draws (sum d = m)."""
+        n = x.shape[0]
+        if n > self.batch_size:
+            raise SmoothinfError("internal: split examples before drawing")
+        per_chunk = max(1, self.batch_size // max(n, 1))
+        done = 0
+        while done < m:
+            d = min(per_chunk, m - done)
+            batch = x.repeat(d, 1, 1, 1)
+            if self.sigma > 0:
+                batch = batch + self._noise(x, d, generator)
+            with per_draw_noise(self.model, d, generator):
+                logits = self.model(batch)
+            yield logits.reshape(d, n, -1)
+            done += d
+
+    def _example_chunks(self, x: torch.Tensor) -> Iterator[slice]:
+        for start in range(0, x.shape[0], self.batch_size):
+            yield slice(start, min(start + self.batch_size, x.shape[0]))
+
+    def _accumulate(
+        self, x: torch.Tensor, m: int, vote: str, generator: torch.Generator | None, grad: bool
+    ) -> torch.Tensor:
+        """Sum over m draws of the votes, (N, K)."""
+        outs = []
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            for rows in self._example_chunks(x):
+                total = None
+                for logits in self.draw_logits(x[rows], m, generator):
+                    votes = apply_vote(logits.float(), vote, self.weights).sum(0)
+                    total = votes if total is None else total + votes
+                outs.append(total)
+        return torch.cat(outs)
+
+    def vote_counts(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, m: int | None = None
+    ) -> torch.Tensor:
+        """(N, K) vote counts (hard), rank-weight sums (weighted) or summed scores (soft/logits)."""
+        self._check(x)
+        m = self.m if m is None else _check_count("m", m)
+        with torch.no_grad():
+            return self._accumulate(x, m, self.vote, generator, grad=False)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        self._check(x)
+        differentiable = self.vote in ("soft", "logits")
+        total = self._accumulate(x, self.m, self.vote, generator, grad=differentiable)
+        mean = total / self.m
+        if self.vote == "logits":
+            return mean
+        if self.vote == "soft":
+            return torch.log(mean.clamp_min(1e-30))
+        return torch.log(mean.clamp_min(MIN_FREQUENCY))
+
+    def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Smoothed prediction (N,) int64; ties break to the lowest class."""
+        return self.vote_counts(x, generator).argmax(1)
+
+    def predict_topk(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rank-wise top-k (N, k): answer j is the most-voted class at rank j among the draws,
+        excluding classes already chosen (the reference code's top-k). For soft/logits votes the
+        top-k of the mean scores."""
+        self._check(x)
+        _check_count("k", k)
+        if self.vote in ("soft", "logits"):
+            with torch.no_grad():
+                return self._accumulate(x, self.m, self.vote, generator, False).topk(k, dim=1).indices
+        counts = []
+        with torch.no_grad():
+            for rows in self._example_chunks(x):
+                total = None
+                for logits in self.draw_logits(x[rows], self.m, generator):
+                    top = logits.topk(k, dim=-1).indices  # (d, n, k)
+                    onehot = torch.nn.functional.one_hot(top, logits.shape[-1]).float().sum(0)  # (n, k, K)
+                    total = onehot if total is None else total + onehot
+                counts.append(total)
+        counts = torch.cat(counts)
+        chosen = torch.zeros(counts.shape[0], counts.shape[2], dtype=torch.bool, device=counts.device)
+        answers = []
+        for j in range(k):  # k is small; the loop is over ranks, not draws or examples
+            c = counts[:, j].masked_fill(chosen, -1.0)
+            pick = c.argmax(1)
+            answers.append(pick)
+            chosen[torch.arange(pick.shape[0]), pick] = True
+        return torch.stack(answers, 1)
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "SmoothedClassifier"]

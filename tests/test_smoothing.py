@@ -1,0 +1,240 @@
+"""Smoothed inference: analytic checks on a linear classifier, chunking, votes, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest, norm
+
+from smoothinf.smoothing import (
+    SmoothedClassifier,
+    binomial_two_sided_pvalue,
+    certified_accuracy,
+    certify,
+    class_ranks,
+    clopper_pearson_lower,
+    predict_with_abstain,
+    reciprocal_rank,
+    top_k,
+)
+
+
+class Linear2(torch.nn.Module):
+    """Binary linear classifier: logits (0, w.x + b); class 1 iff w.x + b > 0."""
+
+    def __init__(self, w: torch.Tensor, b: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(w.clone())
+        self.b = b
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.w.flatten() + self.b
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def make_linear(seed=0, shape=(1, 4, 4)):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(int(np.prod(shape)), generator=g)
+    return Linear2(w, 0.0), w, shape
+
+
+def margin(model, x):
+    return (x.flatten(1) @ model.w.detach() + model.b).double()
+
+
+def test_hard_vote_frequency_matches_closed_form():
+    model, w, shape = make_linear()
+    x = torch.rand((6,) + shape, generator=torch.Generator().manual_seed(1))
+    model.b = -float(margin(model, x).mean())
+    sigma, m = 0.25, 20000
+    smoothed = SmoothedClassifier(model, sigma, m, "hard", batch_size=6 * 2000)
+    counts = smoothed.vote_counts(x, torch.Generator().manual_seed(2))
+    assert torch.allclose(counts.sum(1), torch.full((6,), float(m)))
+    p = norm.cdf((margin(model, x) / (sigma * w.norm())).numpy())
+    freq = counts[:, 1].numpy() / m
+    tol = 4.5 * np.sqrt(p * (1 - p) / m) + 1e-9
+    assert np.all(np.abs(freq - p) <= tol), (freq, p)
+    assert p.min() < 0.5 < p.max()  # both classes are exercised
+
+
+def test_soft_and_weighted_votes_match_closed_forms():
+    model, w, shape = make_linear(3)
+    x = torch.rand((4,) + shape, generator=torch.Generator().manual_seed(4))
+    model.b = -float(margin(model, x).mean())
+    sigma, m = 0.3, 40000
+    s = sigma * float(w.norm())
+    mu = margin(model, x).numpy()
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    sig = 1 / (1 + np.exp(-(mu[:, None] + s * nodes[None])))
+    soft = (sig * weights[None]).sum(1) / np.sqrt(2 * np.pi)
+    smoothed = SmoothedClassifier(model, sigma, m, "soft", batch_size=4 * 4000)
+    probs = smoothed(x, torch.Generator().manual_seed(5)).detach().exp()[:, 1].double().numpy()
+    assert np.allclose(probs, soft, atol=4e-3)
+    # Weighted vote with w(r) = 2^-r: class 1 gets 1 when on top, 1/2 otherwise.
+    p1 = norm.cdf(mu / s)
+    weighted = SmoothedClassifier(model, sigma, m, "weighted", batch_size=4 * 4000)
+    sums = weighted.vote_counts(x, torch.Generator().manual_seed(6)).double().numpy() / m
+    assert np.allclose(sums[:, 1], p1 + 0.5 * (1 - p1), atol=0.01)
+    assert np.allclose(sums.sum(1), 1.5)
+
+
+def test_rank_weights_by_exact_enumeration():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 3.0], [2.0, 1.0, 0.0, -1.0]])
+    ranks = class_ranks(logits)
+    assert ranks.tolist() == [[2, 0, 3, 1], [0, 1, 2, 3]]  # tie between classes 1 and 3 -> lower first
+    assert top_k(2)(ranks).tolist() == [[0, 1, 0, 1], [1, 1, 0, 0]]
+    assert torch.allclose(reciprocal_rank()(ranks)[1], torch.tensor([1, 1 / 2, 1 / 3, 1 / 4]))
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits[: x.shape[0]].repeat(1, 1) if x.shape[0] == 2 else logits.repeat(x.shape[0] // 2, 1)
+
+    smoothed = SmoothedClassifier(Fixed(), 0.0, 5, "weighted", weights=reciprocal_rank())
+    counts = smoothed.vote_counts(torch.zeros(2, 1, 2, 2))
+    assert torch.allclose(counts, 5 * reciprocal_rank()(ranks))
+    assert smoothed.predict(torch.zeros(2, 1, 2, 2)).tolist() == [1, 0]
+
+
+def test_m1_sigma0_reproduces_base_model(mnist_small_model):
+    model, x, _ = mnist_small_model
+    x = x[:64]
+    base = model(x)
+    for vote in ("hard", "weighted", "soft", "logits"):
+        smoothed = SmoothedClassifier(model, 0.0, 1, vote)
+        assert torch.equal(smoothed.predict(x), base.argmax(1))
+    assert torch.equal(SmoothedClassifier(model, 0.0, 1, "logits")(x), base)
+    assert torch.allclose(SmoothedClassifier(model, 0.0, 1, "soft")(x), base.log_softmax(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4), (1, 5, 5)])
+def test_results_independent_of_chunk_size(shape):
+    model, _, _ = make_linear(7, shape)
+    x = torch.rand((5,) + shape, generator=torch.Generator().manual_seed(8))
+    model.b = -float(margin(model, x).mean())
+    ref = None
+    for bs in (5, 15, 40, 5 * 64):
+        smoothed = SmoothedClassifier(model, 0.5, 64, "soft", batch_size=bs)
+        out = smoothed.vote_counts(x, torch.Generator().manual_seed(9))
+        if ref is None:
+            ref = out
+        assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_batched_equals_one_example_at_a_time_with_same_draws():
+    model, _, shape = make_linear(10)
+    x = torch.rand((3,) + shape, generator=torch.Generator().manual_seed(11))
+    smoothed = SmoothedClassifier(model, 0.4, 16, "logits", batch_size=1000)
+    chunks = list(smoothed.draw_logits(x, 16, torch.Generator().manual_seed(12)))
+    batched = torch.cat(chunks)  # (16, 3, 2)
+    noise = torch.randn((16,) + tuple(x.shape), generator=torch.Generator().manual_seed(12)) * 0.4
+    for i in range(3):
+        for j in range(16):
+            one = model((x[i] + noise[j, i])[None])[0]
+            assert torch.allclose(batched[j, i], one, atol=1e-5)
+
+
+def test_predict_topk_rankwise():
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits.repeat(x.shape[0], 1)
+
+    smoothed = SmoothedClassifier(Fixed(), 0.0, 3, "hard")
+    assert smoothed.predict_topk(torch.zeros(1, 1, 2, 2), 3).tolist() == [[1, 2, 0]]
+
+
+def test_certified_radius_bounded_by_distance_and_converges():
+    model, w, shape = make_linear(13)
+    x = torch.rand((8,) + shape, generator=torch.Generator().manual_seed(14))
+    model.b = -float(margin(model, x).median())
+    sigma = 0.25
+    dist = (margin(model, x).abs() / w.norm()).numpy()
+    label = (margin(model, x) > 0).long()
+    radii = []
+    for n in (1000, 100_000):
+        pred, radius = certify(model, x, sigma, n0=100, n=n, alpha=0.001, batch_size=8 * 5000,
+                               generator=torch.Generator().manual_seed(15))
+        certified = pred >= 0
+        assert torch.all(pred[certified] == label[certified])
+        assert np.all(radius.numpy() <= dist + 1e-6)
+        radii.append(radius.numpy())
+    assert radii[1].sum() > radii[0].sum()
+    # Large n: the certified radius approaches min(distance, the n-limited cap 3.8 sigma).
+    exact = np.minimum(dist, 3.8 * sigma)
+    assert np.all(exact - radii[1] < 0.35 * sigma)
+
+
+def test_radius_at_all_successes_is_381_sigma():
+    p = clopper_pearson_lower(np.array([100_000]), 100_000, 0.001)[0]
+    assert round(float(norm.ppf(p)), 2) == 3.81
+
+
+def test_clopper_pearson_coverage():
+    rng = np.random.default_rng(0)
+    for p_true, n in ((0.7, 50), (0.95, 200), (0.5, 20)):
+        k = rng.binomial(n, p_true, size=20000)
+        lower = clopper_pearson_lower(k, n, 0.05)
+        assert (lower <= p_true).mean() >= 0.95 - 0.006
+
+
+def test_vectorised_pvalue_matches_binomtest():
+    for a, b in ((10, 10), (30, 12), (0, 5), (57, 43), (99, 1)):
+        ours = binomial_two_sided_pvalue(np.array([a]), np.array([b]))[0]
+        assert ours == pytest.approx(binomtest(a, a + b, 0.5).pvalue, rel=1e-9, abs=1e-12)
+
+
+def test_abstain_on_tie_not_on_clear_winner():
+    model, w, shape = make_linear(16)
+    x = torch.rand((2,) + shape, generator=torch.Generator().manual_seed(17))
+    # Example 0 on the boundary (50/50 votes), example 1 far on the positive side.
+    model.b = -float(margin(model, x[:1])[0])
+    x1_margin = float(margin(model, x[1:])[0])
+    if x1_margin < 0:
+        model.w.data = -model.w.data
+        model.b = -model.b
+    x = torch.cat([x[:1], x[1:]])
+    smoothed = SmoothedClassifier(model, 0.01, 1, "hard")
+    pred = predict_with_abstain(smoothed, x, n=2000, alpha=0.001, generator=torch.Generator().manual_seed(18))
+    assert pred[0].item() == -1
+    assert pred[1].item() == 1
+
+
+def test_certified_accuracy_curve():
+    acc = certified_accuracy(torch.tensor([0.0, 0.3, 0.6, 1.0]), torch.tensor([False, True, True, True]),
+                             [0.0, 0.5, 1.0, 1.5])
+    assert acc.tolist() == [0.75, 0.5, 0.25, 0.0]
+
+
+def test_bad_input_is_a_clear_value_error():
+    model, _, shape = make_linear()
+    x = torch.rand((2,) + shape)
+    with pytest.raises(ValueError, match="sigma"):
+        SmoothedClassifier(model, -0.1, 4)
+    with pytest.raises(ValueError, match="m must be"):
+        SmoothedClassifier(model, 0.1, 0)
+    with pytest.raises(ValueError, match="vote"):
+        SmoothedClassifier(model, 0.1, 4, vote="majority")
+    with pytest.raises(ValueError, match="noise"):
+        SmoothedClassifier(model, 0.1, 4, noise="cauchy")
+    smoothed = SmoothedClassifier(model, 0.1, 4)
+    with pytest.raises(ValueError, match="4-D"):
+        smoothed.predict(x[0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        smoothed.predict(x + 2)
+    with pytest.raises(ValueError, match="NaN"):
+        smoothed.predict(torch.full_like(x, math.nan))
+    with pytest.raises(ValueError, match="n0"):
+        certify(model, x, 0.1, n0=0, n=10)
+    with pytest.raises(ValueError, match="n must"):
+        certify(model, x, 0.1, n0=10, n=0)
+    with pytest.raises(ValueError, match="alpha"):
+        certify(model, x, 0.1, n0=10, n=10, alpha=1.5)
+    with pytest.raises(ValueError, match="alpha"):
+        predict_with_abstain(smoothed, x, 10, alpha=0.0)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device"):
+            smoothed.predict(x.cuda())
