@@ -2,5 +2,34 @@
 
 from smoothinf.noise.distributions import NOISE_FAMILIES, NoiseDistribution, as_noise
 from smoothinf.noise.draws import noise_layers, per_draw_noise
+from smoothinf.noise.inject import (
+    NOISE_KINDS,
+    format_noise_summary,
+    inject_noise,
+    mean_noise_level,
+    noise_disabled,
+    noise_parameters,
+    noise_summary,
+    param_groups,
+    set_noise,
+)
+from smoothinf.noise.layers import InputNoise, NoisyLayer
 
-__all__ = ["NOISE_FAMILIES", "NoiseDistribution", "as_noise", "noise_layers", "per_draw_noise"]
+__all__ = [
+    "NOISE_FAMILIES",
+    "NOISE_KINDS",
+    "InputNoise",
+    "NoiseDistribution",
+    "NoisyLayer",
+    "as_noise",
+    "format_noise_summary",
+    "inject_noise",
+    "mean_noise_level",
+    "noise_disabled",
+    "noise_layers",
+    "noise_parameters",
+    "noise_summary",
+    "param_groups",
+    "per_draw_noise",
+    "set_noise",
+]
