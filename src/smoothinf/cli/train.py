@@ -15,6 +15,7 @@ from smoothinf.cli import add_common_args
 from smoothinf.data import load_dataset
 from smoothinf.errors import ConfigError
 from smoothinf.models import create_model_for, save_checkpoint
+from smoothinf.noise import NOISE_KINDS, inject_noise, mean_noise_level, param_groups
 from smoothinf.utils import resolve_device, seed_everything
 
 
@@ -26,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--noise", default=None, choices=sorted(NOISE_KINDS), help="noise injection kind")
+    p.add_argument("--noise-rank", type=int, default=5, help="CNI-W rank")
+    p.add_argument("--noise-init", type=float, default=0.25, help="PNI alpha init / CNI-I sigma (pixels)")
     p.add_argument("--out", default="runs/train")
     add_common_args(p)
     p.set_defaults(func=run_train)
@@ -51,8 +55,11 @@ def run_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     train, info = load_dataset(args.data, "train", args.root)
     test, _ = load_dataset(args.data, "test", args.root)
-    model = create_model_for(args.model, info).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    model = create_model_for(args.model, info)
+    if args.noise:
+        inject_noise(model, args.noise, rank=args.noise_rank, init=args.noise_init, sigma=args.noise_init)
+    model = model.to(device)
+    opt = torch.optim.Adam(param_groups(model, weight_decay=0.0), lr=args.lr)
     x, y = train.tensors()
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
@@ -66,14 +73,19 @@ def run_train(args: argparse.Namespace) -> int:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(
+                loss=f"{loss.item():.3f}", **{k: f"{v:.3g}" for k, v in mean_noise_level(model).items()}
+            )
     model.eval()
     xt, yt = test.tensors()
     acc = accuracy(model, xt, yt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"dataset": args.data, "training": vars(args) | {"func": None},
-            "metrics": {"test_accuracy": acc, "train_seconds": time.time() - start}}
+    meta = {
+        "dataset": args.data,
+        "training": vars(args) | {"func": None},
+        "metrics": {"test_accuracy": acc, "train_seconds": time.time() - start},
+    }
     path = save_checkpoint(out / "model.safetensors", model, json.loads(json.dumps(meta, default=str)))
     print(f"test accuracy {acc:.4f}; checkpoint {path}")
     return 0
