@@ -1,1 +1,48 @@
-"""smoothinf.attacks."""
+"""Attacks: FGSM, PGD (with EOT), EPGD, SmoothAdv, transfer, NAttack, AutoAttack; honest judging.
+
+Every attack is ``attack(x, y, generator=None) -> x_adv`` with x, x_adv (N, C, H, W) in [0, 1] and
+``||x_adv - x||_p <= eps`` (pixel units); ``robust_accuracy`` judges them with the defended classifier.
+"""
+
+from smoothinf.attacks.autoattack import AutoAttackAdapter
+from smoothinf.attacks.base import (
+    Attack,
+    ce_loss,
+    clip_to_threat,
+    cw_loss,
+    dlr_loss,
+    expected_loss,
+    project,
+    random_start,
+)
+from smoothinf.attacks.expectation import EPGD, ExpectationPGD, SmoothAdv
+from smoothinf.attacks.fgsm import FGSM
+from smoothinf.attacks.judge import RobustResult, defended_predict, robust_accuracy
+from smoothinf.attacks.nattack import NAttack
+from smoothinf.attacks.pgd import PGD
+from smoothinf.attacks.registry import build_attack, list_attacks
+from smoothinf.attacks.transfer import TransferAttack
+
+__all__ = [
+    "EPGD",
+    "FGSM",
+    "PGD",
+    "Attack",
+    "AutoAttackAdapter",
+    "ExpectationPGD",
+    "NAttack",
+    "RobustResult",
+    "SmoothAdv",
+    "TransferAttack",
+    "build_attack",
+    "ce_loss",
+    "clip_to_threat",
+    "cw_loss",
+    "defended_predict",
+    "dlr_loss",
+    "expected_loss",
+    "list_attacks",
+    "project",
+    "random_start",
+    "robust_accuracy",
+]

@@ -1,0 +1,103 @@
+"""Adapter over the official AutoAttack (Croce & Hein 2020; the optional ``pyautoattack`` package).
+
+Runs the documented protocol (standard: APGD-CE, APGD-T, FAB-T, Square; rand: APGD-CE and APGD-DLR
+with EOT over 20 draws, for randomised defences) on our models and SmoothedClassifiers, whose
+``forward`` returns (N, K) class scores as AutoAttack expects.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from smoothinf.attacks.base import check_eps, check_positive_int
+from smoothinf.errors import ConfigError, SmoothinfError
+from smoothinf.utils import check_images, check_labels, model_device
+
+_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+VERSIONS = ("standard", "rand", "plus", "custom")
+
+
+class AutoAttackAdapter:
+    """``attack(x, y, generator=None) -> x_adv`` through ``pyautoattack.AutoAttack``.
+
+    Args:
+        model: classifier or SmoothedClassifier (scores (N, K)).
+        norm: "linf" | "l2" | "l1". eps: radius (pixel units).
+        version: "standard" | "rand" | "plus" | "custom" (custom needs ``attacks``).
+        attacks: AutoAttack's attack names for version="custom" (e.g. ["apgd-ce", "apgd-dlr"]).
+        seed: AutoAttack's seed (it seeds torch's global RNG); None: drawn from ``generator``.
+        batch_size: examples per AutoAttack batch.
+        verbose: keep AutoAttack's own logging.
+    """
+
+    name = "autoattack"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        norm: str = "linf",
+        eps: float = 8 / 255,
+        version: str = "standard",
+        *,
+        attacks: list[str] | None = None,
+        seed: int | None = None,
+        batch_size: int = 500,
+        verbose: bool = False,
+    ) -> None:
+        if norm not in _NORMS:
+            raise ConfigError(f"unknown norm {norm!r}; choose one of {', '.join(_NORMS)}")
+        if version not in VERSIONS:
+            raise ConfigError(f"unknown AutoAttack version {version!r}; choose one of {', '.join(VERSIONS)}")
+        if version == "custom" and not attacks:
+            raise ConfigError("version='custom' needs attacks=[...] (e.g. ['apgd-ce', 'apgd-dlr'])")
+        self.model = model
+        self.norm = norm
+        self.eps = check_eps(eps)
+        self.version = version
+        self.attacks = list(attacks) if attacks else None
+        self.seed = seed
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.verbose = bool(verbose)
+
+    def __repr__(self) -> str:
+        return f"AutoAttackAdapter(norm={self.norm!r}, eps={self.eps}, version={self.version!r})"
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """x_adv (N,C,H,W): AutoAttack's worst case per example (x itself where every attack failed)."""
+        try:
+            from pyautoattack import AutoAttack
+        except ImportError as exc:
+            raise SmoothinfError(
+                "AutoAttack is not installed; install the peers extra: "
+                "pip install --no-deps pyautoattack==0.2.0"
+            ) from exc
+        device = model_device(self.model)
+        check_images(x, "x", device)
+        check_labels(y, x.shape[0])
+        seed = self.seed
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
+                                     device=generator.device if generator is not None else "cpu"))
+        training = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            kwargs = {"attacks": self.attacks} if self.version == "custom" else {}
+            adversary = AutoAttack(
+                self.model, eps=self.eps, norm=_NORMS[self.norm], version=self.version,
+                device=device, seed=seed, **kwargs,
+            )
+            adversary.verbose = self.verbose
+            x_adv, _ = adversary.run_standard_evaluation(x.detach().clone(), y.detach().clone(),
+                                                          batch_size=self.batch_size)
+        finally:
+            for m, t in training:
+                m.training = t
+        return x_adv.detach().to(x.device)
+
+    def attack(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return self(x, y, generator)

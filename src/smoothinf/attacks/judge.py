@@ -1,0 +1,123 @@
+"""Honest success judging: the *defended* classifier judges every adversarial example.
+
+An example is robust only if the defended classifier is correct on it clean and on the output of
+every attack (AutoAttack's worst case); the mean over attacks is reported too ("average or minimum?").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from smoothinf.errors import SmoothinfError
+from smoothinf.utils import check_images, check_labels, model_device
+
+AttackFn = Callable[..., torch.Tensor]
+
+
+@dataclass
+class RobustResult:
+    """Per-example and aggregate results of ``robust_accuracy`` (accuracies are fractions in [0, 1])."""
+
+    clean_correct: torch.Tensor  # (N,) bool: defended correct on x
+    robust: torch.Tensor  # (N,) bool: clean correct and correct on every attack's x_adv
+    correct: dict[str, torch.Tensor] = field(default_factory=dict)  # attack -> (N,) bool
+    clean_accuracy: float = 0.0
+    accuracy: dict[str, float] = field(default_factory=dict)  # attack -> robust accuracy
+    worst_case_accuracy: float = 0.0
+    mean_accuracy: float = 0.0  # mean over attacks of their robust accuracies
+    adversarial: dict[str, torch.Tensor] = field(default_factory=dict)  # attack -> x_adv (N,C,H,W)
+
+    def to_dict(self) -> dict[str, float | dict[str, float] | int]:
+        """JSON-friendly summary (no tensors)."""
+        return {
+            "n": int(self.robust.numel()),
+            "clean_accuracy": self.clean_accuracy,
+            "accuracy": dict(self.accuracy),
+            "worst_case_accuracy": self.worst_case_accuracy,
+            "mean_accuracy": self.mean_accuracy,
+        }
+
+
+@torch.no_grad()
+def defended_predict(
+    defended: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None, batch_size: int = 1024
+) -> torch.Tensor:
+    """Class predictions (N,) of the defended classifier: ``.predict(x, generator)`` when it has one
+    (a SmoothedClassifier with its own fresh noise and m), else argmax of its forward."""
+    predict = getattr(defended, "predict", None)
+    out = []
+    for xb in x.split(batch_size):
+        if callable(predict):
+            out.append(predict(xb, generator=generator))
+        else:
+            out.append(defended(xb).argmax(1))
+    return torch.cat(out).to(x.device)
+
+
+def robust_accuracy(
+    defended: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Mapping[str, AttackFn],
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+    keep_adversarial: bool = False,
+) -> RobustResult:
+    """Run every attack on the examples the defended classifier gets right and judge with it.
+
+    Args:
+        defended: the classifier under evaluation (judge), e.g. a SmoothedClassifier.
+        x: (N, C, H, W) in [0, 1]; y: (N,) labels.
+        attacks: name -> attack callable ``(x, y, generator) -> x_adv``; attacks may use a surrogate
+            (base model, EPGD on the noise, a transfer source): success is never judged by it.
+        batch_size: examples per attack call.
+        keep_adversarial: also return each attack's x_adv (x where it was not run).
+    """
+    if not isinstance(attacks, Mapping):
+        raise SmoothinfError("attacks must be a mapping name -> attack")
+    device = model_device(defended) if isinstance(defended, nn.Module) else x.device
+    check_images(x, "x", device)
+    check_labels(y, x.shape[0])
+    modes = [(m, m.training) for m in defended.modules()] if isinstance(defended, nn.Module) else []
+    if isinstance(defended, nn.Module):
+        defended.eval()
+    try:
+        clean = defended_predict(defended, x, generator) == y
+        robust = clean.clone()
+        correct: dict[str, torch.Tensor] = {}
+        adversarial: dict[str, torch.Tensor] = {}
+        idx = clean.nonzero().squeeze(1)  # attack only what the defence classifies correctly
+        for name, attack in attacks.items():
+            ok = torch.zeros_like(clean)
+            x_adv_all = x.clone() if keep_adversarial else None
+            for ib in idx.split(batch_size):
+                xb, yb = x[ib], y[ib]
+                x_adv = attack(xb, yb, generator)
+                if x_adv.shape != xb.shape:
+                    raise SmoothinfError(f"attack {name!r} returned shape {tuple(x_adv.shape)}")
+                ok[ib] = defended_predict(defended, x_adv.to(x.device), generator) == yb
+                if x_adv_all is not None:
+                    x_adv_all[ib] = x_adv.to(x.device)
+            correct[name] = ok
+            robust &= ok
+            if x_adv_all is not None:
+                adversarial[name] = x_adv_all
+    finally:
+        for m, t in modes:
+            m.training = t
+    n = max(int(x.shape[0]), 1)
+    accuracy = {k: v.sum().item() / n for k, v in correct.items()}
+    return RobustResult(
+        clean_correct=clean,
+        robust=robust,
+        correct=correct,
+        clean_accuracy=clean.sum().item() / n,
+        accuracy=accuracy,
+        worst_case_accuracy=robust.sum().item() / n,
+        mean_accuracy=sum(accuracy.values()) / len(accuracy) if accuracy else clean.sum().item() / n,
+        adversarial=adversarial,
+    )
