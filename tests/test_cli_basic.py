@@ -30,12 +30,15 @@ def test_train_then_evaluate_synthetic(tmp_path, capsys):
     )
     assert rc == 0
     meta = json.loads((out / "model.safetensors.json").read_text())
-    assert meta["metrics"]["test_accuracy"] > 0.9
+    assert meta["metrics"]["val_clean"] > 0.9 and meta["metrics"]["epoch"] == 3
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(out / "model.safetensors"), "--data", "synthetic"]) == 0
+    ckpt = str(out / "model.safetensors")
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", "synthetic", "--split", "val"]) == 0
     line = capsys.readouterr().out
     acc = float(line.split("clean accuracy")[1].split()[0])
-    assert acc == pytest.approx(meta["metrics"]["test_accuracy"])
+    assert acc == pytest.approx(meta["metrics"]["val_clean"])
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from smoothinf.cli import add_common_args
-from smoothinf.cli.train import accuracy
 from smoothinf.data import load_dataset
 from smoothinf.models import load_checkpoint
+from smoothinf.training.trainer import accuracy
 from smoothinf.utils import resolve_device
 
 
