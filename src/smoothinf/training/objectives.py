@@ -77,8 +77,19 @@ def adversarial(
     return step
 
 
-def trades(eps: float, alpha: float, steps: int, beta: float = 6.0) -> Objective:
-    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(p(x) || p(x_adv)) with KL-PGD x_adv."""
+def trades(
+    eps: float,
+    alpha: float,
+    steps: int,
+    beta: float = 6.0,
+    make_attack: Callable[[nn.Module, Callable], Callable] | None = None,
+) -> Objective:
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(p(x) || p(x_adv)) with KL-PGD x_adv.
+
+    ``make_attack(model, kl_loss)`` builds the inner maximiser (default: L_inf PGD on the KL).
+    """
+    if make_attack is None:
+        make_attack = lambda model, loss: PGD(model, eps, alpha, steps, loss=loss)  # noqa: E731
 
     def step(model, x, y, generator=None):
         was_training = model.training
@@ -90,7 +101,7 @@ def trades(eps: float, alpha: float, steps: int, beta: float = 6.0) -> Objective
         def kl_loss(logits: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
             return (p_clean * (torch.log(p_clean + 1e-12) - F.log_softmax(logits, dim=1))).sum(1)
 
-        x_adv = PGD(model, eps, alpha, steps, loss=kl_loss)(x, y, generator=generator).detach()
+        x_adv = make_attack(model, kl_loss)(x, y, generator=generator).detach()
         logits = model(x)
         logits_adv = model(x_adv)
         kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
