@@ -1,32 +1,138 @@
-"""``smoothinf evaluate``: clean accuracy of a checkpoint."""
+"""``smoothinf evaluate``, ``smoothinf report`` and ``smoothinf quickstart``."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from smoothinf.cli import add_common_args
 from smoothinf.data import load_dataset
+from smoothinf.errors import SmoothinfError
+from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate, read_results, write_report
+from smoothinf.evaluation.quickstart import QuickstartConfig, run_quickstart
 from smoothinf.models import load_checkpoint
 from smoothinf.training.trainer import accuracy
 from smoothinf.utils import resolve_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="clean accuracy of a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = subparsers.add_parser(
+        "evaluate", help="clean accuracy of a checkpoint, or the full protocol with --attacks/--config"
+    )
+    p.add_argument("--checkpoint", "-c", default=None)
+    p.add_argument("--config", default=None, help="YAML EvalConfig (flags override)")
     p.add_argument("--data", default=None, help="data set (default: the checkpoint's)")
     p.add_argument("--root", default=None)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default=None)
     p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--attacks", nargs="+", default=None, help="fgsm pgd epgd smoothadv (runs the protocol)")
+    p.add_argument("--eps", type=float, nargs="+", default=None)
+    p.add_argument("--votes", nargs="+", default=None)
+    p.add_argument("--sigmas", type=float, nargs="+", default=None)
+    p.add_argument("--ms", type=int, nargs="+", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--attack-m", type=int, default=None)
+    p.add_argument("--runs", type=int, default=None)
+    p.add_argument("--results", default=None, help="JSONL results file (appended; resumable)")
+    p.add_argument("--report-dir", default=None, help="write report.md, tables and plots here")
     add_common_args(p)
     p.set_defaults(func=run_evaluate)
+
+    r = subparsers.add_parser("report", help="rebuild tables and plots from a results JSONL file")
+    r.add_argument("results")
+    r.add_argument("--out", default=None, help="report folder (default: next to the results file)")
+    r.set_defaults(func=run_report)
+
+    q = subparsers.add_parser(
+        "quickstart", help="MNIST: PGD-AT, smoothed vs base under adaptive attacks, report"
+    )
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--epochs", type=int, default=3)
+    q.add_argument("--examples", type=int, default=200)
+    q.add_argument("--runs", type=int, default=3)
+    q.add_argument("--full", action="store_true", help="the whole test set (slow on CPU)")
+    add_common_args(q)
+    q.set_defaults(
+        func=lambda a: (
+            run_quickstart(
+                QuickstartConfig(
+                    out=a.out,
+                    epochs=a.epochs,
+                    examples=a.examples,
+                    runs=a.runs,
+                    full=a.full,
+                    seed=a.seed,
+                    device=a.device,
+                )
+            )
+            and 0
+        )
+    )
+
+
+def _dataset_name(args_data: str | None, meta: dict) -> str:
+    name = args_data or meta.get("dataset")
+    if isinstance(name, dict):
+        name = name.get("name")
+    if not name:
+        raise SmoothinfError("the checkpoint names no data set; pass --data")
+    return name
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device=device)
-    name = args.data or meta.get("dataset") or "mnist"
-    data, _ = load_dataset(name if isinstance(name, str) else name["name"], args.split, args.root)
-    x, y = data.tensors(args.max_examples)
-    print(f"{name} {args.split}: clean accuracy {accuracy(model, x, y):.4f} on {x.shape[0]} examples")
+    overrides = {
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "root": args.root,
+        "split": args.split,
+        "max_examples": args.max_examples,
+        "attacks": args.attacks,
+        "eps": args.eps,
+        "votes": args.votes,
+        "sigmas": args.sigmas,
+        "ms": args.ms,
+        "steps": args.steps,
+        "attack_m": args.attack_m,
+        "runs": args.runs,
+        "seed": args.seed,
+    }
+    protocol = args.config is not None or args.attacks is not None
+    if not protocol:
+        if not args.checkpoint:
+            raise SmoothinfError("pass --checkpoint (and --attacks or --config for the full protocol)")
+        model, meta = load_checkpoint(args.checkpoint, device=device)
+        split = args.split or "test"
+        data, _ = load_dataset(_dataset_name(args.data, meta), split, args.root)
+        x, y = data.tensors(args.max_examples)
+        print(
+            f"{_dataset_name(args.data, meta)} {split}: clean accuracy {accuracy(model, x, y):.4f} "
+            f"on {x.shape[0]} examples"
+        )
+        return 0
+    if args.config:
+        cfg = EvalConfig.from_yaml(args.config, **overrides)
+    else:
+        cfg = EvalConfig(**{k: v for k, v in overrides.items() if v is not None})
+    cfg.validate()
+    model, meta = load_checkpoint(cfg.checkpoint, device=device)
+    cfg.data = _dataset_name(cfg.data, meta)
+    data, _ = load_dataset(cfg.data, cfg.split, cfg.root)
+    x, y = data.tensors(cfg.max_examples)
+    results = Path(args.results or Path(cfg.checkpoint).parent / "results.jsonl")
+    store = ResultsStore(results, cfg.fingerprint())
+    evaluate(cfg, model, x, y, store)
+    report = write_report(store.records, args.report_dir or results.parent / "report")
+    print((report.parent / "results.md").read_text())
+    print(f"results: {results}; report: {report}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    records = read_results(args.results)
+    if not records:
+        raise SmoothinfError(f"{args.results} holds no results")
+    report = write_report(records, args.out or Path(args.results).parent / "report")
+    print((report.parent / "results.md").read_text())
+    print(f"report: {report}")
     return 0

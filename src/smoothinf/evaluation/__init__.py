@@ -1,1 +1,22 @@
-"""smoothinf.evaluation."""
+"""Evaluation protocol (repeated runs, worst case over attacks), results store, reports, quickstart."""
+
+from smoothinf.evaluation.config import EVAL_ATTACKS, EvalConfig
+from smoothinf.evaluation.protocol import build_attacks, build_defended, evaluate
+from smoothinf.evaluation.report import aggregate, markdown_table, write_report
+from smoothinf.evaluation.results import ResultsStore, read_results
+from smoothinf.evaluation.sanity import Check, run_sanity_checks
+
+__all__ = [
+    "EVAL_ATTACKS",
+    "Check",
+    "EvalConfig",
+    "ResultsStore",
+    "aggregate",
+    "build_attacks",
+    "build_defended",
+    "evaluate",
+    "markdown_table",
+    "read_results",
+    "run_sanity_checks",
+    "write_report",
+]

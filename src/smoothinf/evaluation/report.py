@@ -1,0 +1,181 @@
+"""Aggregate results (mean ± std over runs), markdown tables, plots and report.md."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def setting_name(vote: str, sigma: float, m: int) -> str:
+    return "base (no smoothing)" if vote == "none" else f"{vote} sigma={sigma:g} m={m}"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(records: list[dict]) -> dict[tuple, dict]:
+    """Group by (vote, sigma, m, eps): mean and std over runs of clean, each attack and worst case."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["vote"], float(r["sigma"]), int(r["m"]), float(r["eps"]))].append(r)
+    rows = {}
+    for key, rs in groups.items():
+        names = sorted({a for r in rs for a in r["attacks"]})
+        attacks = {a: _mean_std([r["attacks"][a] for r in rs if a in r["attacks"]]) for a in names}
+        rows[key] = {
+            "runs": len(rs),
+            "n": rs[0]["n"],
+            "clean": _mean_std([r["clean"] for r in rs]),
+            "attacks": attacks,
+            "worst_case": _mean_std([r["worst_case"] for r in rs]),
+            "strongest": min(attacks, key=lambda a: attacks[a][0]) if attacks else "-",
+        }
+    return rows
+
+
+def _pm(ms: tuple[float, float]) -> str:
+    return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+
+
+def markdown_table(rows: dict[tuple, dict]) -> str:
+    """One line per setting and eps; accuracies in percent, mean ± std over runs."""
+    names = sorted({a for row in rows.values() for a in row["attacks"]})
+    head = ["setting", "eps", "runs", "clean"] + names + ["worst case", "strongest"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (vote, sigma, m, eps), row in sorted(
+        rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0])
+    ):
+        cells = [setting_name(vote, sigma, m), f"{eps:g}", str(row["runs"]), _pm(row["clean"])]
+        cells += [_pm(row["attacks"][a]) if a in row["attacks"] else "-" for a in names]
+        cells += [_pm(row["worst_case"]), row["strongest"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sigma_sweep(rows: dict[tuple, dict], path: Path) -> Path | None:
+    """Clean and worst-case accuracy vs sigma, one curve per (vote, m); the base model at sigma 0."""
+    plt = _plt()
+    eps_values = sorted({k[3] for k in rows})
+    if not eps_values:
+        return None
+    eps = eps_values[-1]
+    base = rows.get(("none", 0.0, 1, eps))
+    curves = defaultdict(list)
+    for (vote, sigma, m, e), row in rows.items():
+        if vote != "none" and e == eps:
+            curves[(vote, m)].append((sigma, row))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    for ax, metric, title in (
+        (axes[0], "clean", "clean"),
+        (axes[1], "worst_case", f"worst case, eps {eps:g}"),
+    ):
+        for (vote, m), pts in sorted(curves.items()):
+            pts = sorted(pts, key=lambda p: p[0])
+            if base is not None:
+                pts = [(0.0, base)] + pts
+            s = [p[0] for p in pts]
+            mean = np.array([p[1][metric][0] for p in pts])
+            std = np.array([p[1][metric][1] for p in pts])
+            ax.errorbar(s, 100 * mean, yerr=100 * std, marker="o", capsize=3, label=f"{vote}, m={m}")
+        ax.set_xlabel("sigma (pixel units)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_certified(radius: np.ndarray, correct: np.ndarray, sigma: float, path: Path) -> Path:
+    from smoothinf.smoothing import certified_accuracy
+
+    plt = _plt()
+    grid = np.linspace(0, max(1.0, float(radius.max(initial=0)) * 1.05), 200)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(grid, 100 * certified_accuracy(radius, correct, grid), label=f"sigma = {sigma:g}")
+    ax.set_xlabel("L2 radius (pixel units)")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    records: list[dict],
+    out_dir: str | Path,
+    sanity_lines: list[str] | None = None,
+    certificate: dict | None = None,
+    preamble: str = "",
+) -> Path:
+    """Write tables, plots and ``report.md`` into ``out_dir``; returns the report path."""
+    from smoothinf.evaluation.sanity import check_records
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = aggregate(records)
+    table = markdown_table(rows)
+    (out / "results.md").write_text(table + "\n")
+    parts = ["# smoothinf evaluation report", ""]
+    if preamble:
+        parts += [preamble, ""]
+    if records:
+        cfg = records[0]["config"]
+        parts += [
+            f"Checkpoint `{cfg['checkpoint']}`, data {cfg['data']} ({cfg['split']}, "
+            f"{records[0]['n']} examples), "
+            f"{cfg['runs']} runs (seeds {cfg['seed']}..{cfg['seed'] + cfg['runs'] - 1}), attacks "
+            f"{', '.join(cfg['attacks'])} ({cfg['steps']} steps, {cfg['restarts']} restart(s), "
+            f"{cfg['attack_m']} noise draws per step for EPGD/SmoothAdv). Accuracies in %, mean ± std over "
+            "runs; the worst case counts an example as robust only if every attack failed on it, judged by "
+            "the defended (smoothed) classifier with fresh noise.",
+            "",
+        ]
+    parts += ["## Robust accuracy", "", table, ""]
+    plot = plot_sigma_sweep(rows, out / "sigma_sweep.png")
+    if plot is not None:
+        parts += ["![accuracy vs sigma](sigma_sweep.png)", ""]
+    if certificate is not None:
+        from smoothinf.smoothing import certified_accuracy
+
+        radius, correct, sigma = certificate["radius"], certificate["correct"], certificate["sigma"]
+        plot_certified(radius, correct, sigma, out / "certified.png")
+        radii = [0.0, 0.25, 0.5, 0.75, 1.0]
+        acc = certified_accuracy(radius, correct, radii)
+        parts += [
+            f"## Certified accuracy (L2, sigma {sigma:g}, n0 {certificate['n0']}, n {certificate['n']}, "
+            f"alpha {certificate['alpha']}, {len(radius)} examples)",
+            "",
+            "| radius | " + " | ".join(f"{r:g}" for r in radii) + " |",
+            "|---|" + "---|" * len(radii),
+            "| certified accuracy (%) | " + " | ".join(f"{100 * a:.1f}" for a in acc) + " |",
+            "",
+            "![certified accuracy](certified.png)",
+            "",
+        ]
+    checks = [
+        c.line() for c in check_records({setting_name(*k[:3]) + f" eps {k[3]:g}": r for k, r in rows.items()})
+    ]
+    lines = (sanity_lines or []) + checks
+    if lines:
+        parts += ["## Sanity checks", ""] + [f"- {line}" for line in lines] + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path

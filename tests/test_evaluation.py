@@ -1,0 +1,212 @@
+"""Evaluation protocol: aggregation, worst case, resume, sanity checks, reports, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from smoothinf.attacks import robust_accuracy
+from smoothinf.cli import main
+from smoothinf.data import load_dataset
+from smoothinf.errors import ConfigError
+from smoothinf.evaluation import (
+    EvalConfig,
+    ResultsStore,
+    aggregate,
+    evaluate,
+    markdown_table,
+    read_results,
+    run_sanity_checks,
+)
+from smoothinf.models import load_checkpoint
+from smoothinf.training.trainer import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def synthetic_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_model")
+    metrics = train(
+        TrainConfig(data="synthetic", model="mnist_cnn_small", epochs=3, lr=3e-3, device="cpu", out=str(out))
+    )
+    model, _ = load_checkpoint(metrics["checkpoint"])
+    test, _ = load_dataset("synthetic", "test")
+    x, y = test.tensors(60)
+    return metrics["checkpoint"], model, x, y
+
+
+def record(run, vote, sigma, clean, attacks, worst):
+    return {
+        "run": run,
+        "vote": vote,
+        "sigma": sigma,
+        "m": 8,
+        "eps": 0.1,
+        "n": 10,
+        "clean": clean,
+        "attacks": attacks,
+        "worst_case": worst,
+        "config": {},
+        "fingerprint": "f",
+    }
+
+
+def test_mean_std_aggregation():
+    recs = [
+        record(0, "hard", 0.1, 0.9, {"pgd": 0.5, "epgd": 0.4}, 0.3),
+        record(1, "hard", 0.1, 0.7, {"pgd": 0.7, "epgd": 0.2}, 0.1),
+    ]
+    row = aggregate(recs)[("hard", 0.1, 8, 0.1)]
+    assert row["runs"] == 2
+    assert row["clean"][0] == pytest.approx(0.8) and row["clean"][1] == pytest.approx(0.1414213, rel=1e-5)
+    assert row["attacks"]["pgd"] == pytest.approx((0.6, 0.1414213), rel=1e-5)
+    assert row["worst_case"][0] == pytest.approx(0.2)
+    assert row["strongest"] == "epgd"
+    table = markdown_table(aggregate(recs))
+    assert "80.0 ± 14.1" in table and "| epgd |" in table
+
+
+def test_worst_case_over_attacks_on_hand_built_case():
+    class ByPixel(torch.nn.Module):  # predicts the class written in pixel 0 (times 3)
+        def forward(self, x):
+            z = (x[:, 0, 0, 0] * 3).round().long().clamp(0, 2)
+            return torch.nn.functional.one_hot(z, 3).float()
+
+    x = torch.zeros(6, 1, 2, 2)
+    y = torch.tensor([0, 0, 0, 0, 0, 1])
+    x[5, 0, 0, 0] = 1 / 3
+
+    def flip(rows):
+        def attack(xb, yb, generator=None):
+            out = xb.clone()
+            hit = torch.tensor([r in rows for r in range(6)])[: xb.shape[0]]
+            out[hit, 0, 0, 0] = 2 / 3
+            return out
+
+        return attack
+
+    res = robust_accuracy(ByPixel(), x, y, {"a": flip({0, 1}), "b": flip({2})})
+    assert res.clean_accuracy == 1.0
+    assert res.accuracy == {"a": pytest.approx(4 / 6), "b": pytest.approx(5 / 6)}
+    assert res.worst_case_accuracy == pytest.approx(3 / 6)
+    assert res.robust.tolist() == [False, False, False, True, True, True]
+
+
+def test_protocol_resume_skips_finished_rows(synthetic_model, tmp_path):
+    ckpt, model, x, y = synthetic_model
+    cfg = EvalConfig(
+        checkpoint=ckpt,
+        data="synthetic",
+        max_examples=60,
+        eps=[0.1],
+        votes=["soft"],
+        sigmas=[0.05],
+        ms=[4],
+        attacks=["pgd", "epgd"],
+        steps=3,
+        attack_m=2,
+        runs=1,
+        device="cpu",
+    )
+    store = ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint())
+    first = evaluate(cfg, model, x, y, store, progress=False)
+    assert len(first) == 2  # base + one smoothed setting
+    assert set(first[1]["attacks"]) == {"pgd", "epgd"} and set(first[0]["attacks"]) == {"pgd"}
+    for r in first:
+        assert r["worst_case"] <= min(r["attacks"].values()) <= r["clean"]
+    cfg.runs = 2
+    store = ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint())
+    second = evaluate(cfg, model, x, y, store, progress=False)
+    assert [r["run"] for r in second] == [1, 1]
+    assert len(read_results(tmp_path / "r.jsonl")) == 4
+    assert (
+        evaluate(cfg, model, x, y, ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint()), progress=False)
+        == []
+    )
+
+
+def test_results_of_another_config_are_refused_and_kept(synthetic_model, tmp_path):
+    ckpt, *_ = synthetic_model
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record(0, "hard", 0.1, 1, {}, 1) | {"fingerprint": "other"}) + "\n")
+    before = path.read_bytes()
+    cfg = EvalConfig(checkpoint=ckpt, data="synthetic")
+    with pytest.raises(ConfigError, match="different configuration"):
+        ResultsStore(path, cfg.fingerprint())
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"attacks": ["deepfool"]}, "unknown attack"),
+        ({"votes": ["median"]}, "unknown vote"),
+        ({"eps": []}, "grid is empty"),
+        ({"attacks": []}, "grid is empty"),
+        ({"sigmas": []}, "grid is empty"),
+    ],
+)
+def test_bad_eval_configs(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        EvalConfig(checkpoint="x", **changes).validate()
+
+
+def test_sanity_checks_fire_on_obfuscated_model_only(synthetic_model):
+    _, model, x, y = synthetic_model
+
+    class Rounding(torch.nn.Module):  # gradient-masking: rounds its input, so gradients vanish
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(torch.round(x * 4) / 4)
+
+    normal = run_sanity_checks(model, x, y, eps=0.1, steps=10)
+    assert all(c.passed for c in normal), [c.line() for c in normal]
+    masked = run_sanity_checks(Rounding(model), x, y, eps=0.1, steps=10)
+    failed = [c for c in masked if not c.passed]
+    assert failed and all(c.line().startswith("WARNING: possible gradient obfuscation") for c in failed)
+
+
+def test_cli_protocol_and_report_regeneration(synthetic_model, tmp_path, capsys):
+    ckpt, *_ = synthetic_model
+    results = tmp_path / "res.jsonl"
+    args = [
+        "evaluate",
+        "-c",
+        ckpt,
+        "--attacks",
+        "fgsm",
+        "pgd",
+        "--eps",
+        "0.1",
+        "--votes",
+        "hard",
+        "--sigmas",
+        "0.05",
+        "--ms",
+        "4",
+        "--runs",
+        "2",
+        "--steps",
+        "3",
+        "--max-examples",
+        "40",
+        "--results",
+        str(results),
+        "--report-dir",
+        str(tmp_path / "rep"),
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    table = (tmp_path / "rep" / "results.md").read_text()
+    assert (tmp_path / "rep" / "report.md").exists() and (tmp_path / "rep" / "sigma_sweep.png").exists()
+    assert main(["report", str(results), "--out", str(tmp_path / "rep2")]) == 0
+    assert (tmp_path / "rep2" / "results.md").read_text() == table
+    assert "base (no smoothing)" in table and "hard sigma=0.05 m=4" in table
+    capsys.readouterr()
+    assert main(["evaluate", "-c", ckpt, "--attacks", "pgd", "--votes", "majority"]) == 2
+    assert "unknown vote" in capsys.readouterr().err
