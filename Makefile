@@ -22,8 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/smoothinf train --data mnist --model mnist_cnn_small --epochs 1 --out runs/demo
-	$(BIN)/smoothinf evaluate --checkpoint runs/demo/model.safetensors --data mnist
+	$(BIN)/smoothinf quickstart --out runs/quickstart
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quickstart", help="MNIST: PGD-AT, smoothed vs base under adaptive attacks, report"
     )
     q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--epochs", type=int, default=3)
+    q.add_argument("--epochs", type=int, default=6)
     q.add_argument("--examples", type=int, default=200)
     q.add_argument("--runs", type=int, default=3)
     q.add_argument("--full", action="store_true", help="the whole test set (slow on CPU)")

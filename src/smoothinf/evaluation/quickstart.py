@@ -25,7 +25,7 @@ from smoothinf.utils import resolve_device
 @dataclass
 class QuickstartConfig:
     out: str = "runs/quickstart"
-    epochs: int = 3
+    epochs: int = 6
     examples: int = 200
     certify_examples: int = 200
     certify_n: int = 1000
