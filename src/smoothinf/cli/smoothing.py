@@ -29,7 +29,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="folder of the data set files (CIFAR)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=4096, help="rows per forward (memory bound)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: by input size)")
     p.add_argument("--noise", default="gaussian", choices=NOISE_FAMILIES)
     add_common_args(p)
 

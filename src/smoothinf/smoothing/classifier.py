@@ -21,7 +21,12 @@ from smoothinf.noise.draws import per_draw_noise
 from smoothinf.smoothing.votes import VOTES, RankWeight, apply_vote
 from smoothinf.utils import check_images, model_device
 
-DEFAULT_BATCH_SIZE = 4096
+DEFAULT_BATCH_SIZE = 4096  # rows, when the inputs' size is unknown
+# Default chunk bound in input values: on the CPU, forwards much larger than a normal batch run
+# slower per row (large activations are page-faulted afresh on each allocation), so chunks stay
+# near a plain batch; on a GPU, large chunks fill the device.
+CPU_CHUNK_VALUES = 2**18
+GPU_CHUNK_VALUES = 2**25
 MIN_FREQUENCY = 1e-12  # log vote frequencies are clamped here, away from -inf
 
 
@@ -60,7 +65,7 @@ class SmoothedClassifier(nn.Module):
         self.m = _check_count("m", m)
         self.vote = vote
         self.weights = weights
-        self.batch_size = _check_count("batch_size", batch_size or DEFAULT_BATCH_SIZE)
+        self.batch_size = None if batch_size is None else _check_count("batch_size", batch_size)
 
     @property
     def sigma(self) -> float:
@@ -68,6 +73,13 @@ class SmoothedClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"noise={self.noise.family}, sigma={self.sigma}, m={self.m}, vote={self.vote}"
+
+    def rows_per_forward(self, x: torch.Tensor) -> int:
+        """Rows of one forward: ``batch_size`` when given, else a bound on a chunk's input values."""
+        if self.batch_size is not None:
+            return self.batch_size
+        budget = GPU_CHUNK_VALUES if x.device.type == "cuda" else CPU_CHUNK_VALUES
+        return max(1, budget // max(1, x[0].numel())) if x.shape[0] else DEFAULT_BATCH_SIZE
 
     def _check(self, x: torch.Tensor) -> None:
         check_images(x, "x", device=model_device(self.model))
@@ -90,9 +102,7 @@ class SmoothedClassifier(nn.Module):
     ) -> Iterator[torch.Tensor]:
         """Yield logits (d, N, K) of the base model for successive chunks of d noise draws (sum d = m)."""
         n = x.shape[0]
-        if n > self.batch_size:
-            raise SmoothinfError("internal: split examples before drawing")
-        per_chunk = max(1, self.batch_size // max(n, 1))
+        per_chunk = max(1, self.rows_per_forward(x) // max(n, 1))
         done = 0
         while done < m:
             d = min(per_chunk, m - done)
@@ -105,8 +115,9 @@ class SmoothedClassifier(nn.Module):
             done += d
 
     def _example_chunks(self, x: torch.Tensor) -> Iterator[slice]:
-        for start in range(0, x.shape[0], self.batch_size):
-            yield slice(start, min(start + self.batch_size, x.shape[0]))
+        rows = self.rows_per_forward(x)
+        for start in range(0, x.shape[0], rows):
+            yield slice(start, min(start + rows, x.shape[0]))
 
     def _accumulate(
         self, x: torch.Tensor, m: int, vote: str, generator: torch.Generator | None, grad: bool
