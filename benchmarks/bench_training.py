@@ -1,0 +1,73 @@
+"""PGD-AT epoch time vs its limit, (k + 1) x a standard epoch (k attack steps + the update).
+
+Run: .venv/bin/python benchmarks/bench_training.py [--examples 5000] [--out benchmarks/results/training.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+
+import torch
+
+from smoothinf.training.trainer import TrainConfig, train
+
+
+def epoch_seconds(cfg: TrainConfig) -> float:
+    start = time.perf_counter()
+    train(cfg)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--examples", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        common = dict(
+            data="mnist",
+            model="mnist_cnn_small",
+            epochs=1,
+            max_train_examples=args.examples,
+            eval_examples=100,
+            device="cpu",
+        )
+        epoch_seconds(TrainConfig(objective="standard", out=f"{tmp}/warm", **common))  # warm-up
+        t_std = min(
+            epoch_seconds(TrainConfig(objective="standard", out=f"{tmp}/s{i}", **common)) for i in range(2)
+        )
+        t_at = epoch_seconds(
+            TrainConfig(
+                objective="adversarial",
+                adv_weight=1.0,
+                eps=0.3,
+                attack_steps=args.steps,
+                out=f"{tmp}/at",
+                **common,
+            )
+        )
+    limit = (args.steps + 1) * t_std
+    text = "\n".join(
+        [
+            f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+            f"mnist_cnn_small, {args.examples} MNIST examples, batch 128, one epoch incl. data load and "
+            "checkpoint.",
+            "",
+            f"| standard epoch (s) | PGD-AT epoch, k = {args.steps} (s) | limit (k + 1) x standard (s) "
+            "| PGD-AT / limit |",
+            "|---|---|---|---|",
+            f"| {t_std:.2f} | {t_at:.2f} | {limit:.2f} | {t_at / limit:.2f}x |",
+        ]
+    )
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
