@@ -62,7 +62,8 @@ def adversarial(
         raise ConfigError(f"adversarial weight must lie in [0, 1], got {weight}")
 
     def step(model, x, y, generator=None):
-        x_adv = make_attack(model)(x, y, generator=generator).detach()
+        # The attack runs on the plain module (a DDP wrapper would expect a parameter backward).
+        x_adv = make_attack(getattr(model, "module", model))(x, y, generator=generator).detach()
         logits_adv = model(_noisy(x_adv, sigma, generator))
         loss = weight * F.cross_entropy(logits_adv, y)
         logits = None
@@ -101,7 +102,7 @@ def trades(
         def kl_loss(logits: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
             return (p_clean * (torch.log(p_clean + 1e-12) - F.log_softmax(logits, dim=1))).sum(1)
 
-        x_adv = make_attack(model, kl_loss)(x, y, generator=generator).detach()
+        x_adv = make_attack(getattr(model, "module", model), kl_loss)(x, y, generator=generator).detach()
         logits = model(x)
         logits_adv = model(x_adv)
         kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")

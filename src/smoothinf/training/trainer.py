@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from smoothinf.data import load_splits
+from smoothinf.distributed import all_reduce_sum, barrier, init_distributed
 from smoothinf.errors import ConfigError
 from smoothinf.models import create_model_for, list_models, load_checkpoint, save_checkpoint
 from smoothinf.noise import NOISE_KINDS, inject_noise, mean_noise_level, param_groups
@@ -144,6 +145,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """
     cfg.validate()
     device = resolve_device(cfg.device)
+    info_dist = init_distributed(device)
+    if cfg.batch_size % info_dist.world_size:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} must be divisible by the {info_dist.world_size} ranks"
+        )
     splits, info = load_splits(cfg.data, ("train", "val", "test"), cfg.root)
     x, y = splits["train"].tensors(cfg.max_train_examples)
     seed_everything(cfg.seed)
@@ -154,7 +160,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if cfg.noise:
             inject_noise(model, cfg.noise, rank=cfg.noise_rank, init=cfg.noise_init, sigma=cfg.noise_init)
     model = model.to(device)
-    groups = param_groups(model, cfg.weight_decay)
+    base_model = model
+    if info_dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    groups = param_groups(base_model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     else:
@@ -164,17 +173,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         cfg.objective, cfg.eps, cfg.alpha, cfg.attack_steps, cfg.adv_weight, cfg.beta, cfg.sigma, cfg.m_train
     )
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if info_dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(info_dist)
     state_path, log_path = out / "last.pt", out / "metrics.jsonl"
     start_epoch = 0
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=True)
-        model.load_state_dict(state["model"])
+        base_model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"])
-    cfg.to_yaml(out / "config.yaml")
+    if info_dist.is_main:
+        cfg.to_yaml(out / "config.yaml")
     start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -182,9 +194,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         attack_gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch + 7)
         perm = torch.randperm(x.shape[0], generator=batch_gen)
         totals = {"loss": 0.0, "clean": 0, "adv": 0, "n": 0}
-        bar = tqdm(range(0, x.shape[0], cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        bar = tqdm(
+            range(0, x.shape[0], cfg.batch_size),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not info_dist.is_main,
+        )
         for i in bar:
-            idx = perm[i : i + cfg.batch_size]
+            idx = perm[i : i + cfg.batch_size][info_dist.rank :: info_dist.world_size]  # this rank's share
             xb, yb = x[idx].to(device), y[idx].to(device)
             step = objective(model, xb, yb, attack_gen)
             opt.zero_grad(set_to_none=True)
@@ -200,10 +217,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             }
             if step.adv_correct is not None:
                 post["adv"] = f"{totals['adv'] / totals['n']:.3f}"
-            post.update({k: f"{v:.3g}" for k, v in mean_noise_level(model).items()})
+            post.update({k: f"{v:.3g}" for k, v in mean_noise_level(base_model).items()})
             bar.set_postfix(post)
         sched.step()
         model.eval()
+        summed = all_reduce_sum(
+            [totals["loss"], totals["clean"], totals["adv"], totals["n"]], info_dist, device
+        )
+        totals = dict(zip(("loss", "clean", "adv", "n"), summed, strict=True))
         n = totals["n"]
         record = {
             "epoch": epoch + 1,
@@ -215,16 +236,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if cfg.objective not in ("standard", "gaussian"):
             record["train_adv"] = totals["adv"] / n
         xv, yv = splits["val"].tensors(cfg.eval_examples)
-        record["val_clean"] = accuracy(model, xv, yv)
-        record.update(mean_noise_level(model))
+        record["val_clean"] = accuracy(base_model, xv, yv)
+        record.update(mean_noise_level(base_model))
+        if not info_dist.is_main:
+            barrier(info_dist)
+            continue
         save_checkpoint(
             out / "model.safetensors",
-            model,
+            base_model,
             {"dataset": cfg.data, "training": asdict(cfg), "metrics": record},
         )
         _atomic_torch_save(
             {
-                "model": model.state_dict(),
+                "model": base_model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state(),
@@ -239,9 +263,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
             flush=True,
         )
+        barrier(info_dist)
     xt, yt = splits["test"].tensors(cfg.eval_examples)
     metrics = {
-        "test_clean": accuracy(model, xt, yt),
+        "test_clean": accuracy(base_model, xt, yt),
         "train_seconds": time.time() - start,
         "checkpoint": str(out / "model.safetensors"),
     }
