@@ -210,3 +210,37 @@ def test_cli_protocol_and_report_regeneration(synthetic_model, tmp_path, capsys)
     capsys.readouterr()
     assert main(["evaluate", "-c", ckpt, "--attacks", "pgd", "--votes", "majority"]) == 2
     assert "unknown vote" in capsys.readouterr().err
+
+
+def test_report_draws_m_and_eps_sweeps_from_records(tmp_path):
+    from smoothinf.evaluation import write_report
+
+    recs = []
+    for run in range(2):
+        for m in (4, 16):
+            for eps in (0.1, 0.2):
+                r = record(run, "soft", 0.1, 0.9, {"pgd": 0.5 - eps}, 0.4 - eps)
+                recs.append(
+                    r
+                    | {
+                        "m": m,
+                        "eps": eps,
+                        "config": {
+                            "checkpoint": "c",
+                            "data": "d",
+                            "split": "test",
+                            "runs": 2,
+                            "seed": 0,
+                            "attacks": ["pgd"],
+                            "steps": 3,
+                            "restarts": 1,
+                            "attack_m": 2,
+                        },
+                    }
+                )
+        recs.append(record(run, "none", 0.0, 0.9, {"pgd": 0.3}, 0.3) | {"m": 1, "config": recs[0]["config"]})
+    report = write_report(recs, tmp_path)
+    text = report.read_text()
+    assert (tmp_path / "m_sweep.png").exists() and (tmp_path / "eps_sweep.png").exists()
+    assert "m_sweep.png" in text and "eps_sweep.png" in text
+    assert "| soft sigma=0.1 m=16 | 0.2 | 2 | 90.0 ± 0.0 | 30.0 ± 0.0 | 20.0 ± 0.0 | pgd |" in text

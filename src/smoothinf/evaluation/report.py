@@ -101,6 +101,43 @@ def plot_sigma_sweep(rows: dict[tuple, dict], path: Path) -> Path | None:
     return path
 
 
+def plot_sweep(rows: dict[tuple, dict], axis: str, path: Path) -> Path | None:
+    """Worst-case accuracy vs ``axis`` ("m" or "eps"), one curve per remaining setting; None when the
+    grid has fewer than two values on that axis."""
+    index = {"m": 2, "eps": 3}[axis]
+    if len({k[index] for k in rows if k[0] != "none" or axis == "eps"}) < 2:
+        return None
+    plt = _plt()
+    curves = defaultdict(list)
+    for key, row in rows.items():
+        if axis == "m" and key[0] == "none":
+            continue
+        rest = tuple(v for i, v in enumerate(key) if i != index)
+        curves[rest].append((key[index], row["worst_case"]))
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for rest, pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
+        pts = sorted(pts)
+        label = setting_name(*rest[:3]) if axis == "eps" else f"{rest[0]} sigma={rest[1]:g} eps={rest[2]:g}"
+        ax.errorbar(
+            [p[0] for p in pts],
+            [100 * p[1][0] for p in pts],
+            yerr=[100 * p[1][1] for p in pts],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    if axis == "m":
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel("Monte Carlo draws m" if axis == "m" else "eps (pixel units)")
+    ax.set_ylabel("worst-case accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_certified(radius: np.ndarray, correct: np.ndarray, sigma: float, path: Path) -> Path:
     from smoothinf.smoothing import certified_accuracy
 
@@ -152,6 +189,9 @@ def write_report(
     plot = plot_sigma_sweep(rows, out / "sigma_sweep.png")
     if plot is not None:
         parts += ["![accuracy vs sigma](sigma_sweep.png)", ""]
+    for axis in ("m", "eps"):
+        if plot_sweep(rows, axis, out / f"{axis}_sweep.png") is not None:
+            parts += [f"![accuracy vs {axis}]({axis}_sweep.png)", ""]
     if certificate is not None:
         from smoothinf.smoothing import certified_accuracy
 
