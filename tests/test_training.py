@@ -69,6 +69,10 @@ def test_adversarial_training_improves_pgd_accuracy(tmp_path):
     acc_at = robust_accuracy_pgd(m_at, x, y, 0.1, 10, seed=0)
     assert accuracy(m_at, x, y) > 0.85
     assert acc_at > acc_std + 0.2, (acc_std, acc_at)
+    # Best-checkpoint selection by PGD accuracy on the val split (never on test).
+    log = [json.loads(line) for line in (tmp_path / "at" / "metrics.jsonl").read_text().splitlines()]
+    best = json.loads((tmp_path / "at" / "best.safetensors.json").read_text())["metrics"]
+    assert best["val_pgd"] == max(r["val_pgd"] for r in log)
 
 
 def _weights(path):

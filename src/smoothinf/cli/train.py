@@ -32,31 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if f.name == "milestones":
             p.add_argument(flag, type=int, nargs="*", default=None)
             continue
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0].replace("|", "").strip())
-        if f.name in (
-            "alpha",
-            "eps",
-            "noise_init",
-            "lr",
-            "momentum",
-            "weight_decay",
-            "adv_weight",
-            "beta",
-            "sigma",
-        ):
-            kind = float
-        elif f.name in (
-            "noise_rank",
-            "attack_steps",
-            "m_train",
-            "epochs",
-            "batch_size",
-            "max_train_examples",
-            "eval_examples",
-        ):
-            kind = int
-        else:
-            kind = str
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = type(default) if isinstance(default, int | float) and not isinstance(default, bool) else None
+        if kind is None:
+            kind = {"alpha": float, "max_train_examples": int}.get(f.name, str)
         p.add_argument(
             flag,
             type=kind,

@@ -48,6 +48,9 @@ class TrainConfig:
     batch_size: int = 128
     max_train_examples: int | None = None
     eval_examples: int = 1000
+    eval_every: int = 1
+    eval_pgd_steps: int = 10
+    select_by: str = "robust"
     init: str | None = None
     out: str = "runs/train"
     seed: int = 0
@@ -66,6 +69,10 @@ class TrainConfig:
             raise ConfigError(f"unknown schedule {self.schedule!r}; use constant, multistep or cosine")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.select_by not in ("clean", "robust", "last"):
+            raise ConfigError(f"unknown select_by {self.select_by!r}; use clean, robust or last")
+        if self.eval_every < 1 or self.eval_pgd_steps < 1:
+            raise ConfigError("eval_every and eval_pgd_steps must be >= 1")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -134,6 +141,20 @@ def robust_accuracy_pgd(model, x, y, eps, steps, seed, batch_size=500) -> float:
         with torch.no_grad():
             correct += int((model(x_adv).argmax(1) == yb).sum())
     return correct / max(1, x.shape[0])
+
+
+def _keep_best(cfg: TrainConfig, out: Path, model: torch.nn.Module, record: dict) -> None:
+    """Save ``best.safetensors`` when the validation metric chosen by ``select_by`` improves
+    (selection on the val split, never on test)."""
+    key = {"clean": "val_clean", "robust": "val_pgd"}.get(cfg.select_by)
+    if key is None or key not in record:
+        return
+    best_path = out / "best.safetensors"
+    previous = -1.0
+    if best_path.exists():
+        previous = json.loads(Path(str(best_path) + ".json").read_text())["metrics"].get(key, -1.0)
+    if record[key] > previous:
+        save_checkpoint(best_path, model, {"dataset": cfg.data, "training": asdict(cfg), "metrics": record})
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -237,6 +258,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             record["train_adv"] = totals["adv"] / n
         xv, yv = splits["val"].tensors(cfg.eval_examples)
         record["val_clean"] = accuracy(base_model, xv, yv)
+        evaluate_now = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        if evaluate_now and cfg.eps > 0:
+            record["val_pgd"] = robust_accuracy_pgd(base_model, xv, yv, cfg.eps, cfg.eval_pgd_steps, cfg.seed)
         record.update(mean_noise_level(base_model))
         if not info_dist.is_main:
             barrier(info_dist)
@@ -258,6 +282,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         )
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        _keep_best(cfg, out, base_model, record)
         print(
             f"epoch {epoch + 1}/{cfg.epochs}: "
             + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
