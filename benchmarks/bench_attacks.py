@@ -40,6 +40,7 @@ def timeit_pair(ours, theirs, repeats: int, device: torch.device) -> tuple[float
     """Best-of-``repeats`` wall times (s) of ``ours()`` and ``theirs()``, interleaved run by run after
     one warm-up each, so load from other processes hits both alike (the minimum is the least
     disturbed run)."""
+
     def once(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -83,13 +84,21 @@ def main() -> None:
         eps, alpha, sigma = 8 / 255, 2 / 255, 0.1
         ours_pgd = PGD(model, eps, alpha=alpha, steps=steps)
         ta_pgd = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-        t_ours, t_ta = timeit_pair(lambda a=ours_pgd, x=x, y=y: a(x, y, gen),
-                                   lambda a=ta_pgd, x=x, y=y: a(x, y), args.repeats, device)
+        t_ours, t_ta = timeit_pair(
+            lambda a=ours_pgd, x=x, y=y: a(x, y, gen),
+            lambda a=ta_pgd, x=x, y=y: a(x, y),
+            args.repeats,
+            device,
+        )
         rows.append((f"PGD-{steps}", name, f"{batch}x{shape}", steps * batch, t_ours, t_ta))
         ours_epgd = EPGD(model, sigma, m, eps, alpha=alpha, steps=steps)
         ta_eot = torchattacks.EOTPGD(InputNoise(model, sigma), eps=eps, alpha=alpha, steps=steps, eot_iter=m)
-        t_ours, t_ta = timeit_pair(lambda a=ours_epgd, x=x, y=y: a(x, y, gen),
-                                   lambda a=ta_eot, x=x, y=y: a(x, y), args.repeats, device)
+        t_ours, t_ta = timeit_pair(
+            lambda a=ours_epgd, x=x, y=y: a(x, y, gen),
+            lambda a=ta_eot, x=x, y=y: a(x, y),
+            args.repeats,
+            device,
+        )
         label = f"EPGD-{steps} m={m} vs EOTPGD"
         rows.append((label, name, f"{batch}x{shape}", steps * m * batch, t_ours, t_ta))
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -124,6 +133,7 @@ def write_section(path: Path, prefix: str, text: str) -> None:
     sections.append(text.strip())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Attack benchmarks\n\n" + "\n\n".join(sections) + "\n")
+
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def mnist_small_model():
-    """A ``mnist_cnn_small`` trained for one short epoch on 12k real MNIST images (about 96.5% on its 512 test images).
+    """A ``mnist_cnn_small`` trained two short epochs on 12k real MNIST images (~96.5% on 512 test images).
 
     Returns ``(model, x_test, y_test)`` with 512 test images (float32 in [0, 1]); the model is in
     eval mode on the CPU. Shared by every test that needs a real trained classifier.

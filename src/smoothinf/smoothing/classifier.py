@@ -25,7 +25,7 @@ DEFAULT_BATCH_SIZE = 4096  # rows, when the inputs' size is unknown
 # Default chunk bound in input values: on the CPU, forwards much larger than a normal batch run
 # slower per row (large activations are page-faulted afresh on each allocation), so chunks stay
 # near a plain batch; on a GPU, large chunks fill the device.
-CPU_CHUNK_VALUES = 2**18
+CPU_CHUNK_VALUES = 2**17
 GPU_CHUNK_VALUES = 2**25
 MIN_FREQUENCY = 1e-12  # log vote frequencies are clamped here, away from -inf
 

@@ -214,6 +214,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         batch_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         attack_gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch + 7)
         perm = torch.randperm(x.shape[0], generator=batch_gen)
+        epoch_start = time.time()
         totals = {"loss": 0.0, "clean": 0, "adv": 0, "n": 0}
         bar = tqdm(
             range(0, x.shape[0], cfg.batch_size),
@@ -240,6 +241,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 post["adv"] = f"{totals['adv'] / totals['n']:.3f}"
             post.update({k: f"{v:.3g}" for k, v in mean_noise_level(base_model).items()})
             bar.set_postfix(post)
+        loop_seconds = time.time() - epoch_start
         sched.step()
         model.eval()
         summed = all_reduce_sum(
@@ -253,6 +255,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             "train_clean": totals["clean"] / n,
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.time() - start,
+            "epoch_loop_seconds": loop_seconds,
         }
         if cfg.objective not in ("standard", "gaussian"):
             record["train_adv"] = totals["adv"] / n
