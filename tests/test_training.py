@@ -186,3 +186,22 @@ def test_repo_configs_are_valid():
         cfg = TrainConfig.from_yaml(path, init=None)
         cfg.init = None
         cfg.validate()
+
+
+def test_amp_and_grad_clip_run_and_learn(tmp_path):
+    metrics = train(
+        TrainConfig(
+            data="synthetic",
+            model="mnist_cnn_small",
+            epochs=2,
+            lr=3e-3,
+            amp=True,
+            grad_clip=1.0,
+            eps=0.0,
+            device="cpu",
+            out=str(tmp_path / "amp"),
+        )
+    )
+    assert metrics["test_clean"] > 0.7
+    with pytest.raises(ConfigError, match="grad_clip"):
+        train(TrainConfig(data="synthetic", grad_clip=-1.0, out=str(tmp_path / "never")))

@@ -29,13 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if f.name in ("seed", "device"):
             continue
         flag = "--" + f.name.replace("_", "-")
+        if f.name == "amp":
+            p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast (opt-in)")
+            continue
         if f.name == "milestones":
             p.add_argument(flag, type=int, nargs="*", default=None)
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = type(default) if isinstance(default, int | float) and not isinstance(default, bool) else None
         if kind is None:
-            kind = {"alpha": float, "max_train_examples": int}.get(f.name, str)
+            kind = {"alpha": float, "grad_clip": float, "max_train_examples": int}.get(f.name, str)
         p.add_argument(
             flag,
             type=kind,

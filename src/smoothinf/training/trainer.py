@@ -49,6 +49,8 @@ class TrainConfig:
     max_train_examples: int | None = None
     eval_examples: int = 1000
     eval_every: int = 1
+    amp: bool = False
+    grad_clip: float | None = None
     eval_pgd_steps: int = 10
     select_by: str = "robust"
     init: str | None = None
@@ -71,6 +73,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.select_by not in ("clean", "robust", "last"):
             raise ConfigError(f"unknown select_by {self.select_by!r}; use clean, robust or last")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.eval_every < 1 or self.eval_pgd_steps < 1:
             raise ConfigError("eval_every and eval_pgd_steps must be >= 1")
         if self.epochs < 1:
@@ -225,9 +229,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         for i in bar:
             idx = perm[i : i + cfg.batch_size][info_dist.rank :: info_dist.world_size]  # this rank's share
             xb, yb = x[idx].to(device), y[idx].to(device)
-            step = objective(model, xb, yb, attack_gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                step = objective(model, xb, yb, attack_gen)
             opt.zero_grad(set_to_none=True)
-            step.loss.backward()
+            step.loss.float().backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(base_model.parameters(), cfg.grad_clip)
             opt.step()
             totals["loss"] += step.loss.item() * len(idx)
             totals["clean"] += step.clean_correct
