@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 
 from smoothinf.models import create_model
 from smoothinf.noise import inject_noise, per_draw_noise
-
-
-def best_time(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time
 
 
 def main() -> None:
@@ -53,7 +43,7 @@ def main() -> None:
                 with torch.no_grad(), per_draw_noise(model, m):
                     return model(xb)
 
-            t_loop, t_batch = best_time(looped), best_time(batched)
+            t_loop, t_batch = best_time(looped, 5), best_time(batched, 5)
             lines.append(f"| {kind} | {n} | {m} | {t_loop:.4f} | {t_batch:.4f} | {t_loop / t_batch:.2f}x |")
     text = "\n".join(lines)
     print(text)

@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import numpy as np
 import torch
 
 from smoothinf.models import create_model
 from smoothinf.smoothing import SmoothedClassifier, certify
-
-
-def best_time(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time
 
 
 def limit_forwards(model, x, m):

@@ -9,46 +9,6 @@ import pytest
 from smoothinf.cli import main
 
 
-def test_train_then_evaluate_synthetic(tmp_path, capsys):
-    out = tmp_path / "run"
-    rc = main(
-        [
-            "train",
-            "--data",
-            "synthetic",
-            "--model",
-            "mnist_cnn_small",
-            "--epochs",
-            "3",
-            "--lr",
-            "3e-3",
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-        ]
-    )
-    assert rc == 0
-    meta = json.loads((out / "model.safetensors.json").read_text())
-    assert meta["metrics"]["val_clean"] > 0.9 and meta["metrics"]["epoch"] == 3
-    capsys.readouterr()
-    ckpt = str(out / "model.safetensors")
-    assert main(["evaluate", "--checkpoint", ckpt, "--data", "synthetic", "--split", "val"]) == 0
-    line = capsys.readouterr().out
-    acc = float(line.split("clean accuracy")[1].split()[0])
-    assert acc == pytest.approx(meta["metrics"]["val_clean"])
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
-
-
-def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not found" in err[0]
-    assert main(["train", "--data", "synthetic", "--epochs", "0", "--out", str(tmp_path)]) == 2
-    assert "epochs" in capsys.readouterr().err
-
-
 @pytest.fixture(scope="module")
 def synthetic_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
@@ -73,6 +33,28 @@ def synthetic_checkpoint(tmp_path_factory):
         == 0
     )
     return out / "model.safetensors"
+
+
+def test_train_then_evaluate_synthetic(synthetic_checkpoint, capsys):
+    out = synthetic_checkpoint.parent
+    meta = json.loads((out / "model.safetensors.json").read_text())
+    assert meta["metrics"]["val_clean"] > 0.9 and meta["metrics"]["epoch"] == 3
+    capsys.readouterr()
+    ckpt = str(out / "model.safetensors")
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", "synthetic", "--split", "val"]) == 0
+    line = capsys.readouterr().out
+    acc = float(line.split("clean accuracy")[1].split()[0])
+    assert acc == pytest.approx(meta["metrics"]["val_clean"])
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0]
+    assert main(["train", "--data", "synthetic", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert "epochs" in capsys.readouterr().err
 
 
 def test_predict_cli_reports_accuracy_and_abstain(synthetic_checkpoint, capsys):
