@@ -86,3 +86,76 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     sd = ws.state_dict()
     for k, v in wd.state_dict().items():
         assert torch.allclose(v, sd[k], atol=1e-4), k
+
+
+def test_two_process_evaluation_equals_single_process(tmp_path):
+    ckpt = train(
+        TrainConfig(
+            data="synthetic",
+            model="mnist_cnn_small",
+            epochs=2,
+            lr=3e-3,
+            device="cpu",
+            out=str(tmp_path / "model"),
+        )
+    )["checkpoint"]
+    grid = [
+        "evaluate",
+        "-c",
+        ckpt,
+        "--attacks",
+        "fgsm",
+        "pgd",
+        "epgd",
+        "--eps",
+        "0.1",
+        "--votes",
+        "hard",
+        "--sigmas",
+        "0.05",
+        "0.1",
+        "--ms",
+        "4",
+        "--runs",
+        "2",
+        "--steps",
+        "3",
+        "--attack-m",
+        "2",
+        "--max-examples",
+        "40",
+        "--device",
+        "cpu",
+    ]
+    two = tmp_path / "two.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "smoothinf",
+        *grid,
+        "--results",
+        str(two),
+        "--report-dir",
+        str(tmp_path / "rep2"),
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from smoothinf.cli import main
+
+    one = tmp_path / "one.jsonl"
+    assert main([*grid, "--results", str(one), "--report-dir", str(tmp_path / "rep1")]) == 0
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    rows_two = [strip(json.loads(line)) for line in two.read_text().splitlines()]
+    rows_one = [strip(json.loads(line)) for line in one.read_text().splitlines()]
+    assert len(rows_one) == 6 and rows_two == rows_one

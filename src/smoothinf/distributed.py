@@ -46,6 +46,17 @@ def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) ->
     return t.tolist()
 
 
+def gather_json(items: list, info: DistInfo) -> list:
+    """Concatenate every rank's list of JSON-serialisable items (exchanged as JSON text)."""
+    import json
+
+    if not info.enabled:
+        return list(items)
+    texts: list[str | None] = [None] * info.world_size
+    dist.all_gather_object(texts, json.dumps(items))
+    return [item for text in texts for item in json.loads(text)]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

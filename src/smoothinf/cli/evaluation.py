@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from smoothinf.cli import add_common_args
@@ -122,6 +123,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     results = Path(args.results or Path(cfg.checkpoint).parent / "results.jsonl")
     store = ResultsStore(results, cfg.fingerprint())
     evaluate(cfg, model, x, y, store)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
+        return 0
     report = write_report(store.records, args.report_dir or results.parent / "report")
     print((report.parent / "results.md").read_text())
     print(f"results: {results}; report: {report}")

@@ -10,8 +10,9 @@ from tqdm import tqdm
 
 from smoothinf import __version__
 from smoothinf.attacks import EPGD, FGSM, PGD, SmoothAdv, robust_accuracy
+from smoothinf.distributed import gather_json, init_distributed
 from smoothinf.evaluation.config import EvalConfig
-from smoothinf.evaluation.results import ResultsStore, row_key
+from smoothinf.evaluation.results import ResultsStore
 from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import SmoothedClassifier
 
@@ -59,12 +60,16 @@ def evaluate(
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     jobs = [(r, s, e) for r in range(cfg.runs) for s in cfg.settings() for e in cfg.eps]
+    jobs = [j for j in jobs if (j[0], j[1][0], float(j[1][1]), int(j[1][2]), float(j[2])) not in done]
+    # Under torchrun each rank takes every world-th (run, setting, eps) job on all examples, so every
+    # record is computed exactly as one process would (same seed, same data, same draws).
+    dist_info = init_distributed(device)
+    mine = jobs[dist_info.rank :: dist_info.world_size]
     records = []
-    for run, (vote, sigma, m), eps in tqdm(jobs, desc="evaluate", disable=not progress):
+    for run, (vote, sigma, m), eps in tqdm(
+        mine, desc="evaluate", disable=not progress or not dist_info.is_main
+    ):
         seed = cfg.seed + run
-        key = (run, vote, float(sigma), int(m), float(eps))
-        if key in done:
-            continue
         gen = torch.Generator(device=device).manual_seed(seed)
         start = time.time()
         defended = build_defended(model, vote, sigma, m, cfg.noise)
@@ -72,25 +77,35 @@ def evaluate(
             defended, x, y, build_attacks(model, cfg, vote, sigma, eps), gen, batch_size=cfg.batch_size
         )
         acc = result.accuracy
-        record = {
-            "run": run,
-            "seed": seed,
-            "vote": vote,
-            "sigma": float(sigma),
-            "m": int(m),
-            "eps": float(eps),
-            "n": int(x.shape[0]),
-            "clean": result.clean_accuracy,
-            "attacks": acc,
-            "worst_case": result.worst_case_accuracy,
-            "strongest": min(acc, key=acc.get) if acc else None,
-            "seconds": time.time() - start,
-            "fingerprint": cfg.fingerprint(),
-            "config": cfg.to_dict(),
-            "version": __version__,
-        }
-        assert row_key(record) == key
+        records.append(
+            {
+                "run": run,
+                "seed": seed,
+                "vote": vote,
+                "sigma": float(sigma),
+                "m": int(m),
+                "eps": float(eps),
+                "n": int(x.shape[0]),
+                "clean": result.clean_accuracy,
+                "attacks": acc,
+                "worst_case": result.worst_case_accuracy,
+                "strongest": min(acc, key=acc.get) if acc else None,
+                "seconds": time.time() - start,
+                "fingerprint": cfg.fingerprint(),
+                "config": cfg.to_dict(),
+                "version": __version__,
+            }
+        )
+        if store is not None and not dist_info.enabled:
+            store.append(records[-1])
+    if dist_info.enabled:
+        records = sorted(
+            gather_json(records, dist_info),
+            key=lambda r: jobs.index((r["run"], (r["vote"], r["sigma"], r["m"]), r["eps"])),
+        )
+        if not dist_info.is_main:
+            return records
         if store is not None:
-            store.append(record)
-        records.append(record)
+            for r in records:
+                store.append(r)
     return records
