@@ -205,3 +205,25 @@ def test_amp_and_grad_clip_run_and_learn(tmp_path):
     assert metrics["test_clean"] > 0.7
     with pytest.raises(ConfigError, match="grad_clip"):
         train(TrainConfig(data="synthetic", grad_clip=-1.0, out=str(tmp_path / "never")))
+
+
+def test_finetune_from_checkpoint_adds_requested_noise(tmp_path):
+    base = train(
+        TrainConfig(data="synthetic", epochs=1, lr=3e-3, eps=0.0, device="cpu", out=str(tmp_path / "b"))
+    )
+    tuned = train(
+        TrainConfig(
+            data="synthetic",
+            epochs=1,
+            lr=1e-3,
+            eps=0.0,
+            device="cpu",
+            init=base["checkpoint"],
+            noise="cni-w",
+            noise_rank=2,
+            out=str(tmp_path / "t"),
+        )
+    )
+    model, meta = load_checkpoint(tuned["checkpoint"])
+    assert meta["noise"]["kind"] == "cni-w" and meta["noise"]["rank"] == 2
+    assert tuned["test_clean"] > 0.5

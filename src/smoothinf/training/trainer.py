@@ -178,8 +178,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     splits, info = load_splits(cfg.data, ("train", "val", "test"), cfg.root)
     x, y = splits["train"].tensors(cfg.max_train_examples)
     seed_everything(cfg.seed)
-    if cfg.init:
+    if cfg.init:  # fine-tune; --noise adds noise layers to a checkpoint that has none of that kind
         model, _ = load_checkpoint(cfg.init, device=device)
+        recorded = getattr(model, "smoothinf_noise", None) or {}
+        kinds = {c["kind"] for c in recorded.get("stack", [recorded])} if recorded else set()
+        if cfg.noise and cfg.noise not in kinds:
+            inject_noise(model, cfg.noise, rank=cfg.noise_rank, init=cfg.noise_init, sigma=cfg.noise_init)
     else:
         model = create_model_for(cfg.model, info)
         if cfg.noise:
