@@ -11,8 +11,6 @@ Cost: steps * m gradients per restart. With m = 1 and sigma = 0 EPGD equals PGD 
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from smoothinf.attacks.base import LossFn, check_positive_int, unwrap_smoothed
@@ -37,6 +35,7 @@ class ExpectationPGD(PGD):
     """
 
     name = "epgd"
+    default_reduce = "loss"
 
     def __init__(
         self,
@@ -52,12 +51,13 @@ class ExpectationPGD(PGD):
         loss: str | LossFn = "ce",
         targeted: bool = False,
         *,
-        reduce: str = "loss",
+        reduce: str | None = None,
         batch_size: int | None = None,
         eval_mode: bool = True,
     ) -> None:
         if eps is None:
             raise ConfigError("eps is required (pixel units)")
+        reduce = self.default_reduce if reduce is None else reduce
         if reduce not in REDUCTIONS:
             raise ConfigError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
         base, s_noise, s_m = unwrap_smoothed(model)
@@ -88,29 +88,11 @@ class EPGD(ExpectationPGD):
     """Expectation PGD: the gradient of the expected loss mean_i L(f(x + n_i), y) (paper eq. 24/25)."""
 
     name = "epgd"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        noise: NoiseDistribution | float | None = None,
-        m: int | None = None,
-        eps: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, noise, m, eps, reduce="loss", **kwargs)
+    default_reduce = "loss"
 
 
 class SmoothAdv(ExpectationPGD):
     """SmoothAdv (Salman et al. 2019): the loss of the expected softmax, -log mean_i p_y(x + n_i)."""
 
     name = "smoothadv"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        noise: NoiseDistribution | float | None = None,
-        m: int | None = None,
-        eps: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, noise, m, eps, reduce="softmax", **kwargs)
+    default_reduce = "softmax"
