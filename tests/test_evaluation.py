@@ -244,3 +244,34 @@ def test_report_draws_m_and_eps_sweeps_from_records(tmp_path):
     assert (tmp_path / "m_sweep.png").exists() and (tmp_path / "eps_sweep.png").exists()
     assert "m_sweep.png" in text and "eps_sweep.png" in text
     assert "| soft sigma=0.1 m=16 | 0.2 | 2 | 90.0 ± 0.0 | 30.0 ± 0.0 | 20.0 ± 0.0 | pgd |" in text
+
+
+def test_protocol_runs_transfer_and_nattack(synthetic_model, tmp_path):
+    ckpt, model, x, y = synthetic_model
+    cfg = EvalConfig(
+        checkpoint=ckpt,
+        data="synthetic",
+        max_examples=30,
+        eps=[0.1],
+        votes=["soft"],
+        sigmas=[0.05],
+        ms=[4],
+        attacks=["pgd", "transfer", "nattack"],
+        steps=5,
+        transfer_source=ckpt,
+        nattack_population=10,
+        nattack_queries=200,
+        runs=1,
+        device="cpu",
+    )
+    recs = evaluate(cfg, model, x[:30], y[:30], progress=False)
+    base = recs[0]
+    assert set(base["attacks"]) == {"pgd", "transfer", "nattack"}
+    # The transfer source is the model itself, so on the base model transfer is white-box PGD with
+    # other random starts (the generator has moved on): equal up to a few examples.
+    assert base["attacks"]["transfer"] == pytest.approx(base["attacks"]["pgd"], abs=0.1)
+    assert base["attacks"]["transfer"] < base["clean"] - 0.3
+    for r in recs:
+        assert r["worst_case"] <= min(r["attacks"].values()) <= r["clean"]
+    with pytest.raises(ConfigError, match="transfer_source"):
+        EvalConfig(checkpoint=ckpt, attacks=["transfer"]).validate()

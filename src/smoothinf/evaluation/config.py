@@ -11,9 +11,22 @@ from pathlib import Path
 from smoothinf.errors import ConfigError
 from smoothinf.smoothing import VOTES
 
-EVAL_ATTACKS = ("fgsm", "pgd", "epgd", "smoothadv")
+EVAL_ATTACKS = ("fgsm", "pgd", "epgd", "smoothadv", "transfer", "nattack", "autoattack")
 # Fields that define what a result means; grid values and run count may grow on resume.
-_IDENTITY = ("checkpoint", "data", "split", "max_examples", "steps", "restarts", "attack_m", "noise", "seed")
+_IDENTITY = (
+    "checkpoint",
+    "data",
+    "split",
+    "max_examples",
+    "steps",
+    "restarts",
+    "attack_m",
+    "noise",
+    "seed",
+    "transfer_source",
+    "nattack_population",
+    "nattack_queries",
+)
 
 
 @dataclass
@@ -22,7 +35,10 @@ class EvalConfig:
 
     sigma and eps are in pixel units. The base model ("none" setting) is always included.
     Attacks: pgd = PGD on the base model (the paper's setting), epgd / smoothadv = expectation
-    attacks through the smoothing noise with ``attack_m`` draws per step, fgsm = single step.
+    attacks through the smoothing noise with ``attack_m`` draws per step, fgsm = single step,
+    transfer = PGD on the ``transfer_source`` checkpoint, nattack = black-box NES on the defended
+    classifier's scores, autoattack = the official AutoAttack (version "rand" with EOT on a
+    soft-vote smoothed surrogate for smoothed settings, "standard" for the base model).
     """
 
     checkpoint: str = ""
@@ -38,6 +54,9 @@ class EvalConfig:
     steps: int = 20
     restarts: int = 1
     attack_m: int = 8
+    transfer_source: str | None = None
+    nattack_population: int = 50
+    nattack_queries: int = 2000
     noise: str = "gaussian"
     runs: int = 3
     seed: int = 0
@@ -53,6 +72,8 @@ class EvalConfig:
         unknown = [a for a in self.attacks if a not in EVAL_ATTACKS]
         if unknown:
             raise ConfigError(f"unknown attack {unknown[0]!r}; choose from {', '.join(EVAL_ATTACKS)}")
+        if "transfer" in self.attacks and not self.transfer_source:
+            raise ConfigError("the transfer attack needs transfer_source (a source checkpoint)")
         if not self.eps or not self.attacks:
             raise ConfigError("the grid is empty: give at least one eps and one attack")
         if self.votes and (not self.sigmas or not self.ms):

@@ -9,7 +9,16 @@ from torch import nn
 from tqdm import tqdm
 
 from smoothinf import __version__
-from smoothinf.attacks import EPGD, FGSM, PGD, SmoothAdv, robust_accuracy
+from smoothinf.attacks import (
+    EPGD,
+    FGSM,
+    PGD,
+    AutoAttackAdapter,
+    NAttack,
+    SmoothAdv,
+    TransferAttack,
+    robust_accuracy,
+)
 from smoothinf.distributed import gather_json, init_distributed
 from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.results import ResultsStore
@@ -25,16 +34,36 @@ def build_defended(model: nn.Module, vote: str, sigma: float, m: int, noise: str
 
 
 def build_attacks(
-    model: nn.Module, cfg: EvalConfig, vote: str, sigma: float, eps: float
+    model: nn.Module,
+    cfg: EvalConfig,
+    vote: str,
+    sigma: float,
+    eps: float,
+    defended: nn.Module | None = None,
+    source: nn.Module | None = None,
 ) -> dict[str, object]:
-    """Adaptive attacks for one setting: PGD on the base model; EPGD / SmoothAdv through the noise."""
+    """Adaptive attacks for one setting: PGD on the base model; EPGD / SmoothAdv through the noise;
+    optionally transfer from ``source``, NAttack on ``defended``'s scores, AutoAttack."""
     noise = NoiseDistribution(cfg.noise, sigma)
+    defended = model if defended is None else defended
     attacks: dict[str, object] = {}
     for name in cfg.attacks:
         if name == "fgsm":
             attacks[name] = FGSM(model, eps)
         elif name == "pgd":
             attacks[name] = PGD(model, eps, steps=cfg.steps, restarts=cfg.restarts)
+        elif name == "transfer":
+            attacks[name] = TransferAttack(PGD(source, eps, steps=cfg.steps, restarts=cfg.restarts))
+        elif name == "nattack":
+            attacks[name] = NAttack(
+                defended, eps, population=cfg.nattack_population, max_queries=cfg.nattack_queries
+            )
+        elif name == "autoattack":
+            if vote == "none":
+                attacks[name] = AutoAttackAdapter(model, "linf", eps, "standard", seed=cfg.seed)
+            else:
+                surrogate = SmoothedClassifier(model, sigma, cfg.attack_m, "soft", cfg.noise)
+                attacks[name] = AutoAttackAdapter(surrogate, "linf", eps, "rand", seed=cfg.seed)
         elif vote != "none":  # expectation attacks coincide with PGD on the unsmoothed model
             cls = EPGD if name == "epgd" else SmoothAdv
             attacks[name] = cls(model, noise, cfg.attack_m, eps, steps=cfg.steps, restarts=cfg.restarts)
@@ -63,6 +92,11 @@ def evaluate(
     jobs = [j for j in jobs if (j[0], j[1][0], float(j[1][1]), int(j[1][2]), float(j[2])) not in done]
     # Under torchrun each rank takes every world-th (run, setting, eps) job on all examples, so every
     # record is computed exactly as one process would (same seed, same data, same draws).
+    source = None
+    if "transfer" in cfg.attacks:
+        from smoothinf.models import load_checkpoint
+
+        source, _ = load_checkpoint(cfg.transfer_source, device=device)
     dist_info = init_distributed(device)
     mine = jobs[dist_info.rank :: dist_info.world_size]
     records = []
@@ -74,7 +108,12 @@ def evaluate(
         start = time.time()
         defended = build_defended(model, vote, sigma, m, cfg.noise)
         result = robust_accuracy(
-            defended, x, y, build_attacks(model, cfg, vote, sigma, eps), gen, batch_size=cfg.batch_size
+            defended,
+            x,
+            y,
+            build_attacks(model, cfg, vote, sigma, eps, defended, source),
+            gen,
+            batch_size=cfg.batch_size,
         )
         acc = result.accuracy
         records.append(

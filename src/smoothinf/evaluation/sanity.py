@@ -65,7 +65,8 @@ def run_sanity_checks(
 
 
 def check_records(records_by_setting: dict, tolerance: float = 0.02) -> list[Check]:
-    """Checks on aggregated rows (``aggregate`` output): PGD at least as strong as FGSM where both ran."""
+    """Checks on aggregated rows (``aggregate`` output): PGD at least as strong as FGSM, and
+    white-box PGD at least as strong as transfer on the base model, where both ran."""
     checks = []
     for setting, row in records_by_setting.items():
         att = row["attacks"]
@@ -75,6 +76,14 @@ def check_records(records_by_setting: dict, tolerance: float = 0.02) -> list[Che
                     f"{setting}: PGD at least as strong as FGSM",
                     att["pgd"][0] <= att["fgsm"][0] + tolerance,
                     f"{att['pgd'][0]:.3f} vs {att['fgsm'][0]:.3f}",
+                )
+            )
+        if setting.startswith("base") and "pgd" in att and "transfer" in att:
+            checks.append(
+                Check(
+                    f"{setting}: white-box PGD at least as strong as transfer",
+                    att["pgd"][0] <= att["transfer"][0] + tolerance,
+                    f"{att['pgd'][0]:.3f} vs {att['transfer'][0]:.3f}",
                 )
             )
     return checks
