@@ -275,3 +275,50 @@ def test_protocol_runs_transfer_and_nattack(synthetic_model, tmp_path):
         assert r["worst_case"] <= min(r["attacks"].values()) <= r["clean"]
     with pytest.raises(ConfigError, match="transfer_source"):
         EvalConfig(checkpoint=ckpt, attacks=["transfer"]).validate()
+
+
+def test_compute_sweep_cli_and_checks(synthetic_model, tmp_path, capsys):
+    from smoothinf.evaluation.sweeps import compute_checks
+
+    ckpt, *_ = synthetic_model
+    args = [
+        "sweep",
+        "compute",
+        "-c",
+        ckpt,
+        "--data",
+        "synthetic",
+        "--max-examples",
+        "30",
+        "--sigma",
+        "0.05",
+        "--m",
+        "4",
+        "--eps",
+        "0.1",
+        "--steps",
+        "1",
+        "4",
+        "--draws",
+        "1",
+        "3",
+        "--attacks",
+        "pgd",
+        "epgd",
+        "--runs",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "compute_sweep.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * (2 + 4)  # runs x (pgd: 2 steps; epgd: 2 steps x 2 draws)
+    assert {r["compute"] for r in rows if r["attack"] == "epgd"} == {1, 3, 4, 12}
+    assert (tmp_path / "compute_sweep.png").exists()
+    assert main(args) == 0  # resumed: nothing new
+    assert len((tmp_path / "compute_sweep.jsonl").read_text().splitlines()) == 12
+    # The check fires when more steps raise accuracy, and stays silent otherwise.
+    assert not compute_checks({("epgd", 1, 1): (0.5, 0), ("epgd", 4, 1): (0.7, 0)})[0].passed
+    assert compute_checks({("epgd", 1, 1): (0.5, 0), ("epgd", 4, 1): (0.4, 0)})[0].passed

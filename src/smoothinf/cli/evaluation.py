@@ -44,6 +44,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default=None, help="report folder (default: next to the results file)")
     r.set_defaults(func=run_report)
 
+    w = subparsers.add_parser("sweep", help="attack-compute sweep: accuracy vs steps x draws")
+    w.add_argument("kind", choices=["compute"])
+    w.add_argument("--checkpoint", "-c", required=True)
+    w.add_argument("--data", default=None)
+    w.add_argument("--root", default=None)
+    w.add_argument("--split", default="test")
+    w.add_argument("--max-examples", type=int, default=200)
+    w.add_argument("--sigma", type=float, default=0.25)
+    w.add_argument("--m", type=int, default=64)
+    w.add_argument("--vote", default="hard")
+    w.add_argument("--eps", type=float, default=None, help="default: the data set's eps")
+    w.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20])
+    w.add_argument("--draws", type=int, nargs="+", default=[1, 4, 16])
+    w.add_argument("--attacks", nargs="+", default=["pgd", "epgd", "smoothadv"])
+    w.add_argument("--runs", type=int, default=3)
+    w.add_argument("--out", default=None, help="folder (default: next to the checkpoint)")
+    add_common_args(w)
+    w.set_defaults(func=run_sweep)
+
     q = subparsers.add_parser(
         "quickstart", help="MNIST: PGD-AT, smoothed vs base under adaptive attacks, report"
     )
@@ -128,6 +147,32 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report = write_report(store.records, args.report_dir or results.parent / "report")
     print((report.parent / "results.md").read_text())
     print(f"results: {results}; report: {report}")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from smoothinf.evaluation.sweeps import ComputeSweepConfig, compute_sweep, write_compute_report
+
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device=device)
+    name = _dataset_name(args.data, meta)
+    data, info = load_dataset(name, args.split, args.root)
+    x, y = data.tensors(args.max_examples)
+    cfg = ComputeSweepConfig(
+        sigma=args.sigma,
+        m=args.m,
+        vote=args.vote,
+        eps=args.eps if args.eps is not None else info.eps_linf,
+        steps=args.steps,
+        draws=args.draws,
+        attacks=args.attacks,
+        runs=args.runs,
+        seed=args.seed,
+    )
+    out = Path(args.out or Path(args.checkpoint).parent / "compute_sweep")
+    records = compute_sweep(model, x, y, cfg, out / "compute_sweep.jsonl")
+    report = write_compute_report(records, out)
+    print(report.read_text())
     return 0
 
 

@@ -5,18 +5,22 @@ from smoothinf.evaluation.protocol import build_attacks, build_defended, evaluat
 from smoothinf.evaluation.report import aggregate, markdown_table, write_report
 from smoothinf.evaluation.results import ResultsStore, read_results
 from smoothinf.evaluation.sanity import Check, run_sanity_checks
+from smoothinf.evaluation.sweeps import ComputeSweepConfig, compute_sweep, write_compute_report
 
 __all__ = [
     "EVAL_ATTACKS",
     "Check",
+    "ComputeSweepConfig",
     "EvalConfig",
     "ResultsStore",
     "aggregate",
     "build_attacks",
     "build_defended",
+    "compute_sweep",
     "evaluate",
     "markdown_table",
     "read_results",
     "run_sanity_checks",
+    "write_compute_report",
     "write_report",
 ]

@@ -1,0 +1,203 @@
+"""The attack-compute sweep: robust accuracy of a smoothed classifier vs the attack's k x m
+(steps x noise draws per step) for PGD, EPGD and SmoothAdv (paper Fig. 0.B.3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from smoothinf.attacks import EPGD, PGD, SmoothAdv, robust_accuracy
+from smoothinf.errors import ConfigError
+from smoothinf.evaluation.sanity import Check
+from smoothinf.noise import NoiseDistribution
+from smoothinf.smoothing import VOTES, SmoothedClassifier
+
+SWEEP_ATTACKS = ("pgd", "epgd", "smoothadv")
+
+
+@dataclass
+class ComputeSweepConfig:
+    """A smoothed classifier (sigma, m, vote) attacked with every (steps, draws) budget."""
+
+    sigma: float = 0.25
+    m: int = 64
+    vote: str = "hard"
+    eps: float = 0.3
+    steps: list[int] = field(default_factory=lambda: [5, 10, 20])
+    draws: list[int] = field(default_factory=lambda: [1, 4, 16])
+    attacks: list[str] = field(default_factory=lambda: ["pgd", "epgd", "smoothadv"])
+    runs: int = 3
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.vote not in VOTES:
+            raise ConfigError(f"unknown vote {self.vote!r}; choose from {', '.join(VOTES)}")
+        bad = [a for a in self.attacks if a not in SWEEP_ATTACKS]
+        if bad:
+            raise ConfigError(f"unknown attack {bad[0]!r}; choose from {', '.join(SWEEP_ATTACKS)}")
+        if not self.steps or not self.draws or not self.attacks:
+            raise ConfigError("the sweep is empty: give steps, draws and attacks")
+        if min(self.steps) < 1 or min(self.draws) < 1 or self.runs < 1 or self.m < 1:
+            raise ConfigError("steps, draws, runs and m must be >= 1")
+
+
+def _key(r: dict) -> tuple:
+    return (r["run"], r["attack"], r["steps"], r["draws"])
+
+
+def compute_sweep(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ComputeSweepConfig,
+    results: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Run the sweep; rows already in ``results`` (JSONL, appended) are skipped. PGD takes one
+    draw (it attacks the base model); EPGD / SmoothAdv take each ``draws`` value."""
+    cfg.validate()
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    path = Path(results) if results is not None else None
+    records = (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path and path.exists()
+        else []
+    )
+    done = {_key(r) for r in records}
+    defended = SmoothedClassifier(model, cfg.sigma, cfg.m, cfg.vote)
+    noise = NoiseDistribution("gaussian", cfg.sigma)
+    jobs = [
+        (run, a, k, d)
+        for run in range(cfg.runs)
+        for a in cfg.attacks
+        for k in cfg.steps
+        for d in ([1] if a == "pgd" else cfg.draws)
+    ]
+    for run, name, k, d in tqdm(jobs, desc="compute sweep", disable=not progress):
+        if (run, name, k, d) in done:
+            continue
+        if name == "pgd":
+            attack = PGD(model, cfg.eps, steps=k)
+        else:
+            attack = (EPGD if name == "epgd" else SmoothAdv)(model, noise, d, cfg.eps, steps=k)
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + run)
+        res = robust_accuracy(defended, x, y, {name: attack}, gen)
+        record = {
+            "sweep": "compute",
+            "run": run,
+            "attack": name,
+            "steps": k,
+            "draws": d,
+            "compute": k * d,
+            "accuracy": res.accuracy[name],
+            "clean": res.clean_accuracy,
+            "n": int(x.shape[0]),
+            "config": asdict(cfg),
+        }
+        records.append(record)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+    return records
+
+
+def summarize(records: list[dict]) -> dict[tuple, tuple[float, float]]:
+    """(attack, steps, draws) -> (mean, std) accuracy over runs."""
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["attack"], r["steps"], r["draws"])].append(r["accuracy"])
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in groups.items()}
+
+
+def compute_checks(summary: dict[tuple, tuple[float, float]], tolerance: float = 0.02) -> list[Check]:
+    """More steps (draws fixed) or more draws (steps fixed) must not raise accuracy."""
+    checks = []
+    for attack, k, d in sorted(summary):
+        for other in (
+            (attack, k2, d) for k2 in sorted({s for a, s, dd in summary if a == attack and dd == d}) if k2 > k
+        ):
+            if summary[other][0] > summary[(attack, k, d)][0] + tolerance:
+                checks.append(
+                    Check(
+                        f"{attack}: more steps do not raise accuracy",
+                        False,
+                        f"{other[1]} steps {summary[other][0]:.3f} > {k} steps "
+                        f"{summary[(attack, k, d)][0]:.3f} (draws {d})",
+                    )
+                )
+        for other in (
+            (attack, k, d2) for d2 in sorted({dd for a, s, dd in summary if a == attack and s == k}) if d2 > d
+        ):
+            if summary[other][0] > summary[(attack, k, d)][0] + tolerance:
+                checks.append(
+                    Check(
+                        f"{attack}: more draws do not raise accuracy",
+                        False,
+                        f"{other[2]} draws {summary[other][0]:.3f} > {d} draws "
+                        f"{summary[(attack, k, d)][0]:.3f} (steps {k})",
+                    )
+                )
+    return checks or [Check("more attack steps or draws do not raise accuracy", True, "all budgets")]
+
+
+def write_compute_report(records: list[dict], out_dir: str | os.PathLike) -> Path:
+    """Table (markdown) and plot (accuracy vs k x m, one curve per attack and draws) in ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records)
+    lines = ["| attack | steps k | draws m | k x m | accuracy (%) |", "|---|---|---|---|---|"]
+    for (a, k, d), (mean, std) in sorted(summary.items(), key=lambda kv: (kv[0][0], kv[0][1] * kv[0][2])):
+        lines.append(f"| {a} | {k} | {d} | {k * d} | {100 * mean:.1f} ± {100 * std:.1f} |")
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    series = defaultdict(list)
+    for (a, k, d), ms in summary.items():
+        series[(a, d)].append((k * d, ms))
+    for (a, d), pts in sorted(series.items()):
+        pts.sort()
+        ax.errorbar(
+            [p[0] for p in pts],
+            [100 * p[1][0] for p in pts],
+            yerr=[100 * p[1][1] for p in pts],
+            marker="o",
+            capsize=3,
+            label=f"{a}" + ("" if a == "pgd" else f", m={d}"),
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("attack compute k x m (gradients per example)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "compute_sweep.png", dpi=120)
+    plt.close(fig)
+    checks = [c.line() for c in compute_checks(summary)]
+    text = "\n".join(
+        [
+            "# Attack-compute sweep",
+            "",
+            *lines,
+            "",
+            "![accuracy vs compute](compute_sweep.png)",
+            "",
+            *[f"- {c}" for c in checks],
+            "",
+        ]
+    )
+    path = out / "compute_sweep.md"
+    path.write_text(text)
+    return path
