@@ -333,6 +333,7 @@ def test_robust_accuracy_worst_case_by_hand():
             hit = (xb[:, 0, 0, 0] == x[which, 0, 0, 0]) & (yb == y[which])
             out[hit, 0, 0, 0] = 1.0 - out[hit, 0, 0, 0]
             return out
+
         return attack
 
     defence = _LookupDefence()
@@ -515,8 +516,10 @@ def test_cli_attack_pgd_saves_adv_and_grid(synthetic_checkpoints, tmp_path, caps
     assert (tmp_path / "g.png").stat().st_size > 1000
     fgsm = _cli_json(capsys, [*base, "--attack", "fgsm", "--eps", "0.1"])
     assert out["robust_accuracy"] <= fgsm["robust_accuracy"]
-    weak = _cli_json(capsys, [*base, "--attack", "transfer", "--source-checkpoint", str(source),
-                              "--steps", "10", "--eps", "0.1"])
+    weak = _cli_json(
+        capsys,
+        [*base, "--attack", "transfer", "--source-checkpoint", str(source), "--steps", "10", "--eps", "0.1"],
+    )
     assert out["robust_accuracy"] <= weak["robust_accuracy"] <= out["clean_accuracy"]
     eps0 = _cli_json(capsys, [*base, "--attack", "epgd", "--eps", "0", "--steps", "2"])
     assert eps0["robust_accuracy"] == eps0["clean_accuracy"]
@@ -539,8 +542,27 @@ def test_cli_attack_smoothed(synthetic_checkpoints, capsys):
     except ImportError:
         pytest.skip("smoothing area missing")
     ckpt = str(synthetic_checkpoints[0])
-    base = ["attack", "--checkpoint", ckpt, "--max-examples", "50", "--device", "cpu", "--json",
-            "--smooth", "--sigma", "0.1", "--m", "16", "--eps", "0.1", "--steps", "5", "--m-attack", "4"]
+    base = [
+        "attack",
+        "--checkpoint",
+        ckpt,
+        "--max-examples",
+        "50",
+        "--device",
+        "cpu",
+        "--json",
+        "--smooth",
+        "--sigma",
+        "0.1",
+        "--m",
+        "16",
+        "--eps",
+        "0.1",
+        "--steps",
+        "5",
+        "--m-attack",
+        "4",
+    ]
     for name in ("epgd", "smoothadv", "pgd"):
         out = _cli_json(capsys, [*base, "--attack", name])
         assert out["defended"].startswith("SmoothedClassifier(sigma=0.1, m=16")

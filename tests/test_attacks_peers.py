@@ -48,8 +48,10 @@ def test_smoothed_classifier_works_in_torchattacks_and_ours(mnist_small_model):
     x, y = x[:32], y[:32]
     smoothed = SmoothedClassifier(model, sigma=0.25, m=8, vote="soft")
     eps = 0.2
-    for attack in (ta.PGD(smoothed, eps=eps, alpha=0.05, steps=5), ta.EOTPGD(smoothed, eps=eps, alpha=0.05,
-                                                                             steps=3, eot_iter=2)):
+    for attack in (
+        ta.PGD(smoothed, eps=eps, alpha=0.05, steps=5),
+        ta.EOTPGD(smoothed, eps=eps, alpha=0.05, steps=3, eot_iter=2),
+    ):
         x_adv = attack(x, y)
         assert in_ball(x_adv, x, eps)
     # Our PGD on the soft smoothed classifier, and EPGD / SmoothAdv unwrapping it.

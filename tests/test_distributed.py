@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,25 @@ import torch
 from smoothinf.distributed import shard_indices
 from smoothinf.models import load_checkpoint
 from smoothinf.training.trainer import TrainConfig, train
+
+
+def run_torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node 2 -m smoothinf ARGS`` (2 CPU ranks, gloo)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "smoothinf",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
 
 
 def test_shard_indices_cover_everything_once():
@@ -37,30 +57,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         "cpu",
     ]
     ddp = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "smoothinf",
-        "train",
-        *args,
-        "--out",
-        str(ddp),
-    ]
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    if proc.returncode != 0 and "gloo" in proc.stderr.lower() and "not available" in proc.stderr.lower():
-        pytest.skip("gloo backend unavailable")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_torchrun(["train", *args, "--out", str(ddp)])
     single = tmp_path / "single"
     train(
         TrainConfig(
@@ -128,29 +125,7 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
         "cpu",
     ]
     two = tmp_path / "two.jsonl"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "smoothinf",
-        *grid,
-        "--results",
-        str(two),
-        "--report-dir",
-        str(tmp_path / "rep2"),
-    ]
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_torchrun([*grid, "--results", str(two), "--report-dir", str(tmp_path / "rep2")])
     from smoothinf.cli import main
 
     one = tmp_path / "one.jsonl"

@@ -156,8 +156,16 @@ def test_certified_radius_bounded_by_distance_and_converges():
     label = (margin(model, x) > 0).long()
     radii = []
     for n in (1000, 100_000):
-        pred, radius = certify(model, x, sigma, n0=100, n=n, alpha=0.001, batch_size=8 * 5000,
-                               generator=torch.Generator().manual_seed(15))
+        pred, radius = certify(
+            model,
+            x,
+            sigma,
+            n0=100,
+            n=n,
+            alpha=0.001,
+            batch_size=8 * 5000,
+            generator=torch.Generator().manual_seed(15),
+        )
         certified = pred >= 0
         assert torch.all(pred[certified] == label[certified])
         assert np.all(radius.numpy() <= dist + 1e-6)
@@ -204,8 +212,9 @@ def test_abstain_on_tie_not_on_clear_winner():
 
 
 def test_certified_accuracy_curve():
-    acc = certified_accuracy(torch.tensor([0.0, 0.3, 0.6, 1.0]), torch.tensor([False, True, True, True]),
-                             [0.0, 0.5, 1.0, 1.5])
+    acc = certified_accuracy(
+        torch.tensor([0.0, 0.3, 0.6, 1.0]), torch.tensor([False, True, True, True]), [0.0, 0.5, 1.0, 1.5]
+    )
     assert acc.tolist() == [0.75, 0.5, 0.25, 0.0]
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from smoothinf.errors import SmoothinfError
+from smoothinf.errors import ConfigError, SmoothinfError
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -76,3 +79,22 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None) -> Non
         raise SmoothinfError(f"batch size mismatch: {n} inputs but {y.shape[0]} labels")
     if num_classes is not None and y.numel() and (y.min() < 0 or y.max() >= num_classes):
         raise SmoothinfError(f"labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
+
+
+def dataclass_from_yaml(cls, path: str | os.PathLike, **overrides):
+    """Build dataclass ``cls`` from a YAML file; non-None ``overrides`` win; unknown keys are errors."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"{path}: unknown config key(s) {', '.join(unknown)}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**raw)

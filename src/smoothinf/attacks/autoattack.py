@@ -79,19 +79,32 @@ class AutoAttackAdapter:
         check_labels(y, x.shape[0])
         seed = self.seed
         if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
-                                     device=generator.device if generator is not None else "cpu"))
+            seed = int(
+                torch.randint(
+                    0,
+                    2**31 - 1,
+                    (1,),
+                    generator=generator,
+                    device=generator.device if generator is not None else "cpu",
+                )
+            )
         training = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
         try:
             kwargs = {"attacks": self.attacks} if self.version == "custom" else {}
             adversary = AutoAttack(
-                self.model, eps=self.eps, norm=_NORMS[self.norm], version=self.version,
-                device=device, seed=seed, **kwargs,
+                self.model,
+                eps=self.eps,
+                norm=_NORMS[self.norm],
+                version=self.version,
+                device=device,
+                seed=seed,
+                **kwargs,
             )
             adversary.verbose = self.verbose
-            x_adv, _ = adversary.run_standard_evaluation(x.detach().clone(), y.detach().clone(),
-                                                          batch_size=self.batch_size)
+            x_adv, _ = adversary.run_standard_evaluation(
+                x.detach().clone(), y.detach().clone(), batch_size=self.batch_size
+            )
         finally:
             for m, t in training:
                 m.training = t

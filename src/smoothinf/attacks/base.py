@@ -133,9 +133,7 @@ def attack_mode(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
     """Put ``model`` in eval mode (if asked) and restore every module's ``training`` flag,
     the noise layers' on/off switch and their per-draw state afterwards."""
     modes = [(m, m.training) for m in model.modules()]
-    switches = [
-        (m, a, getattr(m, a)) for m in noise_layers(model) for a in _SWITCH_ATTRS if hasattr(m, a)
-    ]
+    switches = [(m, a, getattr(m, a)) for m in noise_layers(model) for a in _SWITCH_ATTRS if hasattr(m, a)]
     try:
         if eval_mode:
             model.eval()

@@ -69,8 +69,17 @@ class ExpectationPGD(PGD):
             raise ConfigError("noise must be a NoiseDistribution, a Gaussian sigma, or None")
         m = check_positive_int(m if m is not None else (s_m or 1), "m")
         super().__init__(
-            base, eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
-            restarts=restarts, loss=loss, targeted=targeted, eot_iter=m, batch_size=batch_size,
+            base,
+            eps,
+            alpha=alpha,
+            steps=steps,
+            norm=norm,
+            random_start=random_start,
+            restarts=restarts,
+            loss=loss,
+            targeted=targeted,
+            eot_iter=m,
+            batch_size=batch_size,
             eval_mode=eval_mode,
         )
         self.noise = noise

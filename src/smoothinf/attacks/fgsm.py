@@ -29,8 +29,18 @@ class FGSM(PGD):
         eval_mode: bool = True,
     ) -> None:
         super().__init__(
-            model, eps, alpha=eps, steps=1, norm=norm, random_start=False, restarts=1, loss=loss,
-            targeted=targeted, eot_iter=eot_iter, batch_size=batch_size, eval_mode=eval_mode,
+            model,
+            eps,
+            alpha=eps,
+            steps=1,
+            norm=norm,
+            random_start=False,
+            restarts=1,
+            loss=loss,
+            targeted=targeted,
+            eot_iter=eot_iter,
+            batch_size=batch_size,
+            eval_mode=eval_mode,
         )
 
     def __repr__(self) -> str:

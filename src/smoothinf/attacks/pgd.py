@@ -86,8 +86,16 @@ class PGD(Attack):
 
     def _expected(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, need_grad: bool):
         return expected_loss(
-            self.model, x, y, self.loss_fn, noise=self.noise, m=self.m, reduce=self.reduce,
-            generator=gen, batch_size=self.rows_per_forward(x), need_grad=need_grad,
+            self.model,
+            x,
+            y,
+            self.loss_fn,
+            noise=self.noise,
+            m=self.m,
+            reduce=self.reduce,
+            generator=gen,
+            batch_size=self.rows_per_forward(x),
+            need_grad=need_grad,
             per_draw=self._per_draw,
         )
 

@@ -16,8 +16,9 @@ from smoothinf.attacks.transfer import TransferAttack
 from smoothinf.errors import ConfigError
 
 
-def _transfer(model: nn.Module, eps: float, *, source: nn.Module | None = None,
-              source_attack: str = "pgd", **kw: Any) -> TransferAttack:
+def _transfer(
+    model: nn.Module, eps: float, *, source: nn.Module | None = None, source_attack: str = "pgd", **kw: Any
+) -> TransferAttack:
     """Transfer: ``source_attack`` (a registered name) crafted on ``source``; ``model`` is the target
     and is not queried (the judge evaluates the target)."""
     if source is None:

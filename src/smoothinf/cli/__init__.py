@@ -21,6 +21,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for every random draw")
 
 
+def dataset_name(requested: str | None, meta: dict) -> str:
+    """The data set to use: ``--data`` when given, else the one the checkpoint was trained on."""
+    name = requested or meta.get("dataset")
+    if isinstance(name, dict):
+        name = name.get("name")
+    if not name:
+        raise SmoothinfError("the checkpoint names no data set; pass --data")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothinf",

@@ -45,8 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", default="ce", choices=["ce", "cw", "dlr"])
     p.add_argument("--eot-iter", type=int, default=1, help="pgd/fgsm: model-noise draws per step")
     p.add_argument("--m-attack", type=int, default=8, help="draws per step: epgd/smoothadv/surrogate")
-    p.add_argument("--attack-sigma", type=float, default=None,
-                   help="epgd/smoothadv noise sigma (default: --sigma)")
+    p.add_argument(
+        "--attack-sigma", type=float, default=None, help="epgd/smoothadv noise sigma (default: --sigma)"
+    )
     p.add_argument("--source-checkpoint", default=None, help="transfer: the source model")
     p.add_argument("--source-attack", default="pgd", help="transfer: attack run on the source")
     p.add_argument("--population", type=int, default=100, help="nattack population")
@@ -89,11 +90,13 @@ def _build(args: argparse.Namespace, model: nn.Module, defended: nn.Module, eps:
         noise = NoiseDistribution(args.noise, sigma)
         return build_attack(name, model, eps, noise=noise, m=args.m_attack, **pgd_kw)
     if name == "nattack":
-        return build_attack(name, defended, eps, norm=args.norm, population=args.population,
-                            max_queries=args.max_queries)
+        return build_attack(
+            name, defended, eps, norm=args.norm, population=args.population, max_queries=args.max_queries
+        )
     if name == "autoattack":
-        return build_attack(name, soft, eps, norm=args.norm, version=args.version, seed=args.seed,
-                            batch_size=args.batch_size)
+        return build_attack(
+            name, soft, eps, norm=args.norm, version=args.version, seed=args.seed, batch_size=args.batch_size
+        )
     # transfer
     if not args.source_checkpoint:
         raise SmoothinfError("--attack transfer needs --source-checkpoint")
@@ -104,8 +107,9 @@ def _build(args: argparse.Namespace, model: nn.Module, defended: nn.Module, eps:
     return build_attack("transfer", model, eps, source=source, source_attack=args.source_attack, **extra)
 
 
-def save_grid(path: str | Path, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
-              pred: torch.Tensor, n: int = 8) -> None:
+def save_grid(
+    path: str | Path, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, n: int = 8
+) -> None:
     """PNG: clean images (top row) over their adversarial versions (bottom row) with predictions."""
     import matplotlib
 
@@ -118,8 +122,12 @@ def save_grid(path: str | Path, x: torch.Tensor, x_adv: torch.Tensor, y: torch.T
         for row, img, title in ((0, x[i], f"y={int(y[i])}"), (1, x_adv[i], f"adv: {int(pred[i])}")):
             ax = axes[row][i]
             arr = img.detach().cpu().permute(1, 2, 0).numpy()
-            ax.imshow(arr[..., 0] if arr.shape[2] == 1 else arr, cmap="gray" if arr.shape[2] == 1 else None,
-                      vmin=0, vmax=1)
+            ax.imshow(
+                arr[..., 0] if arr.shape[2] == 1 else arr,
+                cmap="gray" if arr.shape[2] == 1 else None,
+                vmin=0,
+                vmax=1,
+            )
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
@@ -129,6 +137,7 @@ def save_grid(path: str | Path, x: torch.Tensor, x_adv: torch.Tensor, y: torch.T
 
 def run_attack(args: argparse.Namespace) -> int:
     from smoothinf.attacks import defended_predict, robust_accuracy
+    from smoothinf.cli import dataset_name
     from smoothinf.data import get_dataset_info, load_dataset
     from smoothinf.models.checkpoint import load_checkpoint
     from smoothinf.utils import make_generator, resolve_device, seed_everything
@@ -136,11 +145,7 @@ def run_attack(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     seed_everything(args.seed)
     model, meta = load_checkpoint(args.checkpoint, device=device)
-    data = args.data or meta.get("dataset")
-    if isinstance(data, dict):
-        data = data.get("name")
-    if not data:
-        raise SmoothinfError("the checkpoint names no data set; pass --data")
+    data = dataset_name(args.data, meta)
     info = get_dataset_info(data)
     eps = args.eps
     if eps is None:
@@ -157,16 +162,33 @@ def run_attack(args: argparse.Namespace) -> int:
     gen = make_generator(args.seed, device)
     keep = bool(args.save_adv or args.save_grid)
     start = time.perf_counter()
-    res = robust_accuracy(defended, x, y, {args.attack: attack}, generator=gen,
-                          batch_size=args.batch_size, keep_adversarial=keep)
+    res = robust_accuracy(
+        defended,
+        x,
+        y,
+        {args.attack: attack},
+        generator=gen,
+        batch_size=args.batch_size,
+        keep_adversarial=keep,
+    )
     seconds = time.perf_counter() - start
     summary = {
-        "checkpoint": str(args.checkpoint), "data": data, "split": args.split, "n": int(x.shape[0]),
-        "attack": repr(attack), "eps": eps, "norm": args.norm,
-        "defended": (f"SmoothedClassifier(sigma={args.sigma}, m={args.m}, vote={args.vote}, "
-                     f"noise={args.noise})" if args.smooth else "base model"),
-        "clean_accuracy": res.clean_accuracy, "robust_accuracy": res.worst_case_accuracy,
-        "seconds": round(seconds, 3), "seed": args.seed,
+        "checkpoint": str(args.checkpoint),
+        "data": data,
+        "split": args.split,
+        "n": int(x.shape[0]),
+        "attack": repr(attack),
+        "eps": eps,
+        "norm": args.norm,
+        "defended": (
+            f"SmoothedClassifier(sigma={args.sigma}, m={args.m}, vote={args.vote}, noise={args.noise})"
+            if args.smooth
+            else "base model"
+        ),
+        "clean_accuracy": res.clean_accuracy,
+        "robust_accuracy": res.worst_case_accuracy,
+        "seconds": round(seconds, 3),
+        "seed": args.seed,
     }
     if keep:
         x_adv = res.adversarial[args.attack]
@@ -174,8 +196,16 @@ def run_attack(args: argparse.Namespace) -> int:
         if args.save_adv:
             from safetensors.torch import save_file
 
-            save_file({"x": x.cpu().contiguous(), "x_adv": x_adv.cpu().contiguous(), "y": y.cpu(),
-                       "pred_adv": pred.cpu(), "robust": res.robust.cpu()}, str(args.save_adv))
+            save_file(
+                {
+                    "x": x.cpu().contiguous(),
+                    "x_adv": x_adv.cpu().contiguous(),
+                    "y": y.cpu(),
+                    "pred_adv": pred.cpu(),
+                    "robust": res.robust.cpu(),
+                },
+                str(args.save_adv),
+            )
             summary["save_adv"] = str(args.save_adv)
         if args.save_grid:
             save_grid(args.save_grid, x, x_adv, y, pred)

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from smoothinf.cli import add_common_args
+from smoothinf.cli import add_common_args, dataset_name
 from smoothinf.data import load_dataset
 from smoothinf.errors import SmoothinfError
 from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate, read_results, write_report
@@ -90,15 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
-def _dataset_name(args_data: str | None, meta: dict) -> str:
-    name = args_data or meta.get("dataset")
-    if isinstance(name, dict):
-        name = name.get("name")
-    if not name:
-        raise SmoothinfError("the checkpoint names no data set; pass --data")
-    return name
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     overrides = {
@@ -123,10 +114,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise SmoothinfError("pass --checkpoint (and --attacks or --config for the full protocol)")
         model, meta = load_checkpoint(args.checkpoint, device=device)
         split = args.split or "test"
-        data, _ = load_dataset(_dataset_name(args.data, meta), split, args.root)
+        data, _ = load_dataset(dataset_name(args.data, meta), split, args.root)
         x, y = data.tensors(args.max_examples)
         print(
-            f"{_dataset_name(args.data, meta)} {split}: clean accuracy {accuracy(model, x, y):.4f} "
+            f"{dataset_name(args.data, meta)} {split}: clean accuracy {accuracy(model, x, y):.4f} "
             f"on {x.shape[0]} examples"
         )
         return 0
@@ -136,7 +127,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         cfg = EvalConfig(**{k: v for k, v in overrides.items() if v is not None})
     cfg.validate()
     model, meta = load_checkpoint(cfg.checkpoint, device=device)
-    cfg.data = _dataset_name(cfg.data, meta)
+    cfg.data = dataset_name(cfg.data, meta)
     data, _ = load_dataset(cfg.data, cfg.split, cfg.root)
     x, y = data.tensors(cfg.max_examples)
     results = Path(args.results or Path(cfg.checkpoint).parent / "results.jsonl")
@@ -155,7 +146,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device=device)
-    name = _dataset_name(args.data, meta)
+    name = dataset_name(args.data, meta)
     data, info = load_dataset(name, args.split, args.root)
     x, y = data.tensors(args.max_examples)
     cfg = ComputeSweepConfig(

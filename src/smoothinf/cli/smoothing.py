@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from smoothinf.cli import add_common_args
+from smoothinf.cli import add_common_args, dataset_name
 from smoothinf.data import load_dataset
 from smoothinf.errors import SmoothinfError
+from smoothinf.evaluation.report import plot_certified
 from smoothinf.models import load_checkpoint
 from smoothinf.noise import NOISE_FAMILIES
 from smoothinf.smoothing import VOTES, SmoothedClassifier, certified_accuracy, certify, predict_with_abstain
@@ -59,11 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace):
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device=device)
-    name = args.data or meta.get("dataset")
-    if isinstance(name, dict):
-        name = name.get("name")
-    if not name:
-        raise SmoothinfError("the checkpoint names no data set; pass --data")
+    name = dataset_name(args.data, meta)
     data, _ = load_dataset(name, args.split, args.root)
     x, y = data.tensors(args.max_examples)
     return model, x, y, device
@@ -110,26 +107,6 @@ def _read_tsv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([float(r["radius"]) for r in rows]), np.array([r["correct"] == "1" for r in rows]))
 
 
-def plot_certified_accuracy(radius: np.ndarray, correct: np.ndarray, path: Path, label: str) -> None:
-    """Certified accuracy vs L2 radius (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = np.linspace(0, max(1.0, float(radius.max(initial=0)) * 1.05), 200)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(grid, certified_accuracy(radius, correct, grid), label=label)
-    ax.set_xlabel("L2 radius (pixel units)")
-    ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def run_certify(args: argparse.Namespace) -> int:
     model, x, y, device = _load(args)
     out = Path(args.out)
@@ -170,6 +147,6 @@ def run_certify(args: argparse.Namespace) -> int:
     shown = [a for r, a in zip(RADII, acc, strict=True) if r <= 1.5 * args.sigma * 4]
     print("| certified accuracy | " + " | ".join(f"{a:.3f}" for a in shown) + " |")
     png = out.with_suffix(".png")
-    plot_certified_accuracy(radius, correct, png, f"sigma = {args.sigma}")
+    plot_certified(radius, correct, args.sigma, png)
     print(f"{len(radius)} examples in {out}; plot {png}")
     return 0

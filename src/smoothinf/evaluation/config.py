@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 from smoothinf.errors import ConfigError
 from smoothinf.smoothing import VOTES
+from smoothinf.utils import dataclass_from_yaml
 
 EVAL_ATTACKS = ("fgsm", "pgd", "epgd", "smoothadv", "transfer", "nattack", "autoattack")
 # Fields that define what a result means; grid values and run count may grow on resume.
@@ -98,14 +98,5 @@ class EvalConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> EvalConfig:
-        import yaml
-
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found") from None
-        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"{path}: unknown config key(s) {', '.join(unknown)}")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**raw)
+        """Load from YAML; non-None ``overrides`` (CLI flags) win; unknown keys are errors."""
+        return dataclass_from_yaml(cls, path, **overrides)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from smoothinf.attacks import EPGD, PGD, SmoothAdv, robust_accuracy
 from smoothinf.errors import ConfigError
+from smoothinf.evaluation.report import _plt
 from smoothinf.evaluation.sanity import Check
 from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import VOTES, SmoothedClassifier
@@ -122,41 +123,23 @@ def summarize(records: list[dict]) -> dict[tuple, tuple[float, float]]:
 def compute_checks(summary: dict[tuple, tuple[float, float]], tolerance: float = 0.02) -> list[Check]:
     """More steps (draws fixed) or more draws (steps fixed) must not raise accuracy."""
     checks = []
-    for attack, k, d in sorted(summary):
-        for other in (
-            (attack, k2, d) for k2 in sorted({s for a, s, dd in summary if a == attack and dd == d}) if k2 > k
-        ):
-            if summary[other][0] > summary[(attack, k, d)][0] + tolerance:
-                checks.append(
-                    Check(
-                        f"{attack}: more steps do not raise accuracy",
-                        False,
-                        f"{other[1]} steps {summary[other][0]:.3f} > {k} steps "
-                        f"{summary[(attack, k, d)][0]:.3f} (draws {d})",
+    for axis, label in ((1, "steps"), (2, "draws")):
+        fixed = 3 - axis  # the other budget axis
+        for key, (acc, _) in sorted(summary.items()):
+            for other, (acc_other, _) in summary.items():
+                same = other[0] == key[0] and other[fixed] == key[fixed]
+                if same and other[axis] > key[axis] and acc_other > acc + tolerance:
+                    detail = (
+                        f"{other[axis]} {label} {acc_other:.3f} > {key[axis]} {label} {acc:.3f} "
+                        f"(other budget {key[fixed]})"
                     )
-                )
-        for other in (
-            (attack, k, d2) for d2 in sorted({dd for a, s, dd in summary if a == attack and s == k}) if d2 > d
-        ):
-            if summary[other][0] > summary[(attack, k, d)][0] + tolerance:
-                checks.append(
-                    Check(
-                        f"{attack}: more draws do not raise accuracy",
-                        False,
-                        f"{other[2]} draws {summary[other][0]:.3f} > {d} draws "
-                        f"{summary[(attack, k, d)][0]:.3f} (steps {k})",
-                    )
-                )
+                    checks.append(Check(f"{key[0]}: more {label} do not raise accuracy", False, detail))
     return checks or [Check("more attack steps or draws do not raise accuracy", True, "all budgets")]
 
 
 def write_compute_report(records: list[dict], out_dir: str | os.PathLike) -> Path:
     """Table (markdown) and plot (accuracy vs k x m, one curve per attack and draws) in ``out_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)

@@ -26,9 +26,7 @@ class NoiseDistribution:
 
     def __post_init__(self) -> None:
         if self.family not in NOISE_FAMILIES:
-            raise SmoothinfError(
-                f"unknown noise {self.family!r}; choose one of {', '.join(NOISE_FAMILIES)}"
-            )
+            raise SmoothinfError(f"unknown noise {self.family!r}; choose one of {', '.join(NOISE_FAMILIES)}")
         if not math.isfinite(self.sigma) or self.sigma < 0:
             raise SmoothinfError(f"sigma must be a finite number >= 0, got {self.sigma}")
 

@@ -59,7 +59,8 @@ class SmoothedClassifier(nn.Module):
             raise SmoothinfError(f"unknown vote {vote!r}; choose one of {', '.join(VOTES)}")
         self.model = model
         self.noise = (
-            NoiseDistribution(noise.family, float(sigma)) if isinstance(noise, NoiseDistribution)
+            NoiseDistribution(noise.family, float(sigma))
+            if isinstance(noise, NoiseDistribution)
             else as_noise(noise, sigma)
         )
         self.m = _check_count("m", m)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from smoothinf.errors import ConfigError
 from smoothinf.models import create_model_for, list_models, load_checkpoint, save_checkpoint
 from smoothinf.noise import NOISE_KINDS, inject_noise, mean_noise_level, param_groups
 from smoothinf.training.objectives import OBJECTIVES, build_objective
-from smoothinf.utils import resolve_device, seed_everything
+from smoothinf.utils import dataclass_from_yaml, resolve_device, seed_everything
 
 
 @dataclass
@@ -88,18 +88,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
-        import yaml
-
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found") from None
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise ConfigError(f"{path}: unknown config key(s) {', '.join(unknown)}")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**raw)
+        """Load from YAML; non-None ``overrides`` (CLI flags) win; unknown keys are errors."""
+        return dataclass_from_yaml(cls, path, **overrides)
 
     def to_yaml(self, path: str | os.PathLike) -> None:
         import yaml
