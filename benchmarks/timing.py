@@ -1,4 +1,4 @@
-"""Timing helper shared by the benchmark scripts."""
+"""Timing helpers shared by the benchmark scripts."""
 
 from __future__ import annotations
 
@@ -8,10 +8,19 @@ from collections.abc import Callable
 
 def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
     """Best of ``repeats`` wall times (s) of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return best_times({"fn": fn}, repeats)["fn"]
+
+
+def best_times(fns: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
+    """Best wall time (s) of each function over ``repeats`` interleaved rounds, after one warm-up
+    call each: the functions take turns, so load from other jobs on a shared machine hits all of
+    them alike instead of whichever ran during a busy spell."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best

@@ -62,6 +62,15 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def shutdown_distributed(wait: bool = True) -> None:
+    """Leave the process group, if joined; with ``wait``, only once every rank got here (a rank that
+    exits while its peers still talk to it makes gloo abort them with SIGABRT)."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard_indices(n: int, rank: int, world_size: int) -> slice:
     """Contiguous shard of ``range(n)`` for ``rank`` (sizes differ by at most one)."""
     base, extra = divmod(n, world_size)

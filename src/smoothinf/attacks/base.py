@@ -20,7 +20,7 @@ from torch import nn
 
 from smoothinf.errors import ConfigError, SmoothinfError
 from smoothinf.noise.distributions import NoiseDistribution
-from smoothinf.noise.draws import noise_layers, per_draw_noise
+from smoothinf.noise.draws import chunk_rows, noise_layers, per_draw_noise
 from smoothinf.utils import check_images, check_labels, model_device
 
 NORMS = ("linf", "l2")
@@ -291,14 +291,10 @@ class Attack:
 
     def rows_per_forward(self, x: torch.Tensor) -> int:
         """Rows of one forward for inputs like ``x``: ``batch_size`` when given, else a bound on the
-        input values of a chunk: 2^17 on CPU, 2^25 on GPU (e.g. 10900 CIFAR rows). On CPU, batching
-        draws pays only for small batches: a ResNet-20 forward of 512 rows ran 1.7x slower per row
-        than 128-row ones (activations above glibc's 32 MB mmap threshold are page-faulted afresh
-        on every allocation), so chunks stay near the size of a plain batch."""
-        if self.batch_size is not None:
-            return self.batch_size
-        budget = 2**25 if x.device.type == "cuda" else 2**17
-        return max(1, budget // max(1, x[0].numel()))
+        input values of a chunk (``smoothinf.noise.draws.chunk_rows``: 2^17 on CPU, 2^19 for
+        weight-noise models, 2^25 on GPU, e.g. 10900 CIFAR rows)."""
+        model = self.model if isinstance(self.model, nn.Module) else None
+        return chunk_rows(x, model, self.batch_size)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps}, norm={self.norm!r})"

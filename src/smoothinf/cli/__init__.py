@@ -52,14 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    ok = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        ok = True
+        return code
     except (SmoothinfError, FileNotFoundError, ValueError) as exc:
         print(f"smoothinf {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"smoothinf {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
+            from smoothinf.distributed import shutdown_distributed
+
+            shutdown_distributed(wait=ok)
 
 
 if __name__ == "__main__":

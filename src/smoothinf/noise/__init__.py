@@ -1,7 +1,7 @@
 """Noise: input-noise distributions, the per-draw contract, PNI/CNI noise-injection layers."""
 
 from smoothinf.noise.distributions import NOISE_FAMILIES, NoiseDistribution, as_noise
-from smoothinf.noise.draws import noise_layers, per_draw_noise
+from smoothinf.noise.draws import chunk_rows, has_weight_noise, noise_layers, per_draw_noise
 from smoothinf.noise.inject import (
     NOISE_KINDS,
     format_noise_summary,
@@ -22,7 +22,9 @@ __all__ = [
     "NoiseDistribution",
     "NoisyLayer",
     "as_noise",
+    "chunk_rows",
     "format_noise_summary",
+    "has_weight_noise",
     "inject_noise",
     "mean_noise_level",
     "noise_disabled",

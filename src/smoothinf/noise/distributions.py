@@ -55,7 +55,9 @@ class NoiseDistribution:
         if self.sigma == 0:
             return torch.zeros(shape, device=device, dtype=dtype)
         if self.family == "gaussian":
-            return torch.randn(shape, generator=generator, device=device, dtype=dtype) * self.sigma
+            # normal_ scales in the same pass; its numbers equal randn(...) * sigma
+            out = torch.empty(shape, device=device, dtype=dtype)
+            return out.normal_(0.0, self.sigma, generator=generator)
         u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
         if self.family == "uniform":
             return (2 * u - 1) * (self.sigma * math.sqrt(3.0))

@@ -79,17 +79,21 @@ class NoisyLayer(nn.Module):
         rank = f", rank={self.factor.shape[1]}" if self.weight_noise == "cni" else ""
         return f"weight_noise={self.weight_noise}{rank}, activation_noise={self.activation_noise}"
 
-    def sample_weight_noise(self, draws: int) -> torch.Tensor:
-        """Weight noise (draws, *W.shape) with the layer's current learned parameters."""
+    def sample_weight_noise(self, draws: int, base: torch.Tensor | None = None) -> torch.Tensor:
+        """Weight noise (draws, *W.shape) with the layer's current learned parameters, plus ``base``
+        (broadcast, e.g. the clean weight W) when given, added in the same pass."""
         w = self.layer.weight
         gen = self.noise_generator
+        shape = (draws,) + tuple(w.shape)
         if self.weight_noise == "pni":
-            eta = _randn((draws,) + tuple(w.shape), w, gen) * w.detach().std()
-            return self.alpha_w * eta
+            eta = _randn(shape, w, gen)
+            scale = self.alpha_w * w.detach().std()
+            return scale * eta if base is None else torch.addcmul(base, scale, eta)
         e = _randn((draws, w.numel()), w, gen)
         u = _randn((draws, self.factor.shape[1]), w, gen)
         scale = torch.sqrt((w.std() * self.diag).abs() + 1e-20)
-        return (scale * e + u @ self.factor.T).reshape((draws,) + tuple(w.shape))
+        low_rank = u @ self.factor.T if base is None else torch.addmm(base.reshape(1, -1), u, self.factor.T)
+        return torch.addcmul(low_rank, scale, e).reshape(shape)
 
     def _forward_per_draw(self, x: torch.Tensor, weight: torch.Tensor, draws: int) -> torch.Tensor:
         """The layer with per-draw weights ``weight`` (draws, *W.shape) on draw-major ``x``."""
@@ -124,7 +128,7 @@ class NoisyLayer(nn.Module):
             out = self.layer(x)
         else:
             draws = max(1, int(self.num_draws))
-            weight = self.layer.weight.unsqueeze(0) + self.sample_weight_noise(draws)
+            weight = self.sample_weight_noise(draws, base=self.layer.weight)
             out = self._forward_per_draw(x, weight, draws)
         if self.noise_enabled and self.activation_noise:
             out = out + self.alpha_a * out.detach().std() * _randn(out.shape, out, self.noise_generator)

@@ -17,16 +17,10 @@ from torch import nn
 
 from smoothinf.errors import SmoothinfError
 from smoothinf.noise.distributions import NoiseDistribution, as_noise
-from smoothinf.noise.draws import per_draw_noise
+from smoothinf.noise.draws import chunk_rows, per_draw_noise
 from smoothinf.smoothing.votes import VOTES, RankWeight, apply_vote
 from smoothinf.utils import check_images, model_device
 
-DEFAULT_BATCH_SIZE = 4096  # rows, when the inputs' size is unknown
-# Default chunk bound in input values: on the CPU, forwards much larger than a normal batch run
-# slower per row (large activations are page-faulted afresh on each allocation), so chunks stay
-# near a plain batch; on a GPU, large chunks fill the device.
-CPU_CHUNK_VALUES = 2**17
-GPU_CHUNK_VALUES = 2**25
 MIN_FREQUENCY = 1e-12  # log vote frequencies are clamped here, away from -inf
 
 
@@ -76,27 +70,31 @@ class SmoothedClassifier(nn.Module):
         return f"noise={self.noise.family}, sigma={self.sigma}, m={self.m}, vote={self.vote}"
 
     def rows_per_forward(self, x: torch.Tensor) -> int:
-        """Rows of one forward: ``batch_size`` when given, else a bound on a chunk's input values."""
-        if self.batch_size is not None:
-            return self.batch_size
-        budget = GPU_CHUNK_VALUES if x.device.type == "cuda" else CPU_CHUNK_VALUES
-        return max(1, budget // max(1, x[0].numel())) if x.shape[0] else DEFAULT_BATCH_SIZE
+        """Rows of one forward: ``batch_size`` when given, else a bound on a chunk's input values
+        (``smoothinf.noise.draws.chunk_rows``)."""
+        return chunk_rows(x, self.model, self.batch_size)
 
     def _check(self, x: torch.Tensor) -> None:
         check_images(x, "x", device=model_device(self.model))
 
-    def _noise(self, x: torch.Tensor, draws: int, generator: torch.Generator | None) -> torch.Tensor:
-        """Noise (draws * N, C, H, W), generated draw by draw in stream order."""
+    def _noisy_copies(self, x: torch.Tensor, draws: int, generator: torch.Generator | None) -> torch.Tensor:
+        """``draws`` noisy copies of x, (draws * N, C, H, W) draw-major, noise in stream order.
+
+        The noise is sampled straight into the output (already scaled by sigma) and x is added in
+        place by broadcasting: one pass of the sampler and one of the add, no repeat of x.
+        """
         shape = (draws,) + tuple(x.shape)
         device = generator.device if generator is not None else x.device
-        per_draw = x[0].numel() * x.shape[0]
+        per_draw = x.numel()
         if self.noise.family != "gaussian" or per_draw % 16 == 0 or draws == 1:
             # torch's CPU normal sampler fills blocks of 16: whole draws of a multiple of 16 values
             # consume the stream identically however they are chunked (uniform always does).
-            eps = self.noise.sample(shape, generator, device, x.dtype)
+            out = self.noise.sample(shape, generator, device, x.dtype)
         else:
-            eps = torch.stack([self.noise.sample(x.shape, generator, device, x.dtype) for _ in range(draws)])
-        return eps.to(x.device).reshape((draws * x.shape[0],) + tuple(x.shape[1:]))
+            out = torch.stack([self.noise.sample(x.shape, generator, device, x.dtype) for _ in range(draws)])
+        out = out.to(x.device)
+        out = out.add_(x) if not x.requires_grad else out + x
+        return out.reshape((draws * x.shape[0],) + tuple(x.shape[1:]))
 
     def draw_logits(
         self, x: torch.Tensor, m: int, generator: torch.Generator | None = None
@@ -107,9 +105,10 @@ class SmoothedClassifier(nn.Module):
         done = 0
         while done < m:
             d = min(per_chunk, m - done)
-            batch = x.repeat(d, 1, 1, 1)
             if self.sigma > 0:
-                batch = batch + self._noise(x, d, generator)
+                batch = self._noisy_copies(x, d, generator)
+            else:
+                batch = x.expand((d,) + tuple(x.shape)).reshape((d * n,) + tuple(x.shape[1:]))
             with per_draw_noise(self.model, d, generator):
                 logits = self.model(batch)
             yield logits.reshape(d, n, -1)
@@ -187,4 +186,4 @@ class SmoothedClassifier(nn.Module):
         return torch.stack(answers, 1)
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "SmoothedClassifier"]
+__all__ = ["SmoothedClassifier"]
