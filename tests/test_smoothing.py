@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.stats import binomtest, norm
 
+from smoothinf.models import create_model
 from smoothinf.smoothing import (
     SmoothedClassifier,
     binomial_two_sided_pvalue,
@@ -247,3 +248,38 @@ def test_bad_input_is_a_clear_value_error():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="device"):
             smoothed.predict(x.cuda())
+
+
+def test_reused_noise_buffer_gives_the_same_draws():
+    """Without autograd the chunks' noisy inputs share one buffer; the logits must not change."""
+    model, _, shape = make_linear(12)
+    x = torch.rand((4,) + shape, generator=torch.Generator().manual_seed(13))
+    smoothed = SmoothedClassifier(model, 0.3, 24, "logits", batch_size=8)  # 2 draws per chunk
+    with torch.no_grad():
+        reused = torch.cat(list(smoothed.draw_logits(x, 24, torch.Generator().manual_seed(14))))
+    with torch.enable_grad():  # fresh tensors per chunk
+        fresh = torch.cat(
+            [c.detach() for c in smoothed.draw_logits(x, 24, torch.Generator().manual_seed(14))]
+        )
+    assert torch.equal(reused, fresh)
+    identity = SmoothedClassifier(torch.nn.Flatten(), 0.3, 6, "logits", batch_size=8)
+    with torch.no_grad():  # logits that alias the inputs: the buffer is not reused
+        views = torch.cat(list(identity.draw_logits(x, 6, torch.Generator().manual_seed(15))))
+    noise = torch.randn((6,) + tuple(x.shape), generator=torch.Generator().manual_seed(15)) * 0.3
+    assert torch.allclose(views, (x + noise).flatten(2), atol=1e-6)
+
+
+def test_chunk_rows_rule():
+    from smoothinf.noise import chunk_rows, inject_noise
+    from smoothinf.noise.draws import CPU_CHUNK_VALUES, CPU_WEIGHT_NOISE_CHUNK_VALUES
+
+    x = torch.rand(3, 1, 28, 28)
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    assert chunk_rows(x, plain) == CPU_CHUNK_VALUES // 784
+    assert chunk_rows(x, plain, batch_size=7) == 7
+    assert chunk_rows(x[:0], plain) == CPU_CHUNK_VALUES // 784  # empty input: still a bound
+    noisy = inject_noise(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), "pni-w")
+    assert chunk_rows(x, noisy) == CPU_WEIGHT_NOISE_CHUNK_VALUES // 784
+    model = create_model("mnist_cnn_small", 10, 1, (0.1307,), (0.3081,))
+    noisy_input = inject_noise(model, "cni-i")
+    assert chunk_rows(x, noisy_input) == CPU_CHUNK_VALUES // 784  # input noise is not weight noise

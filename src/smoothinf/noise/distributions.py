@@ -52,19 +52,23 @@ class NoiseDistribution:
         """Draw a noise tensor of ``shape``; zeros when sigma = 0 (no generator state used)."""
         if device is None and generator is not None:
             device = generator.device
+        return self.sample_into(torch.empty(shape, device=device, dtype=dtype), generator)
+
+    def sample_into(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Fill ``out`` in place with noise (the same numbers ``sample`` draws) and return it."""
         if self.sigma == 0:
-            return torch.zeros(shape, device=device, dtype=dtype)
+            return out.zero_()
         if self.family == "gaussian":
             # normal_ scales in the same pass; its numbers equal randn(...) * sigma
-            out = torch.empty(shape, device=device, dtype=dtype)
             return out.normal_(0.0, self.sigma, generator=generator)
-        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        u = out.uniform_(0.0, 1.0, generator=generator)  # the numbers of torch.rand
         if self.family == "uniform":
-            return (2 * u - 1) * (self.sigma * math.sqrt(3.0))
+            return u.mul_(2).sub_(1).mul_(self.sigma * math.sqrt(3.0))
         # Laplace by inverse CDF: u in [0,1) -> centred v in [-1/2, 1/2).
-        v = u - 0.5
+        v = u.sub_(0.5)
+        sign = torch.sign(v)
         scale = self.sigma / math.sqrt(2.0)
-        return -scale * torch.sign(v) * torch.log1p(-2 * v.abs()).clamp_min(-80.0)
+        return v.abs_().mul_(-2).log1p_().clamp_min_(-80.0).mul_(sign).mul_(-scale)
 
 
 def as_noise(noise: NoiseDistribution | str, sigma: float | None = None) -> NoiseDistribution:

@@ -34,13 +34,17 @@ def noise_layers(model: nn.Module) -> list[nn.Module]:
 
 @contextmanager
 def per_draw_noise(
-    model: nn.Module, num_draws: int, generator: torch.Generator | None = None
+    model: nn.Module,
+    num_draws: int,
+    generator: torch.Generator | None = None,
+    layers: list[nn.Module] | None = None,
 ) -> Iterator[None]:
     """Within the context, noise layers draw ``num_draws`` independent noises per forward.
 
-    ``generator`` (optional) is used by the layers for their noise, for reproducible draws.
+    ``generator`` (optional) is used by the layers for their noise, for reproducible draws;
+    ``layers`` (optional) is ``noise_layers(model)`` when the caller already has it.
     """
-    layers = noise_layers(model)
+    layers = noise_layers(model) if layers is None else layers
     saved = [(m.num_draws, getattr(m, "noise_generator", None)) for m in layers]
     try:
         for m in layers:

@@ -17,7 +17,7 @@ from torch import nn
 
 from smoothinf.errors import SmoothinfError
 from smoothinf.noise.distributions import NoiseDistribution, as_noise
-from smoothinf.noise.draws import chunk_rows, per_draw_noise
+from smoothinf.noise.draws import chunk_rows, noise_layers, per_draw_noise
 from smoothinf.smoothing.votes import VOTES, RankWeight, apply_vote
 from smoothinf.utils import check_images, model_device
 
@@ -77,40 +77,58 @@ class SmoothedClassifier(nn.Module):
     def _check(self, x: torch.Tensor) -> None:
         check_images(x, "x", device=model_device(self.model))
 
-    def _noisy_copies(self, x: torch.Tensor, draws: int, generator: torch.Generator | None) -> torch.Tensor:
+    def _noisy_copies(
+        self, x: torch.Tensor, draws: int, generator: torch.Generator | None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``draws`` noisy copies of x, (draws * N, C, H, W) draw-major, noise in stream order.
 
-        The noise is sampled straight into the output (already scaled by sigma) and x is added in
-        place by broadcasting: one pass of the sampler and one of the add, no repeat of x.
+        The noise is sampled straight into ``out`` (a reusable buffer of at least ``draws`` copies;
+        a new tensor when None), scaled by sigma, and x is added in place by broadcasting: one pass
+        of the sampler and one of the add, no repeat of x.
         """
         shape = (draws,) + tuple(x.shape)
         device = generator.device if generator is not None else x.device
-        per_draw = x.numel()
-        if self.noise.family != "gaussian" or per_draw % 16 == 0 or draws == 1:
+        if out is None or out.device != torch.device(device):
+            out = torch.empty(shape, device=device, dtype=x.dtype)
+        noise = out[:draws]
+        if self.noise.family != "gaussian" or x.numel() % 16 == 0 or draws == 1:
             # torch's CPU normal sampler fills blocks of 16: whole draws of a multiple of 16 values
             # consume the stream identically however they are chunked (uniform always does).
-            out = self.noise.sample(shape, generator, device, x.dtype)
+            self.noise.sample_into(noise, generator)
         else:
-            out = torch.stack([self.noise.sample(x.shape, generator, device, x.dtype) for _ in range(draws)])
-        out = out.to(x.device)
-        out = out.add_(x) if not x.requires_grad else out + x
-        return out.reshape((draws * x.shape[0],) + tuple(x.shape[1:]))
+            for draw in noise:
+                self.noise.sample_into(draw, generator)
+        noise = noise.to(x.device)
+        noisy = noise.add_(x) if not x.requires_grad else noise + x
+        return noisy.reshape((draws * x.shape[0],) + tuple(x.shape[1:]))
 
     def draw_logits(
         self, x: torch.Tensor, m: int, generator: torch.Generator | None = None
     ) -> Iterator[torch.Tensor]:
-        """Yield logits (d, N, K) of the base model for successive chunks of d noise draws (sum d = m)."""
+        """Yield logits (d, N, K) of the base model for successive chunks of d noise draws (sum d = m).
+
+        Without autograd the noisy inputs of every chunk share one buffer (fresh large allocations
+        are page-faulted on the CPU); with it each chunk gets its own (the graph keeps them).
+        """
         n = x.shape[0]
         per_chunk = max(1, self.rows_per_forward(x) // max(n, 1))
+        layers = noise_layers(self.model)
+        buffer, reuse = None, True
         done = 0
         while done < m:
             d = min(per_chunk, m - done)
             if self.sigma > 0:
-                batch = self._noisy_copies(x, d, generator)
+                batch = self._noisy_copies(x, d, generator, buffer)
             else:
                 batch = x.expand((d,) + tuple(x.shape)).reshape((d * n,) + tuple(x.shape[1:]))
-            with per_draw_noise(self.model, d, generator):
+            with per_draw_noise(self.model, d, generator, layers):
                 logits = self.model(batch)
+            reusable = self.sigma > 0 and not torch.is_grad_enabled() and reuse
+            if reusable and buffer is None:
+                # never while the caller may hold logits that are a view of the inputs
+                same = logits.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr()
+                reuse = not same
+                buffer = batch.view((d,) + tuple(x.shape)) if reuse else None
             yield logits.reshape(d, n, -1)
             done += d
 
