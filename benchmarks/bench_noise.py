@@ -43,7 +43,7 @@ def main() -> None:
         inject_noise(model, kind)
         for n, m in ((16, 32), (64, 32), (16, 8), (64, 8)):
             x = torch.rand(n, 1, 28, 28, device=args.device)
-            xb = x.repeat(m, 1, 1, 1)
+            xb = x.repeat_interleave(m, 0)  # example-major rows (the per-draw contract)
             smoothed = SmoothedClassifier(model, 0.0, m)
             per_chunk = min(m, max(1, chunk_rows(x, model) // n))
 

@@ -60,19 +60,15 @@ def art_classifier(model, m, sigma):
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+def bench_model(name: str, quick: bool, sigma: float = 0.25) -> list[tuple]:
+    """Rows (setting, limit, limit + noise, ours, naive, ART) for one base model."""
     torch.manual_seed(0)
-    model = create_model("mnist_cnn_small", 10, 1, (0.1307,), (0.3081,)).eval()
-    sigma, batch_size = 0.25, None
+    model = create_model(name, 10, 1, (0.1307,), (0.3081,)).eval()
     rows = []
-    settings = [(100, 8), (100, 32), (10, 1000)] if not args.quick else [(50, 8), (20, 32)]
+    settings = [(100, 8), (100, 32), (10, 1000)] if not quick else [(50, 8), (20, 32)]
     for n, m in settings:
         x = torch.rand(n, 1, 28, 28)
-        smoothed = SmoothedClassifier(model, sigma, m, "hard", batch_size=batch_size)
+        smoothed = SmoothedClassifier(model, sigma, m, "hard")
         gen = torch.Generator().manual_seed(0)
         t = best_times(
             {
@@ -82,28 +78,38 @@ def main() -> None:
             },
             repeats=10 if m <= 100 else 3,
         )
-        t_limit, t_noise, t_ours = t["limit"], t["noise"], t["ours"]
         t_naive = best_time(lambda x=x, m=m: naive_predict(model, x, sigma, m), repeats=1 if m > 100 else 3)
         art = art_classifier(model, m, sigma)
         xn = x.numpy()
         t_art = best_time(lambda a=art, xn=xn: a.predict(xn, batch_size=128), repeats=1 if m > 100 else 3)
-        rows.append((f"predict N={n} m={m}", t_limit, t_noise, t_ours, t_naive, t_art))
-    n0, n_cert, n_ex = (100, 10000, 4) if not args.quick else (100, 2000, 2)
+        rows.append((f"{name} predict N={n} m={m}", t["limit"], t["noise"], t["ours"], t_naive, t_art))
+    n0, n_cert, n_ex = (100, 10000, 4) if not quick else (100, 2000, 2)
     x = torch.rand(n_ex, 1, 28, 28)
     t_limit = best_time(lambda: limit_forwards(model, x, n0 + n_cert), repeats=1)
-    t_ours = best_time(lambda: certify(model, x, sigma, n0, n_cert, 0.001, batch_size), repeats=1)
+    t_ours = best_time(lambda: certify(model, x, sigma, n0, n_cert, 0.001), repeats=1)
     art = art_classifier(model, n_cert, sigma)
     try:
         t_art = best_time(lambda: art.certify(x.numpy(), n=n_cert, batch_size=1024), repeats=1)
     except ImportError as exc:  # ART's certify needs statsmodels, which it does not declare
         print(f"ART certify unavailable: {exc}")
         t_art = float("nan")
-    rows.append((f"certify N={n_ex} n0={n0} n={n_cert}", t_limit, float("nan"), t_ours, float("nan"), t_art))
+    rows.append(
+        (f"{name} certify N={n_ex} n0={n0} n={n_cert}", t_limit, float("nan"), t_ours, float("nan"), t_art)
+    )
+    return rows
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--models", nargs="+", default=["mnist_cnn_small", "mnist_cnn"])
+    args = parser.parse_args()
+    rows = [row for name in args.models for row in bench_model(name, args.quick)]
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; model mnist_cnn_small (1x28x28), sigma {sigma}, "
-        f"default chunking ({'given' if batch_size else 'by input size'}).",
+        f"torch {torch.__version__}; models {', '.join(args.models)} (1x28x28), sigma 0.25, "
+        "default chunking (by input size).",
         "",
         "| setting | limit (s) | limit + noise (s) | ours (s) | ours / limit speed | ours / (limit + noise) "
         "| naive loop (s) | ours vs naive | ART (s) | ours vs ART |",

@@ -51,8 +51,8 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 class ToyNoisyLinear(nn.Module):
-    """A stand-in weight-noise layer following the per-draw contract (``num_draws`` rows-groups,
-    draw-major, one weight noise per draw) with an ``enabled`` switch."""
+    """A stand-in weight-noise layer following the per-draw contract (rows example-major: row
+    i*num_draws + j is draw j of example i; one weight noise per draw) with an ``enabled`` switch."""
 
     def __init__(self, d: int, k: int, alpha: float = 0.5) -> None:
         super().__init__()
@@ -71,8 +71,8 @@ class ToyNoisyLinear(nn.Module):
         d = self.num_draws
         w = self.lin.weight
         eta = torch.randn((d, *w.shape), generator=self.noise_generator) * self.alpha * w.detach().std()
-        xs = x.view(d, x.shape[0] // d, -1)
-        return (torch.einsum("dbi,doi->dbo", xs, w + eta) + self.lin.bias).reshape(x.shape[0], -1)
+        xs = x.view(x.shape[0] // d, d, -1)
+        return (torch.einsum("bdi,doi->bdo", xs, w + eta) + self.lin.bias).reshape(x.shape[0], -1)
 
 
 # ------------------------------------------------------------------------- linear: analytic optima

@@ -114,15 +114,15 @@ def test_batched_per_draw_equals_loop_with_same_noise(module, weight_noise):
     gen = torch.Generator().manual_seed(5)
     layer.noise_generator = gen
     eta = layer.sample_weight_noise(d)
-    for j in range(d):
+    for j in range(d):  # rows are example-major: row i*d + j is draw j of example i
         w = module.weight + eta[j]
-        xj = x[j * n : (j + 1) * n]
+        xj = x[j::d]
         ref = (
             module._conv_forward(xj, w, module.bias)
             if isinstance(module, torch.nn.Conv2d)
             else F.linear(xj, w, module.bias)
         )
-        assert torch.allclose(batched[j * n : (j + 1) * n], ref, atol=1e-5)
+        assert torch.allclose(batched[j::d], ref, atol=1e-5)
 
 
 def test_model_level_per_draw_moments_match_separate_forwards():
@@ -188,3 +188,16 @@ def test_bad_input_errors():
         inject_noise(model, "pni-w", granularity="row")
     with pytest.raises(ValueError, match="normalize"):
         inject_noise(torch.nn.Sequential(torch.nn.Linear(2, 2)), "cni-i")
+
+
+def test_smoothed_draws_share_weight_noise_across_examples():
+    """Through SmoothedClassifier (example-major chunks of 3 draws): identical examples get identical
+    logits within a draw (one weight noise per draw, shared) and different ones across draws."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), NoisyLayer(torch.nn.Linear(4, 3), "pni", init=1.0))
+    smoothed = SmoothedClassifier(model, 0.0, 7, "logits", batch_size=6)  # 2 examples -> 3 draws/chunk
+    x = torch.rand(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        logits = torch.cat(list(smoothed.draw_logits(x, 7, torch.Generator().manual_seed(3))))  # (7, 2, 3)
+    assert logits.shape == (7, 2, 3)
+    assert torch.equal(logits[:, 0], logits[:, 1])
+    assert (logits[1:, 0] - logits[:-1, 0]).abs().amax(-1).min() > 1e-4

@@ -91,7 +91,7 @@ def test_rank_weights_by_exact_enumeration():
 
     class Fixed(torch.nn.Module):
         def forward(self, x):
-            return logits[: x.shape[0]].repeat(1, 1) if x.shape[0] == 2 else logits.repeat(x.shape[0] // 2, 1)
+            return logits.repeat_interleave(x.shape[0] // 2, 0)  # rows are example-major
 
     smoothed = SmoothedClassifier(Fixed(), 0.0, 5, "weighted", weights=reciprocal_rank())
     counts = smoothed.vote_counts(torch.zeros(2, 1, 2, 2))

@@ -20,7 +20,7 @@ from torch import nn
 
 from smoothinf.errors import ConfigError, SmoothinfError
 from smoothinf.noise.distributions import NoiseDistribution
-from smoothinf.noise.draws import chunk_rows, noise_layers, per_draw_noise
+from smoothinf.noise.draws import chunk_rows, draw_major, noise_layers, per_draw_noise, rows_for_draws
 from smoothinf.utils import check_images, check_labels, model_device
 
 NORMS = ("linf", "l2")
@@ -191,7 +191,7 @@ def expected_loss(
 
     reduce="loss": L = mean_j loss(f(x + n_j), y)  (EPGD / EOT: expectation of the loss);
     reduce="softmax": L = loss(log mean_j softmax f(x + n_j), y)  (SmoothAdv: loss of the expectation).
-    The m draws run as one batch, draw-major (rows j*N..(j+1)*N-1 are draw j), inside
+    The m draws run as one batch of example-major rows (``smoothinf.noise.draws``), inside
     ``per_draw_noise(model, draws, generator)`` so weight-noise layers give each draw its own noise.
     When N*m exceeds ``batch_size`` the draws are chunked (at least one draw of N rows per chunk) and
     gradients accumulate across chunks; reduce="softmax" then takes a no-grad pass for the mean
@@ -206,14 +206,15 @@ def expected_loss(
     chunks = [(s, min(per, m - s)) for s in range(0, m, per)]
 
     def forward(xa: torch.Tensor, d: int) -> torch.Tensor:
-        rows = xa if d == 1 else xa.repeat(d, 1, 1, 1)
+        """Logits (d, N, K) of d noisy draws of every example."""
+        eta = None
         if noise is not None and noise.sigma > 0:
-            eta = noise.sample(rows.shape, generator, generator.device, rows.dtype)
-            rows = rows + eta.to(rows.device)
+            eta = noise.sample((d,) + tuple(xa.shape), generator, generator.device, xa.dtype).to(xa.device)
+        rows = rows_for_draws(xa, d, eta)
         if not per_draw:
-            return model(rows).view(d, n, -1)  # (d, N, K)
+            return draw_major(model(rows), d)
         with per_draw_noise(model, d, generator):
-            return model(rows).view(d, n, -1)
+            return draw_major(model(rows), d)
 
     if reduce == "loss":
         grad = torch.zeros_like(x) if need_grad else None

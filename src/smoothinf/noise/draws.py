@@ -1,10 +1,14 @@
 """The per-draw weight-noise contract between noise layers and batched Monte Carlo.
 
-A batch of B rows evaluated under ``per_draw_noise(model, d)`` is d draws of B/d examples each,
-draw-major (rows j*B/d .. (j+1)*B/d - 1 belong to draw j). Every noise layer (a module with an
-integer attribute ``num_draws``) then samples d independent weight-noise tensors, one per draw,
-shared by the examples of that draw: the distribution of d separate forwards. Outside the context
-``num_draws`` is 1 (one noise draw shared by the whole batch, as in the reference code).
+A batch of B rows evaluated under ``per_draw_noise(model, d)`` is B/d examples with d draws each,
+example-major: rows i*d .. i*d + d - 1 are the d draws of example i (row i*d + j is draw j). Every
+noise layer (a module with an integer attribute ``num_draws``) then samples d independent
+weight-noise tensors, one per draw, shared by the examples of that draw: the distribution of d
+separate forwards. Outside the context ``num_draws`` is 1 (one noise draw shared by the whole batch,
+as in the reference code). Example-major rows make a (B, C, H, W) activation a free view of the
+(B/d, d*C, H, W) input of a grouped convolution with d groups (and back), so per-draw weights cost
+no transposes. ``rows_for_draws`` builds such rows and ``draw_major`` turns outputs back into
+(d, B/d, K).
 """
 
 from __future__ import annotations
@@ -74,3 +78,27 @@ def chunk_rows(x: torch.Tensor, model: nn.Module | None = None, batch_size: int 
     else:
         budget = CPU_CHUNK_VALUES
     return max(1, budget // max(1, math.prod(x.shape[1:])))
+
+
+def rows_for_draws(
+    x: torch.Tensor, draws: int, noise: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Example-major rows (N * draws, ...) with row i*draws + j = x[i] + noise[j, i].
+
+    ``noise`` (draws, N, ...) is draw-major (the order it is sampled in); None means no noise.
+    ``out`` (optional, N * draws rows, no autograd) receives the rows without a new allocation.
+    """
+    n = x.shape[0]
+    shape = (n * draws,) + tuple(x.shape[1:])
+    if noise is None:
+        return x.unsqueeze(1).expand((n, draws) + tuple(x.shape[1:])).reshape(shape)
+    noise = noise.transpose(0, 1)  # (N, draws, ...), a view
+    if out is not None:
+        torch.add(x.unsqueeze(1), noise, out=out.view((n, draws) + tuple(x.shape[1:])))
+        return out.view(shape)
+    return (x.unsqueeze(1) + noise).reshape(shape)
+
+
+def draw_major(outputs: torch.Tensor, draws: int) -> torch.Tensor:
+    """Outputs (N * draws, K) of example-major rows -> (draws, N, K) (a view)."""
+    return outputs.view(-1, draws, outputs.shape[-1]).transpose(0, 1)

@@ -8,8 +8,9 @@
 * Input noise (CNI-I): x + sigma * N(0, I) in pixel units, before normalisation; sigma fixed or learned.
 
 Noise is on while ``noise_enabled`` is True, whatever ``model.training`` says. Every layer follows
-the per-draw contract of ``smoothinf.noise.draws``: with ``num_draws = d`` the batch is d draw-major
-groups and each gets its own weight noise (grouped convolution / batched matmul, no loop).
+the per-draw contract of ``smoothinf.noise.draws``: with ``num_draws = d`` the batch rows are
+example-major (row i*d + j is draw j of example i) and each draw gets its own weight noise (grouped
+convolution on a free view of the rows / batched matmul, no loop over draws).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class NoisyLayer(nn.Module):
         return torch.addcmul(low_rank, scale, e).reshape(shape)
 
     def _forward_per_draw(self, x: torch.Tensor, weight: torch.Tensor, draws: int) -> torch.Tensor:
-        """The layer with per-draw weights ``weight`` (draws, *W.shape) on draw-major ``x``."""
+        """The layer with per-draw weights ``weight`` (draws, *W.shape) on example-major ``x``."""
         bias = self.layer.bias
         if draws == 1:
             w = weight[0]
@@ -107,21 +108,23 @@ class NoisyLayer(nn.Module):
             raise SmoothinfError(f"batch of {x.shape[0]} rows is not {draws} draws of equal size")
         n = x.shape[0] // draws
         if isinstance(self.layer, nn.Linear):
-            xs = x.reshape((draws, -1, x.shape[-1]))  # (d, n * ..., in)
+            # (n, draws, ..., in) -> draw-major (draws, n * ..., in) for bmm, and back
+            inner = x.shape[1:-1]
+            xs = x.reshape(n, draws, -1, x.shape[-1]).transpose(0, 1).reshape(draws, -1, x.shape[-1])
             out = torch.bmm(xs, weight.transpose(1, 2))
             if bias is not None:
                 out = out + bias
-            return out.reshape(x.shape[:-1] + (weight.shape[1],))
+            out = out.view(draws, n, -1, weight.shape[1]).transpose(0, 1)
+            return out.reshape((x.shape[0],) + tuple(inner) + (weight.shape[1],))
         conv = self.layer
-        c, h, w_ = x.shape[1:]
-        xs = x.reshape(draws, n, c, h, w_).transpose(0, 1).reshape(n, draws * c, h, w_)
-        wd = weight.reshape((draws * weight.shape[1],) + tuple(weight.shape[2:]))
-        b = bias.repeat(draws) if bias is not None else None
         if conv.padding_mode != "zeros":
             raise SmoothinfError("per-draw weight noise supports zero padding only")
+        c = x.shape[1]
+        xs = x.reshape((n, draws * c) + tuple(x.shape[2:]))  # a view for contiguous rows
+        wd = weight.reshape((draws * weight.shape[1],) + tuple(weight.shape[2:]))
+        b = bias.repeat(draws) if bias is not None else None
         out = F.conv2d(xs, wd, b, conv.stride, conv.padding, conv.dilation, conv.groups * draws)
-        o = weight.shape[1]
-        return out.reshape(n, draws, o, *out.shape[2:]).transpose(0, 1).reshape(draws * n, o, *out.shape[2:])
+        return out.reshape((x.shape[0], weight.shape[1]) + tuple(out.shape[2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.noise_enabled or self.weight_noise is None:

@@ -1,7 +1,7 @@
 """SmoothedClassifier: a base classifier's votes averaged over m noise draws around the input.
 
 All m draws of many examples run as batched forwards: a chunk of d whole draws is a
-(d * N, C, H, W) batch, draw-major (rows j*N .. (j+1)*N - 1 are draw j), evaluated inside
+(N * d, C, H, W) batch, example-major (row i*d + j is draw j of example i), evaluated inside
 ``per_draw_noise(model, d)`` so that weight-noise (PNI/CNI) layers give each draw its own weight
 noise. ``batch_size`` bounds d * N. Counting is a sum over the draw axis, never a Python loop over
 draws or examples. With a fixed generator the input-noise draws do not depend on the chunk size
@@ -17,7 +17,7 @@ from torch import nn
 
 from smoothinf.errors import SmoothinfError
 from smoothinf.noise.distributions import NoiseDistribution, as_noise
-from smoothinf.noise.draws import chunk_rows, noise_layers, per_draw_noise
+from smoothinf.noise.draws import chunk_rows, draw_major, noise_layers, per_draw_noise, rows_for_draws
 from smoothinf.smoothing.votes import VOTES, RankWeight, apply_vote
 from smoothinf.utils import check_images, model_device
 
@@ -77,19 +77,14 @@ class SmoothedClassifier(nn.Module):
     def _check(self, x: torch.Tensor) -> None:
         check_images(x, "x", device=model_device(self.model))
 
-    def _noisy_copies(
-        self, x: torch.Tensor, draws: int, generator: torch.Generator | None, out: torch.Tensor | None = None
+    def _noise(
+        self, x: torch.Tensor, draws: int, generator: torch.Generator | None, out: torch.Tensor | None
     ) -> torch.Tensor:
-        """``draws`` noisy copies of x, (draws * N, C, H, W) draw-major, noise in stream order.
-
-        The noise is sampled straight into ``out`` (a reusable buffer of at least ``draws`` copies;
-        a new tensor when None), scaled by sigma, and x is added in place by broadcasting: one pass
-        of the sampler and one of the add, no repeat of x.
-        """
-        shape = (draws,) + tuple(x.shape)
+        """Noise (draws, N, C, H, W), draw by draw in stream order, sampled into ``out`` (a reusable
+        buffer of at least ``draws`` draws) when given."""
         device = generator.device if generator is not None else x.device
         if out is None or out.device != torch.device(device):
-            out = torch.empty(shape, device=device, dtype=x.dtype)
+            out = torch.empty((draws,) + tuple(x.shape), device=device, dtype=x.dtype)
         noise = out[:draws]
         if self.noise.family != "gaussian" or x.numel() % 16 == 0 or draws == 1:
             # torch's CPU normal sampler fills blocks of 16: whole draws of a multiple of 16 values
@@ -98,38 +93,37 @@ class SmoothedClassifier(nn.Module):
         else:
             for draw in noise:
                 self.noise.sample_into(draw, generator)
-        noise = noise.to(x.device)
-        noisy = noise.add_(x) if not x.requires_grad else noise + x
-        return noisy.reshape((draws * x.shape[0],) + tuple(x.shape[1:]))
+        return noise.to(x.device)
 
     def draw_logits(
         self, x: torch.Tensor, m: int, generator: torch.Generator | None = None
     ) -> Iterator[torch.Tensor]:
         """Yield logits (d, N, K) of the base model for successive chunks of d noise draws (sum d = m).
 
-        Without autograd the noisy inputs of every chunk share one buffer (fresh large allocations
-        are page-faulted on the CPU); with it each chunk gets its own (the graph keeps them).
+        A chunk's forward sees example-major rows (``smoothinf.noise.draws``). Without autograd
+        the chunks reuse one noise and one input buffer (fresh large allocations are page-faulted
+        on the CPU), unless the model's outputs alias its inputs.
         """
         n = x.shape[0]
         per_chunk = max(1, self.rows_per_forward(x) // max(n, 1))
         layers = noise_layers(self.model)
-        buffer, reuse = None, True
+        reuse = self.sigma > 0 and not torch.is_grad_enabled()
+        noise_buf = rows_buf = None
         done = 0
         while done < m:
             d = min(per_chunk, m - done)
-            if self.sigma > 0:
-                batch = self._noisy_copies(x, d, generator, buffer)
-            else:
-                batch = x.expand((d,) + tuple(x.shape)).reshape((d * n,) + tuple(x.shape[1:]))
+            noise = self._noise(x, d, generator, noise_buf) if self.sigma > 0 else None
+            out = rows_buf[: n * d] if rows_buf is not None else None
+            batch = rows_for_draws(x, d, noise, out)
             with per_draw_noise(self.model, d, generator, layers):
                 logits = self.model(batch)
-            reusable = self.sigma > 0 and not torch.is_grad_enabled() and reuse
-            if reusable and buffer is None:
-                # never while the caller may hold logits that are a view of the inputs
-                same = logits.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr()
-                reuse = not same
-                buffer = batch.view((d,) + tuple(x.shape)) if reuse else None
-            yield logits.reshape(d, n, -1)
+            if reuse and rows_buf is None:
+                if logits.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr():
+                    reuse = False  # the caller may hold logits that are views of the inputs
+                else:
+                    noise_buf = noise
+                    rows_buf = torch.empty_like(batch)
+            yield draw_major(logits, d)
             done += d
 
     def _example_chunks(self, x: torch.Tensor) -> Iterator[slice]:
