@@ -27,19 +27,19 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--models", nargs="+", default=["mnist_cnn_small", "mnist_cnn"])
     args = parser.parse_args()
     lines = [
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"device {args.device}; mnist_cnn_small, 1x28x28, no_grad forwards, best of {args.rounds} "
-        "interleaved rounds.",
+        f"device {args.device}; 1x28x28 inputs, no_grad forwards, best of {args.rounds} interleaved rounds.",
         "",
-        "| noise | N | m | draws per chunk | looped (s) | batched (s) | batched speed-up "
+        "| model | noise | N | m | draws per chunk | looped (s) | batched (s) | batched speed-up "
         "| one forward (s) | one forward speed-up |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind in ("pni-w", "cni-w"):
+    for name, kind in [(name, kind) for name in args.models for kind in ("pni-w", "cni-w")]:
         torch.manual_seed(0)
-        model = create_model("mnist_cnn_small", 10, 1, (0.1307,), (0.3081,)).eval().to(args.device)
+        model = create_model(name, 10, 1, (0.1307,), (0.3081,)).eval().to(args.device)
         inject_noise(model, kind)
         for n, m in ((16, 32), (64, 32), (16, 8), (64, 8)):
             x = torch.rand(n, 1, 28, 28, device=args.device)
@@ -61,7 +61,7 @@ def main() -> None:
 
             t = best_times({"loop": looped, "batched": batched, "one": one_forward}, args.rounds)
             lines.append(
-                f"| {kind} | {n} | {m} | {per_chunk} | {t['loop']:.4f} | {t['batched']:.4f} | "
+                f"| {name} | {kind} | {n} | {m} | {per_chunk} | {t['loop']:.4f} | {t['batched']:.4f} | "
                 f"{t['loop'] / t['batched']:.2f}x | {t['one']:.4f} | {t['loop'] / t['one']:.2f}x |"
             )
     text = "\n".join(lines)

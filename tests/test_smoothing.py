@@ -271,7 +271,7 @@ def test_reused_noise_buffer_gives_the_same_draws():
 
 def test_chunk_rows_rule():
     from smoothinf.noise import chunk_rows, inject_noise
-    from smoothinf.noise.draws import CPU_CHUNK_VALUES, CPU_WEIGHT_NOISE_CHUNK_VALUES
+    from smoothinf.noise.draws import CPU_CHUNK_VALUES, CPU_WEIGHT_NOISE_CHUNK_VALUES, CPU_WEIGHT_NOISE_VALUES
 
     x = torch.rand(3, 1, 28, 28)
     plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
@@ -280,6 +280,12 @@ def test_chunk_rows_rule():
     assert chunk_rows(x[:0], plain) == CPU_CHUNK_VALUES // 784  # empty input: still a bound
     noisy = inject_noise(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), "pni-w")
     assert chunk_rows(x, noisy) == CPU_WEIGHT_NOISE_CHUNK_VALUES // 784
+    # many noisy weights: the draws per chunk are bounded by the noisy weight copies they hold
+    wide = inject_noise(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 2**20 // 784 * 4)), "pni-w"
+    )
+    n_weights = wide[1].layer.weight.numel()
+    assert chunk_rows(x, wide) == 3 * (CPU_WEIGHT_NOISE_VALUES // n_weights)
     model = create_model("mnist_cnn_small", 10, 1, (0.1307,), (0.3081,))
     noisy_input = inject_noise(model, "cni-i")
     assert chunk_rows(x, noisy_input) == CPU_CHUNK_VALUES // 784  # input noise is not weight noise

@@ -29,6 +29,11 @@ from torch import nn
 CPU_CHUNK_VALUES = 2**17
 CPU_WEIGHT_NOISE_CHUNK_VALUES = 2**19
 GPU_CHUNK_VALUES = 2**25
+# A chunk of d draws of a weight-noise model holds d noisy copies of every noisy weight tensor, so
+# d is also bounded by these many weight values (mnist_cnn's 3.3M noisy weights: 2 draws per chunk
+# on the CPU; mnist_cnn_small's 0.17M: 50).
+CPU_WEIGHT_NOISE_VALUES = 2**23
+GPU_WEIGHT_NOISE_VALUES = 2**28
 
 
 def noise_layers(model: nn.Module) -> list[nn.Module]:
@@ -61,23 +66,33 @@ def per_draw_noise(
             m.noise_generator = g
 
 
+def weight_noise_values(model: nn.Module) -> int:
+    """Number of weights that get per-draw noise (PNI-W / CNI-W layers); 0 for other models."""
+    return sum(
+        m.layer.weight.numel() for m in noise_layers(model) if getattr(m, "weight_noise", None) is not None
+    )
+
+
 def has_weight_noise(model: nn.Module) -> bool:
     """Whether ``model`` has a layer with per-draw weight noise (PNI-W / CNI-W)."""
-    return any(getattr(m, "weight_noise", None) is not None for m in noise_layers(model))
+    return weight_noise_values(model) > 0
 
 
 def chunk_rows(x: torch.Tensor, model: nn.Module | None = None, batch_size: int | None = None) -> int:
     """Rows of one Monte Carlo forward for inputs like ``x`` (N, C, H, W): ``batch_size`` when
-    given, else the default bound on input values per forward (see ``CPU_CHUNK_VALUES``)."""
+    given, else the default bound on input values per forward (see ``CPU_CHUNK_VALUES``); for a
+    weight-noise model also at most N times the draws whose noisy weights fit
+    ``CPU_WEIGHT_NOISE_VALUES`` (``GPU_WEIGHT_NOISE_VALUES`` on CUDA)."""
     if batch_size is not None:
         return batch_size
-    if x.device.type == "cuda":
-        budget = GPU_CHUNK_VALUES
-    elif model is not None and has_weight_noise(model):
-        budget = CPU_WEIGHT_NOISE_CHUNK_VALUES
-    else:
-        budget = CPU_CHUNK_VALUES
-    return max(1, budget // max(1, math.prod(x.shape[1:])))
+    cuda = x.device.type == "cuda"
+    weights = weight_noise_values(model) if model is not None else 0
+    budget = GPU_CHUNK_VALUES if cuda else (CPU_WEIGHT_NOISE_CHUNK_VALUES if weights else CPU_CHUNK_VALUES)
+    rows = max(1, budget // max(1, math.prod(x.shape[1:])))
+    if weights:
+        draws = max(1, (GPU_WEIGHT_NOISE_VALUES if cuda else CPU_WEIGHT_NOISE_VALUES) // weights)
+        rows = min(rows, max(1, x.shape[0]) * draws)
+    return rows
 
 
 def rows_for_draws(
