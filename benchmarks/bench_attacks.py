@@ -23,6 +23,7 @@ from torch import nn
 from smoothinf.attacks import EPGD, PGD
 from smoothinf.models import create_model
 from smoothinf.utils import resolve_device
+from timing import add_allocator_option, apply_allocator_option
 
 
 class InputNoise(nn.Module):
@@ -65,7 +66,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attacks.md"))
+    add_allocator_option(ap)
     args = ap.parse_args()
+    malloc = apply_allocator_option(args)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -104,7 +107,7 @@ def main() -> None:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     lines = [
         f"## Attack throughput ({device.type}: {dev_name}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, torchattacks {torchattacks.__version__})",
+        f"{torch.get_num_threads()} threads, {malloc}, torchattacks {torchattacks.__version__})",
         "",
         "| attack | model | batch x shape | example-gradients | ours (s) | torchattacks (s) | ratio |",
         "|---|---|---|---|---|---|---|",

@@ -19,7 +19,7 @@ import torch
 from smoothinf.models import create_model
 from smoothinf.noise import chunk_rows, inject_noise, per_draw_noise
 from smoothinf.smoothing import SmoothedClassifier
-from timing import best_times
+from timing import add_allocator_option, apply_allocator_option, best_times
 
 
 def main() -> None:
@@ -28,10 +28,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--models", nargs="+", default=["mnist_cnn_small", "mnist_cnn"])
+    add_allocator_option(parser)
     args = parser.parse_args()
+    malloc = apply_allocator_option(args)
     lines = [
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"device {args.device}; 1x28x28 inputs, no_grad forwards, best of {args.rounds} interleaved rounds.",
+        f"device {args.device}, {malloc}; 1x28x28 inputs, no_grad forwards, best of {args.rounds} "
+        "interleaved rounds.",
         "",
         "| model | noise | N | m | draws per chunk | looped (s) | batched (s) | batched speed-up "
         "| one forward (s) | one forward speed-up |",

@@ -17,7 +17,7 @@ import torch
 
 from smoothinf.models import create_model
 from smoothinf.smoothing import SmoothedClassifier, certify
-from timing import best_time, best_times
+from timing import add_allocator_option, apply_allocator_option, best_time, best_times
 
 
 def limit_forwards(model, x, m):
@@ -104,11 +104,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
     parser.add_argument("--models", nargs="+", default=["mnist_cnn_small", "mnist_cnn"])
+    add_allocator_option(parser)
     args = parser.parse_args()
+    malloc = apply_allocator_option(args)
     rows = [row for name in args.models for row in bench_model(name, args.quick)]
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; models {', '.join(args.models)} (1x28x28), sigma 0.25, "
+        f"torch {torch.__version__}, {malloc}; models {', '.join(args.models)} (1x28x28), sigma 0.25, "
         "default chunking (by input size).",
         "",
         "| setting | limit (s) | limit + noise (s) | ours (s) | ours / limit speed | ours / (limit + noise) "

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from smoothinf.training.trainer import TrainConfig, train
+from timing import add_allocator_option, apply_allocator_option
 
 
 def epoch_seconds(cfg: TrainConfig) -> float:
@@ -28,7 +29,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=5000)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", default=None)
+    add_allocator_option(parser)
     args = parser.parse_args()
+    malloc = apply_allocator_option(args)
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(
             data="mnist",
@@ -55,7 +58,8 @@ def main() -> None:
     limit = (args.steps + 1) * t_std
     text = "\n".join(
         [
-            f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+            f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"{malloc}; "
             f"mnist_cnn_small, {args.examples} MNIST examples, batch 128, one epoch's training loop "
             "(data loading, validation and checkpoints excluded).",
             "",

@@ -24,3 +24,21 @@ def best_times(fns: dict[str, Callable[[], object]], repeats: int = 3) -> dict[s
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def add_allocator_option(parser) -> None:
+    """``--default-malloc``: keep glibc's default malloc settings (the CLI tunes them)."""
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default malloc settings instead of tuning them as the CLI does",
+    )
+
+
+def apply_allocator_option(args) -> str:
+    """Tune malloc as the CLI does unless ``--default-malloc``; a phrase for the results header."""
+    from smoothinf.utils import tune_cpu_allocator
+
+    if args.default_malloc:
+        return "glibc default malloc"
+    return "malloc tuned as the CLI does" if tune_cpu_allocator() else "default malloc (tuning unavailable)"

@@ -111,3 +111,13 @@ def test_certify_cli_writes_tsv_and_resumes(synthetic_checkpoint, tmp_path, caps
     # n = 500, alpha = 0.01: p_lower <= 0.01^(1/500), so the radius is at most 0.1 * Phi^-1(that).
     assert max(radii) <= 0.1 * 2.359 and max(radii) > 0
     assert tsv.with_suffix(".png").exists()
+
+
+def test_malloc_tuning_applies_on_glibc():
+    """The CLI's allocator tuning takes effect on glibc Linux and is a no-op elsewhere."""
+    import platform
+
+    from smoothinf.utils import tune_cpu_allocator
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert tune_cpu_allocator() is glibc

@@ -98,3 +98,33 @@ def dataclass_from_yaml(cls, path: str | os.PathLike, **overrides):
         raise ConfigError(f"{path}: unknown config key(s) {', '.join(unknown)}")
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**raw)
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_cpu_allocator(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2**30) -> bool:
+    """Make glibc's malloc keep and reuse freed memory for large CPU tensors. Returns whether applied.
+
+    PyTorch's CPU tensors come straight from malloc. By default glibc serves blocks above a dynamic
+    threshold with fresh mmap pages and trims freed heap memory back to the OS, so the activations
+    of every forward of a 100-row batch are page-faulted afresh; fixing the mmap threshold at 32 MB
+    and trimming only above 1 GB halved the time of such forwards on the CPU machine (PyTorch's
+    tuning guide suggests jemalloc/tcmalloc for the same reason). Process-wide and irreversible:
+    the command-line tool calls it at start (set SMOOTHINF_MALLOC_TUNING=0 to skip); Python users
+    may call it themselves. A no-op (False) where the C library is not glibc.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from smoothinf.errors import SmoothinfError
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if os.environ.get("SMOOTHINF_MALLOC_TUNING", "1") != "0":
+        from smoothinf.utils import tune_cpu_allocator
+
+        tune_cpu_allocator()
     ok = False
     try:
         code = int(args.func(args) or 0)
