@@ -31,8 +31,8 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/bench_smoothing.py
-	$(BIN)/python benchmarks/bench_attacks.py
+	cd benchmarks && for b in smoothing noise attacks training allocator; do \
+		../$(BIN)/python bench_$$b.py --out results/$$b.md || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

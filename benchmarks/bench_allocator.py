@@ -15,6 +15,8 @@ import sys
 
 import torch
 
+from timing import best_time, emit
+
 CASES = [  # (model, input shape, rows per forward, forwards)
     ("mnist_cnn_small", (1, 28, 28), 100, 32),
     ("mnist_cnn", (1, 28, 28), 100, 8),
@@ -27,7 +29,6 @@ def child(tuned: bool) -> dict[str, float]:
     from smoothinf.models import create_model
     from smoothinf.smoothing import SmoothedClassifier
     from smoothinf.utils import tune_cpu_allocator
-    from timing import best_time
 
     if tuned and not tune_cpu_allocator():
         raise SystemExit("malloc tuning unavailable here (not glibc)")
@@ -80,10 +81,7 @@ def main() -> None:
             what = f"{m} forwards" if work == "forwards" else f"predict, m = {m}"
             lines.append(f"| {name} | {rows} | {what} | {d:.4f} | {t:.4f} | {d / t:.2f}x |")
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

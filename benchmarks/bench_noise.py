@@ -19,7 +19,7 @@ import torch
 from smoothinf.models import create_model
 from smoothinf.noise import chunk_rows, inject_noise, per_draw_noise
 from smoothinf.smoothing import SmoothedClassifier
-from timing import add_allocator_option, apply_allocator_option, best_times
+from timing import add_allocator_option, apply_allocator_option, best_times, emit
 
 
 def main() -> None:
@@ -68,10 +68,7 @@ def main() -> None:
                 f"{t['loop'] / t['batched']:.2f}x | {t['one']:.4f} | {t['loop'] / t['one']:.2f}x |"
             )
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

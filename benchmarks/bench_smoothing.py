@@ -17,7 +17,7 @@ import torch
 
 from smoothinf.models import create_model
 from smoothinf.smoothing import SmoothedClassifier, certify
-from timing import add_allocator_option, apply_allocator_option, best_time, best_times
+from timing import add_allocator_option, apply_allocator_option, best_time, best_times, emit
 
 
 def limit_forwards(model, x, m):
@@ -124,10 +124,7 @@ def main() -> None:
             f"{t_art / t_ours:.2f}x |"
         )
     text = "\n".join(lines).replace("| nan |", "| - |").replace("| nanx |", "| - |")
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

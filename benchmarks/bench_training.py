@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from smoothinf.training.trainer import TrainConfig, train
-from timing import add_allocator_option, apply_allocator_option
+from timing import add_allocator_option, apply_allocator_option, emit
 
 
 def epoch_seconds(cfg: TrainConfig) -> float:
@@ -69,10 +69,7 @@ def main() -> None:
             f"| {t_std:.2f} | {t_at:.2f} | {limit:.2f} | {t_at / limit:.2f}x |",
         ]
     )
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,11 @@ def apply_allocator_option(args) -> str:
     if args.default_malloc:
         return "glibc default malloc"
     return "malloc tuned as the CLI does" if tune_cpu_allocator() else "default malloc (tuning unavailable)"
+
+
+def emit(text: str, out: str | None) -> None:
+    """Print a results table and, when ``out`` is given, write it there."""
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")

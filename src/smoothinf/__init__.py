@@ -57,6 +57,7 @@ from smoothinf.smoothing import (  # noqa: E402
 )
 from smoothinf.training import build_objective  # noqa: E402
 from smoothinf.training.trainer import TrainConfig, train  # noqa: E402
+from smoothinf.utils import tune_cpu_allocator  # noqa: E402
 
 __all__ = [
     "EPGD",
@@ -102,5 +103,6 @@ __all__ = [
     "set_noise",
     "top_k",
     "train",
+    "tune_cpu_allocator",
     "write_report",
 ]

@@ -30,9 +30,10 @@ CPU_CHUNK_VALUES = 2**17
 CPU_WEIGHT_NOISE_CHUNK_VALUES = 2**19
 GPU_CHUNK_VALUES = 2**25
 # A chunk of d draws of a weight-noise model holds d noisy copies of every noisy weight tensor, so
-# d is also bounded by these many weight values (mnist_cnn's 3.3M noisy weights: 2 draws per chunk
-# on the CPU; mnist_cnn_small's 0.17M: 50).
-CPU_WEIGHT_NOISE_VALUES = 2**23
+# d is also bounded by these many weight values (mnist_cnn_small's 0.17M noisy weights: 25 draws per
+# chunk on the CPU; mnist_cnn's 3.3M: 1, since 2 draws ran 0.74-0.82x the loop with glibc's default
+# malloc).
+CPU_WEIGHT_NOISE_VALUES = 2**22
 GPU_WEIGHT_NOISE_VALUES = 2**28
 
 
@@ -106,6 +107,8 @@ def rows_for_draws(
     n = x.shape[0]
     shape = (n * draws,) + tuple(x.shape[1:])
     if noise is None:
+        if draws == 1:
+            return x
         return x.unsqueeze(1).expand((n, draws) + tuple(x.shape[1:])).reshape(shape)
     noise = noise.transpose(0, 1)  # (N, draws, ...), a view
     if out is not None:
@@ -116,4 +119,6 @@ def rows_for_draws(
 
 def draw_major(outputs: torch.Tensor, draws: int) -> torch.Tensor:
     """Outputs (N * draws, K) of example-major rows -> (draws, N, K) (a view)."""
+    if draws == 1:
+        return outputs.unsqueeze(0)
     return outputs.view(-1, draws, outputs.shape[-1]).transpose(0, 1)
