@@ -186,7 +186,8 @@ def expected_loss(
     batch_size: int,
     need_grad: bool = True,
     per_draw: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    need_probs: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """Monte Carlo estimate of an expected loss over m draws, its input gradient and mean probabilities.
 
     reduce="loss": L = mean_j loss(f(x + n_j), y)  (EPGD / EOT: expectation of the loss);
@@ -197,7 +198,8 @@ def expected_loss(
     gradients accumulate across chunks; reduce="softmax" then takes a no-grad pass for the mean
     probabilities and replays the same draws (same generator state) for the vector-Jacobian product.
     A chunk holds at least one draw of all N rows: split larger batches of examples before calling.
-    ``per_draw=False`` skips the per-draw context (a model without noise layers; saves a module walk).
+    ``per_draw=False`` skips the per-draw context (a model without noise layers; saves a module walk);
+    ``need_probs=False`` skips the mean probabilities of reduce="loss" (returned as None).
 
     Returns ``(grad (N,C,H,W) or None, loss (N,), mean probabilities (N,K))``; x: (N,C,H,W) in [0,1].
     """
@@ -217,20 +219,20 @@ def expected_loss(
             return draw_major(model(rows), d)
 
     if reduce == "loss":
-        grad = torch.zeros_like(x) if need_grad else None
-        loss_sum = x.new_zeros(n)
-        prob_sum = None
+        grad = loss_sum = prob_sum = None
         for _, d in chunks:
             xa = x.detach().requires_grad_(need_grad)
             with torch.set_grad_enabled(need_grad):
                 logits = forward(xa, d)
                 losses = loss_fn(logits.reshape(d * n, -1), y if d == 1 else y.repeat(d)).view(d, n).sum(0)
             if need_grad:
-                grad += torch.autograd.grad(losses.sum() / m, xa)[0]
-            loss_sum += losses.detach()
-            probs = logits.detach().softmax(-1).sum(0)
-            prob_sum = probs if prob_sum is None else prob_sum + probs
-        return grad, loss_sum / m, prob_sum / m
+                g = torch.autograd.grad(losses.sum() / m if m > 1 else losses.sum(), xa)[0]
+                grad = g if grad is None else grad.add_(g)
+            loss_sum = losses.detach() if loss_sum is None else loss_sum + losses.detach()
+            if need_probs:
+                probs = logits.detach().softmax(-1).sum(0)
+                prob_sum = probs if prob_sum is None else prob_sum + probs
+        return grad, loss_sum / m, (prob_sum / m if need_probs else None)
 
     # reduce == "softmax"
     if len(chunks) == 1:

@@ -84,7 +84,9 @@ class PGD(Attack):
             f"norm={self.norm!r}, restarts={self.restarts}, loss={self.loss_name!r}, m={self.m})"
         )
 
-    def _expected(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, need_grad: bool):
+    def _expected(
+        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, need_grad: bool, need_probs: bool = True
+    ):
         return expected_loss(
             self.model,
             x,
@@ -97,13 +99,14 @@ class PGD(Attack):
             batch_size=self.rows_per_forward(x),
             need_grad=need_grad,
             per_draw=self._per_draw,
+            need_probs=need_probs,
         )
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """One restart: ``steps`` projected steepest-ascent steps from a (random) start."""
         adv = random_start(x, self.eps, self.norm, gen) if self.random_start else x.clone()
         for _ in range(self.steps):
-            grad = self._expected(adv, y, gen, True)[0]
+            grad = self._expected(adv, y, gen, True, need_probs=False)[0]
             if self.targeted:
                 grad = -grad
             adv = clip_to_threat(adv + steepest_step(grad, self.alpha, self.norm), x, self.eps, self.norm)
