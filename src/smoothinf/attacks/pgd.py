@@ -22,7 +22,7 @@ from smoothinf.attacks.base import (
 )
 from smoothinf.errors import ConfigError
 from smoothinf.noise.distributions import NoiseDistribution
-from smoothinf.noise.draws import noise_layers
+from smoothinf.noise.draws import chunk_rows, noise_layers, weight_noise_values
 
 
 class PGD(Attack):
@@ -77,6 +77,7 @@ class PGD(Attack):
         self.noise: NoiseDistribution | None = None
         self.reduce = "loss"
         self._per_draw = True
+        self._weight_values = 0
 
     def __repr__(self) -> str:
         return (
@@ -96,7 +97,7 @@ class PGD(Attack):
             m=self.m,
             reduce=self.reduce,
             generator=gen,
-            batch_size=self.rows_per_forward(x),
+            batch_size=chunk_rows(x, None, self.batch_size, weight_values=self._weight_values),
             need_grad=need_grad,
             per_draw=self._per_draw,
             need_probs=need_probs,
@@ -114,6 +115,7 @@ class PGD(Attack):
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         self._per_draw = not isinstance(self.model, nn.Module) or bool(noise_layers(self.model))
+        self._weight_values = weight_noise_values(self.model) if isinstance(self.model, nn.Module) else 0
         if self.restarts == 1:
             return self._run(x, y, gen)
         n = x.shape[0]

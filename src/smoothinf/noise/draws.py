@@ -79,15 +79,23 @@ def has_weight_noise(model: nn.Module) -> bool:
     return weight_noise_values(model) > 0
 
 
-def chunk_rows(x: torch.Tensor, model: nn.Module | None = None, batch_size: int | None = None) -> int:
+def chunk_rows(
+    x: torch.Tensor,
+    model: nn.Module | None = None,
+    batch_size: int | None = None,
+    weight_values: int | None = None,
+) -> int:
     """Rows of one Monte Carlo forward for inputs like ``x`` (N, C, H, W): ``batch_size`` when
     given, else the default bound on input values per forward (see ``CPU_CHUNK_VALUES``); for a
     weight-noise model also at most N times the draws whose noisy weights fit
-    ``CPU_WEIGHT_NOISE_VALUES`` (``GPU_WEIGHT_NOISE_VALUES`` on CUDA)."""
+    ``CPU_WEIGHT_NOISE_VALUES`` (``GPU_WEIGHT_NOISE_VALUES`` on CUDA). ``weight_values`` is
+    ``weight_noise_values(model)`` when the caller already has it (saves a walk of the modules)."""
     if batch_size is not None:
         return batch_size
     cuda = x.device.type == "cuda"
-    weights = weight_noise_values(model) if model is not None else 0
+    if weight_values is None:
+        weight_values = weight_noise_values(model) if model is not None else 0
+    weights = weight_values
     budget = GPU_CHUNK_VALUES if cuda else (CPU_WEIGHT_NOISE_CHUNK_VALUES if weights else CPU_CHUNK_VALUES)
     rows = max(1, budget // max(1, math.prod(x.shape[1:])))
     if weights:
