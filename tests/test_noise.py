@@ -201,3 +201,23 @@ def test_smoothed_draws_share_weight_noise_across_examples():
     assert logits.shape == (7, 2, 3)
     assert torch.equal(logits[:, 0], logits[:, 1])
     assert (logits[1:, 0] - logits[:-1, 0]).abs().amax(-1).min() > 1e-4
+
+
+def test_rows_for_draws_layout_and_draw_major_inverse():
+    from smoothinf.noise.draws import draw_major, rows_for_draws
+
+    x = torch.arange(3 * 4, dtype=torch.float32).view(3, 1, 2, 2)  # 3 examples
+    noise = torch.randn(5, 3, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # 5 draws, draw-major
+    rows = rows_for_draws(x, 5, noise)
+    assert rows.shape == (15, 1, 2, 2)
+    for i in range(3):
+        for j in range(5):
+            assert torch.equal(rows[i * 5 + j], x[i] + noise[j, i])  # example-major rows
+    out = torch.empty(15, 1, 2, 2)
+    assert torch.equal(rows_for_draws(x, 5, noise, out=out), rows) and torch.equal(out, rows)
+    assert torch.equal(rows_for_draws(x, 5), x.repeat_interleave(5, 0))
+    assert rows_for_draws(x, 1) is x
+    outputs = rows.flatten(1)[:, :2]  # (15, 2) per-row outputs
+    back = draw_major(outputs, 5)  # (5, 3, 2)
+    assert back.shape == (5, 3, 2)
+    assert torch.equal(back[4, 2], outputs[2 * 5 + 4])
