@@ -18,7 +18,7 @@ from torch import nn
 from smoothinf.errors import SmoothinfError
 from smoothinf.noise.distributions import NoiseDistribution, as_noise
 from smoothinf.noise.draws import chunk_rows, draw_major, noise_layers, per_draw_noise, rows_for_draws
-from smoothinf.smoothing.votes import VOTES, RankWeight, apply_vote
+from smoothinf.smoothing.votes import VOTES, RankWeight, accumulate_votes
 from smoothinf.utils import check_images, model_device
 
 MIN_FREQUENCY = 1e-12  # log vote frequencies are clamped here, away from -inf
@@ -140,8 +140,7 @@ class SmoothedClassifier(nn.Module):
             for rows in self._example_chunks(x):
                 total = None
                 for logits in self.draw_logits(x[rows], m, generator):
-                    votes = apply_vote(logits.float(), vote, self.weights).sum(0)
-                    total = votes if total is None else total + votes
+                    total = accumulate_votes(total, logits, vote, self.weights)
                 outs.append(total)
         return torch.cat(outs)
 

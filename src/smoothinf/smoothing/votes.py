@@ -59,3 +59,17 @@ def apply_vote(logits: torch.Tensor, vote: str, weights: RankWeight | None = Non
     if vote == "logits":
         return logits
     raise SmoothinfError(f"unknown vote {vote!r}; choose one of {', '.join(VOTES)}")
+
+
+def accumulate_votes(
+    total: torch.Tensor | None, logits: torch.Tensor, vote: str, weights: RankWeight | None = None
+) -> torch.Tensor:
+    """``total`` (N, K) plus the votes of ``logits`` (d, N, K) summed over the d draws; a new tensor
+    when ``total`` is None. Hard votes are counted with one scatter-add (no one-hot tensor)."""
+    if vote == "hard":
+        pred = logits.argmax(-1).T  # (N, d); argmax returns the first maximum
+        if total is None:
+            total = torch.zeros(logits.shape[1:], dtype=torch.float32, device=logits.device)
+        return total.scatter_add_(1, pred, torch.ones(pred.shape, dtype=total.dtype, device=total.device))
+    votes = apply_vote(logits.float(), vote, weights).sum(0)
+    return votes if total is None else total + votes
