@@ -117,8 +117,8 @@ def main() -> None:
     lines.append("")
     lines.append(
         f"ratio = torchattacks time / our time (best of {args.repeats} interleaved runs after a warm-up); "
-        "EPGD batches its m draws into forwards of N*m rows (chunks of <= 2^17 input values on CPU, "
-        "2^25 on GPU), EOTPGD runs m sequential forwards of a noise-wrapped model."
+        "EPGD batches its m draws into forwards of N*m rows (chunks by `smoothinf.noise.chunk_rows`: "
+        "2^17 input values on CPU, 2^25 on GPU), EOTPGD runs m sequential forwards of a noise-wrapped model."
     )
     text = "\n".join(lines)
     print(text)

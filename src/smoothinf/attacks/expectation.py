@@ -1,7 +1,7 @@
 """Expectation attacks on smoothed classifiers: EPGD (the paper's) and SmoothAdv (Salman et al. 2019).
 
 Both are PGD whose step follows the gradient of an expectation over m input-noise draws per step
-(all m draws in one draw-major batch, weight noise drawn per draw via ``per_draw_noise``); they
+(all m draws in one example-major batch, weight noise drawn per draw via ``per_draw_noise``); they
 differ only in where the expectation sits:
 - EPGD:      L = mean_i loss(f(x + n_i), y)                  (expectation of the loss, eq. 24/25)
 - SmoothAdv: L = loss(log mean_i softmax f(x + n_i), y)      (loss of the expected softmax;

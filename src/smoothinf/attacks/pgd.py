@@ -38,7 +38,7 @@ class PGD(Attack):
         loss: "ce" | "cw" | "dlr" | callable (logits (N,K), y (N,)) -> (N,) to maximise.
         targeted: y holds target classes and the loss is minimised.
         eot_iter: draws of the model's own randomness (PNI/CNI weight noise) per step, batched
-            draw-major through ``per_draw_noise``; the step follows the mean gradient (EOT).
+            example-major through ``per_draw_noise``; the step follows the mean gradient (EOT).
         batch_size: bound on the rows of one forward (draws are chunked above it; default: see
             ``Attack.rows_per_forward``).
     """
