@@ -7,6 +7,7 @@ import json
 import pytest
 
 from smoothinf.cli import main
+from smoothinf.errors import SmoothinfError
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,5 @@ def test_malloc_tuning_applies_on_glibc():
 
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_cpu_allocator() is glibc
+    with pytest.raises(SmoothinfError, match="malloc thresholds must be >= 0"):
+        tune_cpu_allocator(mmap_threshold=-1)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.stats import binomtest, norm
 
+from smoothinf.errors import SmoothinfError
 from smoothinf.models import create_model
 from smoothinf.smoothing import (
     SmoothedClassifier,
@@ -277,6 +278,8 @@ def test_chunk_rows_rule():
     plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     assert chunk_rows(x, plain) == CPU_CHUNK_VALUES // 784
     assert chunk_rows(x, plain, batch_size=7) == 7
+    with pytest.raises(SmoothinfError, match="batch_size must be an integer >= 1"):
+        chunk_rows(x, plain, batch_size=0)
     assert chunk_rows(x[:0], plain) == CPU_CHUNK_VALUES // 784  # empty input: still a bound
     noisy = inject_noise(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), "pni-w")
     assert chunk_rows(x, noisy) == CPU_WEIGHT_NOISE_CHUNK_VALUES // 784

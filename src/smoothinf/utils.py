@@ -119,6 +119,10 @@ def tune_cpu_allocator(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2
     import ctypes
     import platform
 
+    if mmap_threshold < 0 or trim_threshold < 0:
+        raise SmoothinfError(
+            f"malloc thresholds must be >= 0 bytes, got mmap {mmap_threshold}, trim {trim_threshold}"
+        )
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -114,12 +114,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise SmoothinfError("pass --checkpoint (and --attacks or --config for the full protocol)")
         model, meta = load_checkpoint(args.checkpoint, device=device)
         split = args.split or "test"
-        data, _ = load_dataset(dataset_name(args.data, meta), split, args.root)
+        name = dataset_name(args.data, meta)
+        data, _ = load_dataset(name, split, args.root)
         x, y = data.tensors(args.max_examples)
-        print(
-            f"{dataset_name(args.data, meta)} {split}: clean accuracy {accuracy(model, x, y):.4f} "
-            f"on {x.shape[0]} examples"
-        )
+        print(f"{name} {split}: clean accuracy {accuracy(model, x, y):.4f} on {x.shape[0]} examples")
         return 0
     if args.config:
         cfg = EvalConfig.from_yaml(args.config, **overrides)

@@ -56,7 +56,8 @@ def markdown_table(rows: dict[tuple, dict]) -> str:
     return "\n".join(lines)
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot with the non-interactive Agg backend (for writing PNGs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +68,7 @@ def _plt():
 
 def plot_sigma_sweep(rows: dict[tuple, dict], path: Path) -> Path | None:
     """Clean and worst-case accuracy vs sigma, one curve per (vote, m); the base model at sigma 0."""
-    plt = _plt()
+    plt = pyplot()
     eps_values = sorted({k[3] for k in rows})
     if not eps_values:
         return None
@@ -107,7 +108,7 @@ def plot_sweep(rows: dict[tuple, dict], axis: str, path: Path) -> Path | None:
     index = {"m": 2, "eps": 3}[axis]
     if len({k[index] for k in rows if k[0] != "none" or axis == "eps"}) < 2:
         return None
-    plt = _plt()
+    plt = pyplot()
     curves = defaultdict(list)
     for key, row in rows.items():
         if axis == "m" and key[0] == "none":
@@ -141,7 +142,7 @@ def plot_sweep(rows: dict[tuple, dict], axis: str, path: Path) -> Path | None:
 def plot_certified(radius: np.ndarray, correct: np.ndarray, sigma: float, path: Path) -> Path:
     from smoothinf.smoothing import certified_accuracy
 
-    plt = _plt()
+    plt = pyplot()
     grid = np.linspace(0, max(1.0, float(radius.max(initial=0)) * 1.05), 200)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(grid, 100 * certified_accuracy(radius, correct, grid), label=f"sigma = {sigma:g}")

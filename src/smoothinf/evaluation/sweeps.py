@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from smoothinf.attacks import EPGD, PGD, SmoothAdv, robust_accuracy
 from smoothinf.errors import ConfigError
-from smoothinf.evaluation.report import _plt
+from smoothinf.evaluation.report import pyplot
 from smoothinf.evaluation.sanity import Check
 from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import VOTES, SmoothedClassifier
@@ -139,7 +139,7 @@ def compute_checks(summary: dict[tuple, tuple[float, float]], tolerance: float =
 
 def write_compute_report(records: list[dict], out_dir: str | os.PathLike) -> Path:
     """Table (markdown) and plot (accuracy vs k x m, one curve per attack and draws) in ``out_dir``."""
-    plt = _plt()
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)

@@ -1,7 +1,7 @@
 """Noise: input-noise distributions, the per-draw contract, PNI/CNI noise-injection layers."""
 
 from smoothinf.noise.distributions import NOISE_FAMILIES, NoiseDistribution, as_noise
-from smoothinf.noise.draws import chunk_rows, has_weight_noise, noise_layers, per_draw_noise
+from smoothinf.noise.draws import chunk_rows, noise_layers, per_draw_noise, weight_noise_values
 from smoothinf.noise.inject import (
     NOISE_KINDS,
     format_noise_summary,
@@ -24,7 +24,6 @@ __all__ = [
     "as_noise",
     "chunk_rows",
     "format_noise_summary",
-    "has_weight_noise",
     "inject_noise",
     "mean_noise_level",
     "noise_disabled",
@@ -34,4 +33,5 @@ __all__ = [
     "param_groups",
     "per_draw_noise",
     "set_noise",
+    "weight_noise_values",
 ]

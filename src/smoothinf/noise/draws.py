@@ -20,6 +20,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from smoothinf.errors import SmoothinfError
+
 # Default chunk bounds of Monte Carlo forwards, in input values per forward. On the CPU, forwards
 # much larger than a normal batch run slower per row (a ResNet-20 forward of 512 rows ran 1.7x slower
 # per row than 128-row ones: activations above glibc's 32 MB mmap threshold are page-faulted afresh
@@ -74,11 +76,6 @@ def weight_noise_values(model: nn.Module) -> int:
     )
 
 
-def has_weight_noise(model: nn.Module) -> bool:
-    """Whether ``model`` has a layer with per-draw weight noise (PNI-W / CNI-W)."""
-    return weight_noise_values(model) > 0
-
-
 def chunk_rows(
     x: torch.Tensor,
     model: nn.Module | None = None,
@@ -91,15 +88,18 @@ def chunk_rows(
     ``CPU_WEIGHT_NOISE_VALUES`` (``GPU_WEIGHT_NOISE_VALUES`` on CUDA). ``weight_values`` is
     ``weight_noise_values(model)`` when the caller already has it (saves a walk of the modules)."""
     if batch_size is not None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise SmoothinfError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         return batch_size
     cuda = x.device.type == "cuda"
     if weight_values is None:
         weight_values = weight_noise_values(model) if model is not None else 0
-    weights = weight_values
-    budget = GPU_CHUNK_VALUES if cuda else (CPU_WEIGHT_NOISE_CHUNK_VALUES if weights else CPU_CHUNK_VALUES)
+    budget = (
+        GPU_CHUNK_VALUES if cuda else (CPU_WEIGHT_NOISE_CHUNK_VALUES if weight_values else CPU_CHUNK_VALUES)
+    )
     rows = max(1, budget // max(1, math.prod(x.shape[1:])))
-    if weights:
-        draws = max(1, (GPU_WEIGHT_NOISE_VALUES if cuda else CPU_WEIGHT_NOISE_VALUES) // weights)
+    if weight_values:
+        draws = max(1, (GPU_WEIGHT_NOISE_VALUES if cuda else CPU_WEIGHT_NOISE_VALUES) // weight_values)
         rows = min(rows, max(1, x.shape[0]) * draws)
     return rows
 
