@@ -1,9 +1,10 @@
-"""Attacks: FGSM, PGD (with EOT), EPGD, SmoothAdv, transfer, NAttack, AutoAttack; honest judging.
+"""Attacks: FGSM, PGD (EOT), APGD over noise, EPGD, SmoothAdv, transfer, NAttack, AutoAttack; judging.
 
 Every attack is ``attack(x, y, generator=None) -> x_adv`` with x, x_adv (N, C, H, W) in [0, 1] and
 ``||x_adv - x||_p <= eps`` (pixel units); ``robust_accuracy`` judges them with the defended classifier.
 """
 
+from smoothinf.attacks.apgd import APGD
 from smoothinf.attacks.autoattack import AutoAttackAdapter
 from smoothinf.attacks.base import (
     Attack,
@@ -24,6 +25,7 @@ from smoothinf.attacks.registry import build_attack, list_attacks
 from smoothinf.attacks.transfer import TransferAttack
 
 __all__ = [
+    "APGD",
     "EPGD",
     "FGSM",
     "PGD",

@@ -28,6 +28,8 @@ class AutoAttackAdapter:
         attacks: AutoAttack's attack names for version="custom" (e.g. ["apgd-ce", "apgd-dlr"]).
         seed: AutoAttack's seed (it seeds torch's global RNG); None: drawn from ``generator``.
         batch_size: examples per AutoAttack batch.
+        square_queries: queries of the Square attack (AutoAttack's default 5000), e.g. for a
+            black-box check with ``attacks=["square"]``.
         verbose: keep AutoAttack's own logging.
     """
 
@@ -43,6 +45,7 @@ class AutoAttackAdapter:
         attacks: list[str] | None = None,
         seed: int | None = None,
         batch_size: int = 500,
+        square_queries: int | None = None,
         verbose: bool = False,
     ) -> None:
         if norm not in _NORMS:
@@ -58,10 +61,22 @@ class AutoAttackAdapter:
         self.attacks = list(attacks) if attacks else None
         self.seed = seed
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.square_queries = (
+            None if square_queries is None else check_positive_int(square_queries, "square_queries")
+        )
         self.verbose = bool(verbose)
 
     def __repr__(self) -> str:
         return f"AutoAttackAdapter(norm={self.norm!r}, eps={self.eps}, version={self.version!r})"
+
+    def budget(self) -> dict[str, int]:
+        """Gradient evaluations per example of the white-box part, at most (AutoAttack's settings:
+        100 iterations per APGD run; rand: 2 runs x EOT 20; standard: APGD-CE + 9 APGD-T targets)."""
+        if self.version == "rand":
+            return {"steps": 100, "draws": 20, "restarts": 2, "gradients": 4000}
+        if self.version == "standard":
+            return {"steps": 100, "draws": 1, "restarts": 10, "gradients": 1000}
+        return {}
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
@@ -102,6 +117,8 @@ class AutoAttackAdapter:
                 **kwargs,
             )
             adversary.verbose = self.verbose
+            if self.square_queries is not None:
+                adversary.square.n_queries = self.square_queries
             x_adv, _ = adversary.run_standard_evaluation(
                 x.detach().clone(), y.detach().clone(), batch_size=self.batch_size
             )

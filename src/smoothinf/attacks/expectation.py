@@ -7,6 +7,10 @@ differ only in where the expectation sits:
 - SmoothAdv: L = loss(log mean_i softmax f(x + n_i), y)      (loss of the expected softmax;
              with loss="ce" it is -log mean_i p_y(x + n_i))
 Cost: steps * m gradients per restart. With m = 1 and sigma = 0 EPGD equals PGD exactly.
+
+Step size: the paper's reference code steps eps / 4 (its PGD and EPGD), the default here. Madry et
+al.'s 2.5 eps / steps stalls on averaged noisy gradients (on the quickstart model at sigma 0.1:
+44% left after 20 steps where the converged attacks leave about 20%); ``APGD`` adapts its step.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from smoothinf.attacks.base import LossFn, check_positive_int, unwrap_smoothed
+from smoothinf.attacks.best import JudgeFn
 from smoothinf.attacks.pgd import PGD
 from smoothinf.errors import ConfigError
 from smoothinf.noise.distributions import NoiseDistribution
@@ -32,6 +37,8 @@ class ExpectationPGD(PGD):
         m: noise draws per step (default: the smoothed classifier's m, else 1).
         eps, alpha, steps, norm, random_start, restarts, loss, targeted, batch_size: as in PGD.
         reduce: "loss" (EPGD) or "softmax" (SmoothAdv).
+        judge: classifier that picks each example's strongest visited point with fresh noise;
+            default: the SmoothedClassifier passed as ``model`` (else the surrogate expectation).
     """
 
     name = "epgd"
@@ -52,6 +59,7 @@ class ExpectationPGD(PGD):
         targeted: bool = False,
         *,
         reduce: str | None = None,
+        judge: nn.Module | JudgeFn | None = None,
         batch_size: int | None = None,
         eval_mode: bool = True,
     ) -> None:
@@ -79,11 +87,16 @@ class ExpectationPGD(PGD):
             loss=loss,
             targeted=targeted,
             eot_iter=m,
+            judge=judge if judge is not None else (model if s_noise is not None else None),
             batch_size=batch_size,
             eval_mode=eval_mode,
         )
         self.noise = noise
         self.reduce = reduce
+
+    def default_alpha(self) -> float:
+        """The paper's reference step eps / 4 (see the module docstring)."""
+        return self.eps / 4
 
     def __repr__(self) -> str:
         sigma = self.noise.sigma if self.noise is not None else 0.0

@@ -3,9 +3,13 @@
 One loop serves PGD, FGSM (one full step, no random start), EOT-PGD (``eot_iter`` draws of the
 model's own randomness per step) and, through ``smoothinf.attacks.expectation``, EPGD and SmoothAdv:
 they differ only in the expected loss whose gradient each step follows (``base.expected_loss``).
+Every run returns, per example, the strongest point it visited (``smoothinf.attacks.best``), judged
+by a fresh estimate of the defended classifier (``judge``) or, without one, of the surrogate.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -20,6 +24,7 @@ from smoothinf.attacks.base import (
     resolve_loss,
     steepest_step,
 )
+from smoothinf.attacks.best import JudgeFn, VisitedPoints, judge_scores, select_strongest
 from smoothinf.errors import ConfigError
 from smoothinf.noise.distributions import NoiseDistribution
 from smoothinf.noise.draws import chunk_rows, noise_layers, weight_noise_values
@@ -33,12 +38,13 @@ class PGD(Attack):
         eps: radius of the threat model (pixel units).
         alpha: step size (pixel units); default 2.5 * eps / steps (Madry et al.'s rule).
         steps: iterations per restart. random_start: start uniformly inside the eps-ball.
-        restarts: independent runs; per example the worst (misclassified, else highest loss) is kept;
-            restarts after the first only run on examples not yet fooled.
+        restarts: independent runs; restarts after the first only run on examples not yet fooled.
         loss: "ce" | "cw" | "dlr" | callable (logits (N,K), y (N,)) -> (N,) to maximise.
         targeted: y holds target classes and the loss is minimised.
         eot_iter: draws of the model's own randomness (PNI/CNI weight noise) per step, batched
             example-major through ``per_draw_noise``; the step follows the mean gradient (EOT).
+        judge: the defended classifier (e.g. a SmoothedClassifier) that picks, per example, the
+            strongest visited point with fresh noise; default: the surrogate the steps follow.
         batch_size: bound on the rows of one forward (draws are chunked above it; default: see
             ``Attack.rows_per_forward``).
     """
@@ -58,6 +64,7 @@ class PGD(Attack):
         targeted: bool = False,
         eot_iter: int = 1,
         *,
+        judge: nn.Module | JudgeFn | None = None,
         batch_size: int | None = None,
         eval_mode: bool = True,
     ) -> None:
@@ -66,24 +73,45 @@ class PGD(Attack):
         self.restarts = check_positive_int(restarts, "restarts")
         self.m = check_positive_int(eot_iter, "eot_iter")
         if alpha is None:
-            alpha = 2.5 * self.eps / self.steps
+            alpha = self.default_alpha()
         if not isinstance(alpha, (int, float)) or alpha < 0:
             raise ConfigError(f"alpha must be a number >= 0 (pixel units), got {alpha!r}")
         self.alpha = float(alpha)
         self.random_start = bool(random_start)
         self.loss_fn = resolve_loss(loss)
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
+        if judge is not None and not callable(judge):
+            raise ConfigError("judge must be a classifier (module or callable returning class scores)")
+        self.judge = judge
         # The expectation the step follows: none here (EOT over the model's own noise only).
         self.noise: NoiseDistribution | None = None
         self.reduce = "loss"
         self._per_draw = True
         self._weight_values = 0
 
+    def default_alpha(self) -> float:
+        """Madry et al.'s step rule 2.5 eps / steps (made for deterministic models)."""
+        return 2.5 * self.eps / self.steps
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(eps={self.eps}, alpha={self.alpha}, steps={self.steps}, "
             f"norm={self.norm!r}, restarts={self.restarts}, loss={self.loss_name!r}, m={self.m})"
         )
+
+    def runs_per_restart(self) -> int:
+        """Runs of ``steps`` steps per restart (APGD-T: one per target class)."""
+        return 1
+
+    def budget(self) -> dict[str, int]:
+        """Compute per example, at most: steps x draws x restarts (x target classes) gradients."""
+        runs = self.restarts * self.runs_per_restart()
+        return {
+            "steps": self.steps,
+            "draws": self.m,
+            "restarts": runs,
+            "gradients": self.steps * self.m * runs,
+        }
 
     def _expected(
         self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, need_grad: bool, need_probs: bool = True
@@ -103,39 +131,51 @@ class PGD(Attack):
             need_probs=need_probs,
         )
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """One restart: ``steps`` projected steepest-ascent steps from a (random) start."""
+    def _track(self, visited: VisitedPoints, adv: torch.Tensor, y: torch.Tensor, loss, probs) -> None:
+        """Record the surrogate's verdict at ``adv`` (loss (N,), mean probabilities (N, K))."""
+        hit = probs.argmax(1) == y
+        visited.update(adv, -loss if self.targeted else loss, hit if self.targeted else ~hit)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, run: int) -> list[torch.Tensor]:
+        """One restart: ``steps`` projected steepest-ascent steps from a (random) start; returns the
+        candidate points (``VisitedPoints.candidates``)."""
         adv = random_start(x, self.eps, self.norm, gen) if self.random_start else x.clone()
+        visited = VisitedPoints(x)
         for _ in range(self.steps):
-            grad = self._expected(adv, y, gen, True, need_probs=False)[0]
+            grad, loss, probs = self._expected(adv, y, gen, True)
+            self._track(visited, adv, y, loss, probs)
             if self.targeted:
                 grad = -grad
             adv = clip_to_threat(adv + steepest_step(grad, self.alpha, self.norm), x, self.eps, self.norm)
-        return adv
+        return visited.candidates(adv)
+
+    def _scores(self, y: torch.Tensor, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Class scores of candidate points: the judge's, else the surrogate's mean probabilities."""
+        if self.judge is not None:
+            return lambda xc: judge_scores(self.judge, xc, gen)
+
+        def surrogate(xc: torch.Tensor) -> torch.Tensor:
+            reps = xc.shape[0] // y.shape[0]
+            with torch.no_grad():
+                return self._expected(xc, y.repeat(reps), gen, False)[2]
+
+        return surrogate
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         self._per_draw = not isinstance(self.model, nn.Module) or bool(noise_layers(self.model))
         self._weight_values = weight_noise_values(self.model) if isinstance(self.model, nn.Module) else 0
-        if self.restarts == 1:
-            return self._run(x, y, gen)
         n = x.shape[0]
         best = x.clone()
-        best_loss = x.new_full((n,), float("-inf"))
         best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for _ in range(self.restarts):
+        for run in range(self.restarts * self.runs_per_restart()):
             idx = (~best_success).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            adv = self._run(x[idx], y[idx], gen)
-            with torch.no_grad():
-                _, loss, probs = self._expected(adv, y[idx], gen, False)
-            hit = probs.argmax(1) == y[idx]
-            success = hit if self.targeted else ~hit
-            score = -loss if self.targeted else loss
-            prev = best_success[idx]
-            better = (success & ~prev) | ((success == prev) & (score > best_loss[idx]))
-            sel = idx[better]
-            best[sel] = adv[better]
-            best_loss[sel] = score[better]
-            best_success[sel] = success[better]
+            xi, yi = x[idx], y[idx]
+            cands = self._run(xi, yi, gen, run)
+            if run > 0:
+                cands.append(best[idx])  # the judge compares this run's points with the best so far
+            best[idx], best_success[idx], _ = select_strongest(
+                cands, yi, self._scores(yi, gen), self.targeted
+            )
         return best

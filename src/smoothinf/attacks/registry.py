@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from smoothinf.attacks.apgd import APGD
 from smoothinf.attacks.autoattack import AutoAttackAdapter
 from smoothinf.attacks.expectation import EPGD, SmoothAdv
 from smoothinf.attacks.fgsm import FGSM
@@ -36,6 +37,7 @@ _REGISTRY: dict[str, Callable[..., Any]] = {
     "fgsm": lambda model, eps, **kw: FGSM(model, eps, **kw),
     "pgd": lambda model, eps, **kw: PGD(model, eps, **kw),
     "epgd": lambda model, eps, **kw: EPGD(model, eps=eps, **kw),
+    "apgd": lambda model, eps, **kw: APGD(model, eps=eps, **kw),
     "smoothadv": lambda model, eps, **kw: SmoothAdv(model, eps=eps, **kw),
     "nattack": lambda model, eps, **kw: NAttack(model, eps, **kw),
     "transfer": _transfer,
@@ -51,7 +53,8 @@ def list_attacks() -> list[str]:
 def build_attack(name: str, model: nn.Module, eps: float, **kwargs: Any) -> Any:
     """Build attack ``name`` on ``model`` with radius ``eps`` (pixel units); ``kwargs`` go to its class.
 
-    fgsm, pgd (PGD options), epgd / smoothadv (noise, m + PGD options; a SmoothedClassifier model
+    fgsm, pgd (PGD options), apgd (noise, m, reduce, loss, target_classes, ...),
+    epgd / smoothadv (noise, m + PGD options; a SmoothedClassifier model
     supplies its noise and m), nattack (population, sigma, lr, max_queries), transfer (source=model,
     source_attack=name + that attack's options), autoattack (norm, version, seed, batch_size).
     """

@@ -11,7 +11,7 @@ from smoothinf.errors import ConfigError
 from smoothinf.smoothing import VOTES
 from smoothinf.utils import dataclass_from_yaml
 
-EVAL_ATTACKS = ("fgsm", "pgd", "epgd", "smoothadv", "transfer", "nattack", "autoattack")
+EVAL_ATTACKS = ("default", "fgsm", "pgd", "apgd", "epgd", "smoothadv", "transfer", "nattack", "autoattack")
 # Fields that define what a result means; grid values and run count may grow on resume.
 _IDENTITY = (
     "checkpoint",
@@ -26,6 +26,12 @@ _IDENTITY = (
     "transfer_source",
     "nattack_population",
     "nattack_queries",
+    "apgd_steps",
+    "check_examples",
+    "autoattack_check",
+    "blackbox_check",
+    "convergence_check",
+    "square_queries",
 )
 
 
@@ -34,11 +40,18 @@ class EvalConfig:
     """The paper's protocol: every (vote, sigma, m) setting x eps, attacked by every attack, R runs.
 
     sigma and eps are in pixel units. The base model ("none" setting) is always included.
-    Attacks: pgd = PGD on the base model (the paper's setting), epgd / smoothadv = expectation
+    Attacks: default = the recommended converging preset (``smoothinf.attacks.presets``: PGD on the
+    base model, and APGD-CE / APGD-DLR through the noise, ``apgd_steps`` x ``attack_m`` draws; APGD-CE
+    and APGD-T for deterministic unsmoothed rows), pgd = PGD on the base model (the paper's setting),
+    apgd = APGD-CE on the expected softmax, epgd / smoothadv = expectation
     attacks through the smoothing noise with ``attack_m`` draws per step, fgsm = single step,
     transfer = PGD on the ``transfer_source`` checkpoint, nattack = black-box NES on the defended
     classifier's scores, autoattack = the official AutoAttack (version "rand" with EOT on a
     soft-vote smoothed surrogate for smoothed settings, "standard" for the base model).
+    Cross-checks on the first ``check_examples`` examples (0: off): ``autoattack_check`` (the
+    official AutoAttack, rand for randomised rows), ``blackbox_check`` (Square with
+    ``square_queries`` queries: gradient masking), ``convergence_check`` (the strongest attack of a
+    smoothed row with twice the steps and draws).
     """
 
     checkpoint: str = ""
@@ -50,13 +63,19 @@ class EvalConfig:
     votes: list[str] = field(default_factory=lambda: ["hard", "soft"])
     sigmas: list[float] = field(default_factory=lambda: [0.1, 0.25])
     ms: list[int] = field(default_factory=lambda: [32])
-    attacks: list[str] = field(default_factory=lambda: ["pgd", "epgd", "smoothadv"])
+    attacks: list[str] = field(default_factory=lambda: ["default"])
     steps: int = 20
+    apgd_steps: int = 100
     restarts: int = 1
     attack_m: int = 8
     transfer_source: str | None = None
     nattack_population: int = 50
     nattack_queries: int = 2000
+    check_examples: int = 0
+    autoattack_check: bool = True
+    blackbox_check: bool = True
+    convergence_check: bool = True
+    square_queries: int = 1000
     noise: str = "gaussian"
     runs: int = 3
     seed: int = 0
@@ -82,6 +101,8 @@ class EvalConfig:
             raise ConfigError("sigma and eps must be >= 0 (pixel units)")
         if any(m < 1 for m in self.ms) or self.runs < 1 or self.steps < 1 or self.attack_m < 1:
             raise ConfigError("m, runs, steps and attack_m must be >= 1")
+        if self.apgd_steps < 1 or self.square_queries < 1 or self.check_examples < 0:
+            raise ConfigError("apgd_steps and square_queries must be >= 1 and check_examples >= 0")
 
     def settings(self) -> list[tuple[str, float, int]]:
         """(vote, sigma, m) rows: ("none", 0, 1) for the base model, then the grid."""

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from smoothinf import __version__
 from smoothinf.attacks import (
+    APGD,
     EPGD,
     FGSM,
     PGD,
@@ -17,12 +18,14 @@ from smoothinf.attacks import (
     NAttack,
     SmoothAdv,
     TransferAttack,
+    defended_predict,
     robust_accuracy,
 )
+from smoothinf.attacks.presets import preset_attacks
 from smoothinf.distributed import gather_json, init_distributed
 from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.results import ResultsStore
-from smoothinf.noise import NoiseDistribution
+from smoothinf.noise import NoiseDistribution, noise_layers
 from smoothinf.smoothing import SmoothedClassifier
 
 
@@ -41,33 +44,158 @@ def build_attacks(
     eps: float,
     defended: nn.Module | None = None,
     source: nn.Module | None = None,
+    scale: int = 1,
 ) -> dict[str, object]:
-    """Adaptive attacks for one setting: PGD on the base model; EPGD / SmoothAdv through the noise;
-    optionally transfer from ``source``, NAttack on ``defended``'s scores, AutoAttack."""
+    """Attacks for one setting: the ``default`` preset (``smoothinf.attacks.presets``) and any named
+    ones: PGD on the base model; APGD / EPGD / SmoothAdv through the noise (judged by ``defended``);
+    optionally transfer from ``source``, NAttack on ``defended``'s scores, AutoAttack.
+    ``scale`` multiplies steps and draws (the convergence check's doubled budget)."""
     noise = NoiseDistribution(cfg.noise, sigma)
+    smoothed = vote != "none" and sigma > 0
     defended = model if defended is None else defended
+    judge = defended if vote != "none" else None
+    steps, draws = cfg.steps * scale, cfg.attack_m * scale
     attacks: dict[str, object] = {}
     for name in cfg.attacks:
-        if name == "fgsm":
+        if name == "default":
+            attacks.update(
+                preset_attacks(
+                    "default",
+                    model,
+                    eps,
+                    noise=noise if smoothed else None,
+                    judge=judge,
+                    steps=cfg.apgd_steps,
+                    draws=cfg.attack_m,
+                    scale=scale,
+                )
+            )
+        elif name == "fgsm":
             attacks[name] = FGSM(model, eps)
         elif name == "pgd":
-            attacks[name] = PGD(model, eps, steps=cfg.steps, restarts=cfg.restarts)
+            attacks[name] = PGD(model, eps, steps=steps, restarts=cfg.restarts)
+        elif name == "apgd":
+            attacks[name] = APGD(
+                model,
+                eps,
+                cfg.apgd_steps * scale,
+                noise=noise if smoothed else None,
+                m=draws if smoothed or noise_layers(model) else 1,
+                reduce="softmax",
+                restarts=cfg.restarts,
+                judge=judge,
+            )
         elif name == "transfer":
-            attacks[name] = TransferAttack(PGD(source, eps, steps=cfg.steps, restarts=cfg.restarts))
+            attacks[name] = TransferAttack(PGD(source, eps, steps=steps, restarts=cfg.restarts))
         elif name == "nattack":
             attacks[name] = NAttack(
                 defended, eps, population=cfg.nattack_population, max_queries=cfg.nattack_queries
             )
         elif name == "autoattack":
-            if vote == "none":
-                attacks[name] = AutoAttackAdapter(model, "linf", eps, "standard", seed=cfg.seed)
-            else:
-                surrogate = SmoothedClassifier(model, sigma, cfg.attack_m, "soft", cfg.noise)
-                attacks[name] = AutoAttackAdapter(surrogate, "linf", eps, "rand", seed=cfg.seed)
+            attacks[name] = autoattack_for(model, vote, sigma, eps, cfg)
         elif vote != "none":  # expectation attacks coincide with PGD on the unsmoothed model
             cls = EPGD if name == "epgd" else SmoothAdv
-            attacks[name] = cls(model, noise, cfg.attack_m, eps, steps=cfg.steps, restarts=cfg.restarts)
+            attacks[name] = cls(model, noise, draws, eps, steps=steps, restarts=cfg.restarts, judge=judge)
     return attacks
+
+
+def autoattack_for(
+    model: nn.Module, vote: str, sigma: float, eps: float, cfg: EvalConfig, attacks: list[str] | None = None
+) -> AutoAttackAdapter:
+    """The official AutoAttack for a row: ``rand`` (APGD-CE + APGD-DLR, EOT 20) on a one-draw soft
+    smoothed surrogate for smoothed rows, ``rand`` on the model itself for an unsmoothed model with
+    weight noise, ``standard`` for a deterministic model; ``attacks`` (e.g. ["square"]) runs a
+    custom subset instead, with ``cfg.square_queries`` Square queries."""
+    randomised = (vote != "none" and sigma > 0) or bool(noise_layers(model))
+    target = SmoothedClassifier(model, sigma, 1, "soft", cfg.noise) if vote != "none" and sigma > 0 else model
+    if attacks is not None:
+        if vote != "none" and sigma > 0:  # scores of the smoothed classifier, averaged over draws
+            target = SmoothedClassifier(model, sigma, cfg.attack_m, "soft", cfg.noise)
+        return AutoAttackAdapter(
+            target, "linf", eps, "custom", attacks=attacks, seed=cfg.seed, square_queries=cfg.square_queries
+        )
+    return AutoAttackAdapter(target, "linf", eps, "rand" if randomised else "standard", seed=cfg.seed)
+
+
+def _budgets(attacks: dict[str, object]) -> dict[str, dict]:
+    return {k: a.budget() for k, a in attacks.items() if callable(getattr(a, "budget", None))}
+
+
+def _checks(
+    cfg: EvalConfig,
+    model: nn.Module,
+    defended: nn.Module,
+    vote: str,
+    sigma: float,
+    eps: float,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    result,
+    gen: torch.Generator,
+) -> tuple[dict, torch.Tensor]:
+    """The cross-checks of one row on its first ``cfg.check_examples`` examples, run only on the
+    examples the protocol's attacks left robust: the official AutoAttack (flag: it finds more),
+    a black-box Square attack (flag: gradient masking suspected) and, for smoothed rows, the
+    strongest attack with twice the steps and draws (flag: not converged when the worst case drops
+    by more than its Monte Carlo error: the examples whose verdict flips when the strongest
+    attack's points are judged again with fresh noise, at least one). AutoAttack's and Square's
+    successes count in the worst case; returns ``(checks, robust (N,) bool)``."""
+    k = min(cfg.check_examples, x.shape[0])
+    robust = result.robust.clone()
+    checks: dict = {}
+    if k == 0:
+        return checks, robust
+    idx = robust[:k].nonzero().squeeze(1)
+    base_robust = int(robust[:k].sum())
+
+    def extra(attack) -> int:
+        if idx.numel() == 0:
+            return 0
+        fooled = defended_predict(defended, attack(x[idx], y[idx], gen), gen) != y[idx]
+        robust[idx[fooled]] = False
+        return int(fooled.sum())
+
+    if cfg.autoattack_check:
+        aa = autoattack_for(model, vote, sigma, eps, cfg)
+        start = time.time()
+        found = extra(aa)
+        checks["autoattack"] = {
+            "version": aa.version,
+            "n": k,
+            "robust_before": base_robust,
+            "extra": found,
+            "flag": found > 0,
+            "seconds": time.time() - start,
+        }
+    if cfg.blackbox_check:
+        start = time.time()
+        found = extra(autoattack_for(model, vote, sigma, eps, cfg, attacks=["square"]))
+        checks["blackbox"] = {
+            "attack": f"square ({cfg.square_queries} queries)",
+            "n": k,
+            "robust_before": base_robust,
+            "extra": found,
+            "flag": found > 0,
+            "seconds": time.time() - start,
+        }
+    if cfg.convergence_check and vote != "none" and sigma > 0 and result.accuracy:
+        strongest = min(result.accuracy, key=result.accuracy.get)
+        doubled = build_attacks(model, cfg, vote, sigma, eps, defended, None, scale=2).get(strongest)
+        if doubled is not None and idx.numel():
+            start = time.time()
+            again = defended_predict(defended, result.adversarial[strongest][idx], gen) != y[idx]
+            fooled = defended_predict(defended, doubled(x[idx], y[idx], gen), gen) != y[idx]
+            tolerance = max(1, int(again.sum()))
+            checks["convergence"] = {
+                "attack": strongest,
+                "n": k,
+                "robust_before": base_robust,
+                "extra": int(fooled.sum()),
+                "tolerance": tolerance,
+                "flag": int(fooled.sum()) > tolerance,
+                "seconds": time.time() - start,
+            }
+    return checks, robust
 
 
 def evaluate(
@@ -107,14 +235,18 @@ def evaluate(
         gen = torch.Generator(device=device).manual_seed(seed)
         start = time.time()
         defended = build_defended(model, vote, sigma, m, cfg.noise)
+        attacks = build_attacks(model, cfg, vote, sigma, eps, defended, source)
         result = robust_accuracy(
             defended,
             x,
             y,
-            build_attacks(model, cfg, vote, sigma, eps, defended, source),
+            attacks,
             gen,
             batch_size=cfg.batch_size,
+            keep_adversarial=cfg.convergence_check,
         )
+        attack_seconds = time.time() - start
+        checks, robust = _checks(cfg, model, defended, vote, sigma, eps, x, y, result, gen)
         acc = result.accuracy
         records.append(
             {
@@ -127,9 +259,13 @@ def evaluate(
                 "n": int(x.shape[0]),
                 "clean": result.clean_accuracy,
                 "attacks": acc,
-                "worst_case": result.worst_case_accuracy,
+                "worst_case": robust.sum().item() / max(int(x.shape[0]), 1),
+                "worst_case_attacks": result.worst_case_accuracy,
                 "strongest": min(acc, key=acc.get) if acc else None,
+                "budget": _budgets(attacks),
+                "checks": checks,
                 "seconds": time.time() - start,
+                "attack_seconds": attack_seconds,
                 "fingerprint": cfg.fingerprint(),
                 "config": cfg.to_dict(),
                 "version": __version__,

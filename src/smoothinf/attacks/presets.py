@@ -1,0 +1,68 @@
+"""Named attack presets: the recommended, converging set of attacks for a defended classifier.
+
+``default`` (``smoothinf evaluate --attacks default``, the quickstart's set):
+- every row: PGD-20 on the base model (the paper's attack, cheap; a reference point);
+- smoothed rows (sigma > 0): APGD-CE on the loss of the expected softmax (SmoothAdv-style) and
+  APGD-DLR on the expectation of the loss (EOT-style), both through the smoothing noise and the
+  model's own weight noise with ``draws`` draws per step, judged by the defended classifier;
+- unsmoothed rows of a model with weight noise (PNI/CNI): the same two APGD runs, EOT over its own
+  noise only;
+- unsmoothed deterministic rows: APGD-CE and APGD-T (DLR, 9 targets), AutoAttack's white-box pair
+  (the official AutoAttack ``standard`` runs beside it as the cross-check).
+``scale`` multiplies steps and draws (2: the convergence check's doubled budget).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from smoothinf.attacks.apgd import APGD
+from smoothinf.attacks.best import JudgeFn
+from smoothinf.attacks.pgd import PGD
+from smoothinf.errors import ConfigError
+from smoothinf.noise.distributions import NoiseDistribution
+from smoothinf.noise.draws import noise_layers
+
+PRESETS = ("default",)
+DEFAULT_STEPS = 100
+DEFAULT_DRAWS = 8
+
+
+def preset_attacks(
+    name: str,
+    model: nn.Module,
+    eps: float,
+    *,
+    noise: NoiseDistribution | float | None = None,
+    judge: nn.Module | JudgeFn | None = None,
+    steps: int = DEFAULT_STEPS,
+    draws: int = DEFAULT_DRAWS,
+    scale: int = 1,
+    norm: str = "linf",
+) -> dict[str, PGD]:
+    """The attacks of preset ``name`` for base ``model`` smoothed with ``noise`` (None / sigma 0: unsmoothed).
+
+    ``judge`` is the defended classifier (picks each example's strongest visited point); ``steps``
+    and ``draws`` (per step) set the APGD budget, times ``scale``.
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown attack preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if isinstance(noise, (int, float)) and not isinstance(noise, bool):
+        noise = NoiseDistribution.gaussian(float(noise)) if noise > 0 else None
+    if noise is not None and noise.sigma <= 0:
+        noise = None
+    steps, draws = steps * scale, draws * scale
+    attacks: dict[str, PGD] = {"pgd": PGD(model, eps, steps=20 * scale, norm=norm)}
+    randomised = noise is not None or bool(noise_layers(model))
+    if randomised:
+        m = draws
+        attacks["apgd-ce"] = APGD(
+            model, eps, steps, norm, noise=noise, m=m, reduce="softmax", loss="ce", judge=judge
+        )
+        attacks["apgd-dlr"] = APGD(
+            model, eps, steps, norm, noise=noise, m=m, reduce="loss", loss="dlr", judge=judge
+        )
+    else:
+        attacks["apgd-ce"] = APGD(model, eps, steps, norm, loss="ce", judge=judge)
+        attacks["apgd-t"] = APGD(model, eps, steps, norm, loss="dlr", target_classes=9, judge=judge)
+    return attacks
