@@ -26,13 +26,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None)
     p.add_argument("--split", default=None)
     p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--attacks", nargs="+", default=None, help="fgsm pgd epgd smoothadv (runs the protocol)")
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        default=None,
+        help="default (the converging preset) and/or fgsm pgd apgd epgd smoothadv transfer nattack "
+        "autoattack (runs the protocol)",
+    )
     p.add_argument("--eps", type=float, nargs="+", default=None)
     p.add_argument("--votes", nargs="+", default=None)
     p.add_argument("--sigmas", type=float, nargs="+", default=None)
     p.add_argument("--ms", type=int, nargs="+", default=None)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--attack-m", type=int, default=None)
+    p.add_argument("--attack-m", type=int, default=None, help="noise draws per attack step")
+    p.add_argument("--apgd-steps", type=int, default=None, help="APGD iterations (default 100)")
+    p.add_argument(
+        "--check-examples",
+        type=int,
+        default=None,
+        help="cross-check the first N examples: AutoAttack, black-box Square, doubled budget (0: off)",
+    )
+    p.add_argument("--no-autoattack-check", dest="autoattack_check", action="store_false", default=None)
+    p.add_argument("--no-blackbox-check", dest="blackbox_check", action="store_false", default=None)
+    p.add_argument("--no-convergence-check", dest="convergence_check", action="store_false", default=None)
+    p.add_argument("--square-queries", type=int, default=None, help="queries of the black-box check")
     p.add_argument("--runs", type=int, default=None)
     p.add_argument("--results", default=None, help="JSONL results file (appended; resumable)")
     p.add_argument("--report-dir", default=None, help="write report.md, tables and plots here")
@@ -69,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--out", default="runs/quickstart")
     q.add_argument("--epochs", type=int, default=6)
     q.add_argument("--examples", type=int, default=200)
+    q.add_argument("--check-examples", type=int, default=50, help="examples of the cross-checks (0: off)")
     q.add_argument("--runs", type=int, default=3)
     q.add_argument("--full", action="store_true", help="the whole test set (slow on CPU)")
     add_common_args(q)
@@ -79,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     out=a.out,
                     epochs=a.epochs,
                     examples=a.examples,
+                    check_examples=a.check_examples,
                     runs=a.runs,
                     full=a.full,
                     seed=a.seed,
@@ -105,6 +124,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "ms": args.ms,
         "steps": args.steps,
         "attack_m": args.attack_m,
+        "apgd_steps": args.apgd_steps,
+        "check_examples": args.check_examples,
+        "autoattack_check": args.autoattack_check,
+        "blackbox_check": args.blackbox_check,
+        "convergence_check": args.convergence_check,
+        "square_queries": args.square_queries,
         "runs": args.runs,
         "seed": args.seed,
     }

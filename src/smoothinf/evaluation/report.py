@@ -33,8 +33,68 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
             "attacks": attacks,
             "worst_case": _mean_std([r["worst_case"] for r in rs]),
             "strongest": min(attacks, key=lambda a: attacks[a][0]) if attacks else "-",
+            "budget": rs[0].get("budget", {}),
+            "checks": _merge_checks([r.get("checks", {}) for r in rs]),
         }
     return rows
+
+
+def _merge_checks(per_run: list[dict]) -> dict[str, dict]:
+    """Cross-checks summed over runs: examples checked, robust before, extra found, any flag."""
+    merged: dict[str, dict] = {}
+    for checks in per_run:
+        for name, c in checks.items():
+            m = merged.setdefault(name, {"runs": 0, "n": 0, "robust_before": 0, "extra": 0, "flag": False})
+            m["runs"] += 1
+            m["n"] += c["n"]
+            m["robust_before"] += c["robust_before"]
+            m["extra"] += c["extra"]
+            m["flag"] |= bool(c["flag"])
+            m["label"] = c.get("version") or c.get("attack") or name
+    return merged
+
+
+FLAG_TEXT = {
+    "autoattack": "AutoAttack finds more",
+    "blackbox": "gradient masking suspected",
+    "convergence": "not converged",
+}
+
+
+def row_flags(row: dict) -> str:
+    """The report's flags for one aggregated row ("-" when none)."""
+    flags = [f"{FLAG_TEXT[name]} (+{c['extra']})" for name, c in row.get("checks", {}).items() if c["flag"]]
+    return "; ".join(flags) or "-"
+
+
+def budget_table(rows: dict[tuple, dict]) -> str:
+    """Per setting and attack: steps x draws x restarts and gradient evaluations per example."""
+    lines = ["| setting | attack | steps x draws x restarts | gradients per example |", "|---|---|---|---|"]
+    for (vote, sigma, m, eps), row in sorted(
+        rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0])
+    ):
+        for name, b in sorted(row.get("budget", {}).items()):
+            if b:
+                cells = [f"{setting_name(vote, sigma, m)} eps {eps:g}", name]
+                cells += [f"{b['steps']} x {b['draws']} x {b['restarts']}", str(b["gradients"])]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def checks_table(rows: dict[tuple, dict]) -> str:
+    """Per setting: each cross-check's examples, robust before it, extra examples it fooled, flag."""
+    lines = [
+        "| setting | check | examples (all runs) | robust before | extra fooled | flag |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (vote, sigma, m, eps), row in sorted(
+        rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0])
+    ):
+        for name, c in sorted(row.get("checks", {}).items()):
+            cells = [f"{setting_name(vote, sigma, m)} eps {eps:g}", f"{name}: {c['label']}", str(c["n"])]
+            cells += [str(c["robust_before"]), str(c["extra"]), FLAG_TEXT[name] if c["flag"] else "ok"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _pm(ms: tuple[float, float]) -> str:
@@ -44,14 +104,14 @@ def _pm(ms: tuple[float, float]) -> str:
 def markdown_table(rows: dict[tuple, dict]) -> str:
     """One line per setting and eps; accuracies in percent, mean ± std over runs."""
     names = sorted({a for row in rows.values() for a in row["attacks"]})
-    head = ["setting", "eps", "runs", "clean"] + names + ["worst case", "strongest"]
+    head = ["setting", "eps", "runs", "clean"] + names + ["worst case", "strongest", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (vote, sigma, m, eps), row in sorted(
         rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0])
     ):
         cells = [setting_name(vote, sigma, m), f"{eps:g}", str(row["runs"]), _pm(row["clean"])]
         cells += [_pm(row["attacks"][a]) if a in row["attacks"] else "-" for a in names]
-        cells += [_pm(row["worst_case"]), row["strongest"]]
+        cells += [_pm(row["worst_case"]), row["strongest"], row_flags(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -180,13 +240,30 @@ def write_report(
             f"Checkpoint `{cfg['checkpoint']}`, data {cfg['data']} ({cfg['split']}, "
             f"{records[0]['n']} examples), "
             f"{cfg['runs']} runs (seeds {cfg['seed']}..{cfg['seed'] + cfg['runs'] - 1}), attacks "
-            f"{', '.join(cfg['attacks'])} ({cfg['steps']} steps, {cfg['restarts']} restart(s), "
-            f"{cfg['attack_m']} noise draws per step for EPGD/SmoothAdv). Accuracies in %, mean ± std over "
+            f"{', '.join(cfg['attacks'])} (budgets below). Accuracies in %, mean ± std over "
             "runs; the worst case counts an example as robust only if every attack failed on it, judged by "
-            "the defended (smoothed) classifier with fresh noise.",
+            "the defended (smoothed) classifier with fresh noise; it includes the successes of the "
+            "AutoAttack and black-box cross-checks on their subset.",
             "",
         ]
     parts += ["## Robust accuracy", "", table, ""]
+    budgets = budget_table(rows)
+    if budgets:
+        parts += ["## Attack budgets", "", budgets, ""]
+    cross = checks_table(rows)
+    if cross:
+        parts += [
+            "## Cross-checks",
+            "",
+            "On the first examples of each run, only where the attacks above left the example robust: "
+            "the official AutoAttack (rand for randomised rows) flags a row where it finds more; a "
+            "black-box Square attack flags suspected gradient masking; the strongest attack with twice "
+            "the steps and draws flags a row as not converged when it fools more examples than the Monte "
+            "Carlo error of the judge (the examples whose verdict flips when judged again).",
+            "",
+            cross,
+            "",
+        ]
     plot = plot_sigma_sweep(rows, out / "sigma_sweep.png")
     if plot is not None:
         parts += ["![accuracy vs sigma](sigma_sweep.png)", ""]

@@ -1,0 +1,100 @@
+"""The evaluation protocol's default preset and cross-checks: AutoAttack, black-box masking, convergence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from smoothinf.evaluation import EvalConfig, evaluate
+
+EPS = 0.02
+from smoothinf.evaluation.report import aggregate, checks_table, markdown_table, row_flags
+
+
+class Masked(nn.Module):
+    """A 10-class linear model on 16x16 inputs whose backward pass reports a zero gradient: gradient
+    attacks only keep their random starts (far too weak in 256 dimensions), while its outputs, all a
+    black-box attack sees, are those of the linear model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.lin(x.flatten(1))
+        return z.detach() + 0.0 * z
+
+
+def _linear10() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def _data(model: nn.Module, n: int = 12, side: int = 4):
+    x = torch.rand((n, 1, side, side), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return x, y
+
+
+def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
+    pytest.importorskip("pyautoattack")
+    model = Masked().eval()
+    x, y = _data(model, side=16)
+    cfg = EvalConfig(
+        checkpoint="unused",
+        votes=[],
+        eps=[EPS],
+        attacks=["default"],
+        apgd_steps=10,
+        runs=1,
+        check_examples=12,
+        autoattack_check=False,
+        convergence_check=False,
+        square_queries=300,
+    )
+    (rec,) = evaluate(cfg, model, x, y, progress=False)
+    bb = rec["checks"]["blackbox"]
+    assert rec["clean"] == 1.0
+    # Zero gradients: the white-box attacks only fool where a random start happens to.
+    assert rec["worst_case_attacks"] >= 0.9
+    assert bb["flag"] and bb["extra"] >= 3
+    assert rec["worst_case"] == pytest.approx(rec["worst_case_attacks"] - bb["extra"] / 12)
+    assert set(rec["budget"]) == {"pgd", "apgd-ce", "apgd-t"}
+    assert rec["budget"]["apgd-t"] == {"steps": 10, "draws": 1, "restarts": 9, "gradients": 90}
+    row = next(iter(aggregate([rec]).values()))
+    assert row_flags(row).startswith("gradient masking suspected (+")
+    assert "gradient masking suspected" in markdown_table(aggregate([rec]))
+    assert "square (300 queries)" in checks_table(aggregate([rec]))
+
+
+def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model():
+    pytest.importorskip("pyautoattack")
+    model = _linear10()
+    x, y = _data(model, 8)
+    cfg = EvalConfig(
+        checkpoint="unused",
+        votes=["soft"],
+        sigmas=[0.05],
+        ms=[16],
+        eps=[0.05],
+        attacks=["default"],
+        apgd_steps=20,
+        attack_m=4,
+        runs=1,
+        check_examples=8,
+        blackbox_check=False,
+    )
+    base, smooth = evaluate(cfg, model, x, y, progress=False)
+    assert base["checks"]["autoattack"]["version"] == "standard"
+    assert smooth["checks"]["autoattack"]["version"] == "rand"
+    # APGD reaches the linear optimum: AutoAttack finds nothing more, doubling changes nothing.
+    for rec in (base, smooth):
+        assert rec["checks"]["autoattack"]["extra"] == 0 and not rec["checks"]["autoattack"]["flag"]
+        assert 0 < rec["worst_case"] < 1
+    conv = smooth["checks"]["convergence"]
+    assert not conv["flag"] and conv["extra"] <= conv["tolerance"]
+    assert smooth["budget"]["apgd-ce"]["gradients"] == 20 * 4
+    assert "convergence" not in base["checks"]  # deterministic rows: AutoAttack is the check
