@@ -7,6 +7,7 @@ attack eps are in pixel units.
 __version__ = "0.1.0"
 
 from smoothinf.attacks import (  # noqa: E402
+    APGD,
     EPGD,
     FGSM,
     PGD,
@@ -17,6 +18,7 @@ from smoothinf.attacks import (  # noqa: E402
     TransferAttack,
     build_attack,
     list_attacks,
+    preset_attacks,
     robust_accuracy,
 )
 from smoothinf.data import (  # noqa: E402
@@ -60,6 +62,7 @@ from smoothinf.training.trainer import TrainConfig, train  # noqa: E402
 from smoothinf.utils import tune_cpu_allocator  # noqa: E402
 
 __all__ = [
+    "APGD",
     "EPGD",
     "FGSM",
     "NOISE_KINDS",
@@ -97,6 +100,7 @@ __all__ = [
     "noise_summary",
     "per_draw_noise",
     "predict_with_abstain",
+    "preset_attacks",
     "reciprocal_rank",
     "robust_accuracy",
     "save_checkpoint",

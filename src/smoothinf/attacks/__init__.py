@@ -21,6 +21,7 @@ from smoothinf.attacks.fgsm import FGSM
 from smoothinf.attacks.judge import RobustResult, defended_predict, robust_accuracy
 from smoothinf.attacks.nattack import NAttack
 from smoothinf.attacks.pgd import PGD
+from smoothinf.attacks.presets import PRESETS, preset_attacks
 from smoothinf.attacks.registry import build_attack, list_attacks
 from smoothinf.attacks.transfer import TransferAttack
 
@@ -29,6 +30,7 @@ __all__ = [
     "EPGD",
     "FGSM",
     "PGD",
+    "PRESETS",
     "Attack",
     "AutoAttackAdapter",
     "ExpectationPGD",
@@ -44,6 +46,7 @@ __all__ = [
     "dlr_loss",
     "expected_loss",
     "list_attacks",
+    "preset_attacks",
     "project",
     "random_start",
     "robust_accuracy",
