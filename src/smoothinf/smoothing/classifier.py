@@ -193,7 +193,8 @@ class SmoothedClassifier(nn.Module):
                 total = None
                 for logits in self.draw_logits(x[rows], self.m, generator):
                     _check_k(k, logits.shape[-1])
-                    top = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k]  # (d, n, k)
+                    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
+                    top = order[..., :k]  # (d, n, k)
                     onehot = torch.nn.functional.one_hot(top, logits.shape[-1]).float().sum(0)  # (n, k, K)
                     total = onehot if total is None else total + onehot
                 counts.append(total)
