@@ -11,6 +11,7 @@ from scipy.stats import binomtest, norm
 
 from smoothinf.errors import SmoothinfError
 from smoothinf.models import create_model
+from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import (
     SmoothedClassifier,
     binomial_two_sided_pvalue,
@@ -354,8 +355,13 @@ def test_predict_with_abstain_needs_hard_votes(vote):
 @pytest.mark.parametrize("noise", ["uniform", "laplace"])
 def test_certify_refuses_non_gaussian_noise(noise):
     model, _, shape = make_linear()
+    x = torch.rand((2,) + shape)
     with pytest.raises(SmoothinfError, match="Gaussian noise only"):
-        certify(model, torch.rand((2,) + shape), 0.1, n0=10, n=10, noise=noise)
+        certify(model, x, 0.1, n0=10, n=10, noise=noise)
+    with pytest.raises(SmoothinfError, match="Gaussian noise only"):
+        certify(model, x, 0.1, n0=10, n=10, noise=NoiseDistribution(noise, 0.1))
+    pred, radius = certify(model, x, 0.1, n0=10, n=10, noise=NoiseDistribution("gaussian", 0.1))
+    assert pred.shape == radius.shape == (2,)
 
 
 @pytest.mark.parametrize(

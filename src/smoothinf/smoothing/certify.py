@@ -18,16 +18,19 @@ import torch
 from scipy.stats import beta, binom, norm
 
 from smoothinf.errors import SmoothinfError
+from smoothinf.noise.distributions import NoiseDistribution
 from smoothinf.smoothing.classifier import SmoothedClassifier
 
 ABSTAIN = -1
 
 
-def check_certifiable(noise: str) -> None:
-    """Raise unless ``noise`` is the Gaussian family (the only one ``certify``'s L2 radius holds for)."""
-    if noise != "gaussian":
+def check_certifiable(noise: str | NoiseDistribution) -> None:
+    """Raise unless ``noise`` (a family name or a NoiseDistribution) is Gaussian, the only family
+    ``certify``'s L2 radius holds for."""
+    family = noise.family if isinstance(noise, NoiseDistribution) else noise
+    if family != "gaussian":
         raise SmoothinfError(
-            f"certify gives the L2 radius of Gaussian noise only; {noise!r} noise has no certificate"
+            f"certify gives the L2 radius of Gaussian noise only; {family!r} noise has no certificate"
             " here (use --noise gaussian)"
         )
 
@@ -93,7 +96,7 @@ def certify(
     alpha: float = 0.001,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
-    noise: str = "gaussian",
+    noise: str | NoiseDistribution = "gaussian",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CERTIFY a batch x (N, C, H, W) in [0, 1]: returns (pred (N,) int64, radius (N,) float64).
 
