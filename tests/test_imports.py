@@ -5,6 +5,7 @@ interpreter (importing a layer does not load the layers above it)."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,9 +140,9 @@ def test_no_import_cycles_between_modules_or_parts():
 )
 def test_a_layer_does_not_load_the_layers_above(module, absent):
     code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": str(SRC)}
-    ).stdout.split()
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    out = out.stdout.split()
     assert not [name for name in absent if name in out]
 
 
