@@ -11,6 +11,7 @@ from scipy.stats import binomtest, norm
 
 from smoothinf.errors import SmoothinfError
 from smoothinf.models import create_model
+from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import (
     SmoothedClassifier,
     binomial_two_sided_pvalue,
@@ -292,3 +293,88 @@ def test_chunk_rows_rule():
     model = create_model("mnist_cnn_small", 10, 1, (0.1307,), (0.3081,))
     noisy_input = inject_noise(model, "cni-i")
     assert chunk_rows(x, noisy_input) == CPU_CHUNK_VALUES // 784  # input noise is not weight noise
+
+
+class _QuartileTable(torch.nn.Module):
+    """Logits chosen by the quartile of the noisy first pixel (x = 0.5, sigma = 1): in each quartile
+    a different class 0..3 is on top and class 4 is always second, so the hard vote picks one of
+    0..3 (about 1/4 of the votes each) while the weighted vote 2^-rank picks class 4 (0.5 per draw)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        table = torch.zeros(4, 5)
+        for q in range(4):
+            table[q, q], table[q, 4] = 2.0, 1.0
+        self.register_buffer("table", table)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.flatten(1)[:, 0] - 0.5
+        q = (v > -0.6745).long() + (v > 0).long() + (v > 0.6745).long()
+        return self.table[q]
+
+
+@pytest.mark.parametrize("vote", ["hard", "weighted", "soft", "logits"])
+def test_predict_topk_first_answer_is_predict(vote):
+    """predict_topk(x, 1) == predict(x) for every vote; the weighted top-k uses the rank weights
+    (the old weighted top-k took rank-wise hard counts: one of classes 0..3, not 4)."""
+    smoothed = SmoothedClassifier(_QuartileTable(), 1.0, 200, vote)
+    x = torch.full((6, 1, 2, 2), 0.5)
+    pred = smoothed.predict(x, torch.Generator().manual_seed(3))
+    top = smoothed.predict_topk(x, 3, torch.Generator().manual_seed(3))
+    assert torch.equal(top[:, 0], pred)
+    assert torch.equal(smoothed.predict_topk(x, 1, torch.Generator().manual_seed(3))[:, 0], pred)
+    assert all(len(set(row)) == 3 for row in top.tolist())  # chosen classes are excluded
+    if vote == "weighted":
+        assert (pred == 4).all()
+    if vote == "hard":
+        assert (pred < 4).all() and (top[:, 1] == 4).all()  # class 4: always at rank 1
+    with pytest.raises(SmoothinfError, match="exceeds"):
+        smoothed.predict_topk(x, 6)
+
+
+def test_weighted_topk_ties_break_to_the_lowest_class():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits.repeat(x.shape[0], 1)
+
+    smoothed = SmoothedClassifier(Fixed(), 0.0, 4, "weighted", weights=top_k(2))  # classes 1, 2 tie
+    assert smoothed.predict_topk(torch.zeros(1, 1, 2, 2), 4).tolist() == [[1, 2, 0, 3]]
+    assert smoothed.predict(torch.zeros(1, 1, 2, 2)).tolist() == [1]
+
+
+@pytest.mark.parametrize("vote", ["weighted", "soft", "logits"])
+def test_predict_with_abstain_needs_hard_votes(vote):
+    model, _, shape = make_linear()
+    x = torch.rand((2,) + shape)
+    with pytest.raises(SmoothinfError, match="hard-vote counts"):
+        predict_with_abstain(SmoothedClassifier(model, 0.1, 4, vote), x, 10, alpha=0.01)
+
+
+@pytest.mark.parametrize("noise", ["uniform", "laplace"])
+def test_certify_refuses_non_gaussian_noise(noise):
+    model, _, shape = make_linear()
+    x = torch.rand((2,) + shape)
+    with pytest.raises(SmoothinfError, match="Gaussian noise only"):
+        certify(model, x, 0.1, n0=10, n=10, noise=noise)
+    with pytest.raises(SmoothinfError, match="Gaussian noise only"):
+        certify(model, x, 0.1, n0=10, n=10, noise=NoiseDistribution(noise, 0.1))
+    pred, radius = certify(model, x, 0.1, n0=10, n=10, noise=NoiseDistribution("gaussian", 0.1))
+    assert pred.shape == radius.shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["predict", "--sigma", "0.1", "--vote", "soft", "--alpha", "0.01"], "hard-vote counts"),
+        (["certify", "--sigma", "0.1", "--noise", "laplace", "--out", "unused.tsv"], "Gaussian noise only"),
+    ],
+)
+def test_cli_refuses_statistics_that_do_not_hold(args, message, tmp_path, capsys):
+    """One-line error, exit 2, before any checkpoint or data is read."""
+    from smoothinf.cli import main
+
+    assert main([*args, "-c", str(tmp_path / "never_read.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

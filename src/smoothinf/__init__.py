@@ -2,111 +2,107 @@
 
 Pixels are NCHW float32 in [0, 1]; normalisation is a layer inside each model; noise sigma and
 attack eps are in pixel units.
+
+The public names below are re-exported lazily (PEP 562): ``import smoothinf.models`` loads the
+model layer only, never the attacks or training above it (imports go one way:
+data/models/noise <- smoothing <- attacks <- training/evaluation <- cli).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from smoothinf.attacks import (  # noqa: E402
-    APGD,
-    EPGD,
-    FGSM,
-    PGD,
-    AutoAttackAdapter,
-    NAttack,
-    RobustResult,
-    SmoothAdv,
-    TransferAttack,
-    build_attack,
-    list_attacks,
-    preset_attacks,
-    robust_accuracy,
-)
-from smoothinf.data import (  # noqa: E402
-    DatasetInfo,
-    ImageDataset,
-    augment_crop_flip,
-    get_dataset_info,
-    list_datasets,
-    load_dataset,
-    load_splits,
-)
-from smoothinf.evaluation import EvalConfig, evaluate, write_report  # noqa: E402
-from smoothinf.models import (  # noqa: E402
-    Normalize,
-    create_model,
-    create_model_for,
-    list_models,
-    load_checkpoint,
-    load_legacy_checkpoint,
-    save_checkpoint,
-)
-from smoothinf.noise import (  # noqa: E402
-    NOISE_KINDS,
-    NoiseDistribution,
-    inject_noise,
-    noise_disabled,
-    noise_summary,
-    per_draw_noise,
-    set_noise,
-)
-from smoothinf.smoothing import (  # noqa: E402
-    SmoothedClassifier,
-    certify,
-    exponential_rank,
-    predict_with_abstain,
-    reciprocal_rank,
-    top_k,
-)
-from smoothinf.training import build_objective  # noqa: E402
-from smoothinf.training.trainer import TrainConfig, train  # noqa: E402
-from smoothinf.utils import tune_cpu_allocator  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = [
-    "APGD",
-    "EPGD",
-    "FGSM",
-    "NOISE_KINDS",
-    "PGD",
-    "AutoAttackAdapter",
-    "DatasetInfo",
-    "EvalConfig",
-    "ImageDataset",
-    "NAttack",
-    "NoiseDistribution",
-    "Normalize",
-    "RobustResult",
-    "SmoothAdv",
-    "SmoothedClassifier",
-    "TrainConfig",
-    "TransferAttack",
-    "augment_crop_flip",
-    "build_attack",
-    "build_objective",
-    "certify",
-    "create_model",
-    "create_model_for",
-    "evaluate",
-    "exponential_rank",
-    "get_dataset_info",
-    "inject_noise",
-    "list_attacks",
-    "list_datasets",
-    "list_models",
-    "load_checkpoint",
-    "load_dataset",
-    "load_legacy_checkpoint",
-    "load_splits",
-    "noise_disabled",
-    "noise_summary",
-    "per_draw_noise",
-    "predict_with_abstain",
-    "preset_attacks",
-    "reciprocal_rank",
-    "robust_accuracy",
-    "save_checkpoint",
-    "set_noise",
-    "top_k",
-    "train",
-    "tune_cpu_allocator",
-    "write_report",
-]
+from smoothinf._version import __version__ as __version__
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "APGD",
+            "EPGD",
+            "FGSM",
+            "PGD",
+            "AutoAttackAdapter",
+            "NAttack",
+            "RobustResult",
+            "SmoothAdv",
+            "TransferAttack",
+            "build_attack",
+            "list_attacks",
+            "preset_attacks",
+            "robust_accuracy",
+        ),
+        "smoothinf.attacks",
+    ),
+    **dict.fromkeys(
+        (
+            "DatasetInfo",
+            "ImageDataset",
+            "augment_crop_flip",
+            "get_dataset_info",
+            "list_datasets",
+            "load_dataset",
+            "load_splits",
+        ),
+        "smoothinf.data",
+    ),
+    **dict.fromkeys(("EvalConfig", "evaluate", "write_report"), "smoothinf.evaluation"),
+    **dict.fromkeys(
+        (
+            "Normalize",
+            "create_model",
+            "create_model_for",
+            "list_models",
+            "load_checkpoint",
+            "load_legacy_checkpoint",
+            "save_checkpoint",
+        ),
+        "smoothinf.models",
+    ),
+    **dict.fromkeys(
+        (
+            "NOISE_KINDS",
+            "NoiseDistribution",
+            "inject_noise",
+            "noise_disabled",
+            "noise_summary",
+            "per_draw_noise",
+            "set_noise",
+        ),
+        "smoothinf.noise",
+    ),
+    **dict.fromkeys(
+        (
+            "SmoothedClassifier",
+            "certify",
+            "exponential_rank",
+            "predict_with_abstain",
+            "reciprocal_rank",
+            "top_k",
+        ),
+        "smoothinf.smoothing",
+    ),
+    "build_objective": "smoothinf.training",
+    **dict.fromkeys(("TrainConfig", "train"), "smoothinf.training.trainer"),
+    "tune_cpu_allocator": "smoothinf.utils",
+}
+_SUBPACKAGES = ("attacks", "cli", "data", "evaluation", "models", "noise", "smoothing", "training")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name (or a sub-package) on first access."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"smoothinf.{name}")
+    else:
+        raise AttributeError(f"module 'smoothinf' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -17,7 +17,15 @@ from smoothinf.errors import SmoothinfError
 from smoothinf.evaluation.report import plot_certified
 from smoothinf.models import load_checkpoint
 from smoothinf.noise import NOISE_FAMILIES
-from smoothinf.smoothing import VOTES, SmoothedClassifier, certified_accuracy, certify, predict_with_abstain
+from smoothinf.smoothing import (
+    VOTES,
+    SmoothedClassifier,
+    certified_accuracy,
+    certify,
+    check_abstain_vote,
+    check_certifiable,
+    predict_with_abstain,
+)
 from smoothinf.utils import make_generator, resolve_device
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
@@ -67,6 +75,8 @@ def _load(args: argparse.Namespace):
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    if args.alpha is not None:
+        check_abstain_vote(args.vote)
     model, x, y, device = _load(args)
     smoothed = SmoothedClassifier(
         model, args.sigma, args.m, args.vote, args.noise, batch_size=args.batch_size
@@ -108,6 +118,7 @@ def _read_tsv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_certify(args: argparse.Namespace) -> int:
+    check_certifiable(args.noise)
     model, x, y, device = _load(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,9 @@ _HELP = {
     "noise": f"noise injection: {', '.join(NOISE_KINDS)}",
     "objective": f"training objective: {', '.join(OBJECTIVES)}",
     "eps": "L_inf radius of the training attack (pixel units)",
-    "sigma": "Gaussian input noise std for gaussian / cni-iw / epgd / smoothadv (pixel units)",
+    "sigma": "the one input-noise std (pixel units): of the gaussian / cni-iw / epgd / smoothadv"
+    " objectives or of the --noise cni-i layer",
+    "noise_init": "init of the PNI/CNI weight-noise parameters (cni-i takes its std from --sigma)",
     "init": "fine-tune from this checkpoint",
 }
 

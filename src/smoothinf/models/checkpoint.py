@@ -27,15 +27,25 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from smoothinf._version import __version__
 from smoothinf.errors import CheckpointError, SmoothinfError
+from smoothinf.models.legacy import load_legacy_checkpoint
+from smoothinf.models.state import apply_state_dict, read_safetensors
 
 FORMAT_NAME = "smoothinf-checkpoint"
 FORMAT_VERSION = 1
 LEGACY_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt")
+__all__ = [
+    "apply_state_dict",
+    "load_checkpoint",
+    "read_safetensors",
+    "read_sidecar",
+    "save_checkpoint",
+    "sidecar_path",
+]
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -104,8 +114,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping | N
     ``model.smoothinf_noise`` is recorded when present. ``meta`` (JSON-serialisable: dataset name
     or DatasetInfo, training config, metrics, ...) is stored in the sidecar as given.
     """
-    from smoothinf import __version__
-
     for attr in ("module", "_orig_mod"):  # unwrap DataParallel / DDP / torch.compile
         if not hasattr(model, "smoothinf_arch") and isinstance(getattr(model, attr, None), nn.Module):
             model = getattr(model, attr)
@@ -189,41 +197,6 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     return meta
 
 
-def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file; missing, truncated or corrupt files raise a one-line CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        msg = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({msg})") from None
-
-
-def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """``model.load_state_dict(state, strict=True)`` with a one-line error naming the first mismatch."""
-    target = model.state_dict()
-    arch = getattr(model, "smoothinf_arch", {}).get("name", type(model).__name__)
-    for key, value in target.items():
-        if key not in state:
-            raise CheckpointError(
-                f"{path}: weights do not fit {arch}: missing key {key!r} {tuple(value.shape)}"
-            )
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise CheckpointError(
-                f"{path}: weights do not fit {arch}: {key!r} has shape {tuple(state[key].shape)},"
-                f" the model expects {tuple(value.shape)}"
-            )
-    extra = [key for key in state if key not in target]
-    if extra:
-        raise CheckpointError(
-            f"{path}: weights do not fit {arch}: unexpected key {extra[0]!r}"
-            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
-        )
-    model.load_state_dict(dict(state), strict=True)
-
-
 def _rebuild(meta: dict, path: Path, arch_override: str | None, overrides: dict) -> nn.Module:
     from smoothinf.models.registry import create_model, list_models
 
@@ -289,8 +262,6 @@ def load_checkpoint(
 
 
 def _load_without_sidecar(path: Path, device: torch.device, arch: str | None, overrides: dict):
-    from smoothinf.models.legacy import load_legacy_checkpoint
-
     if arch is None:
         raise CheckpointError(
             f"{path}: no sidecar {sidecar_path(path).name}; to load it as a legacy state dict pass the"

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from smoothinf.errors import CheckpointError
+from smoothinf.models.registry import create_model
+from smoothinf.models.state import apply_state_dict, read_safetensors
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
@@ -133,9 +135,6 @@ def load_legacy_checkpoint(
     identity. Returns ``(model, meta)`` with the model in eval mode on ``device``; meta holds the
     arch record, the normalisation and the legacy container's scalar entries (epoch, ...).
     """
-    from smoothinf.models.checkpoint import apply_state_dict, read_safetensors
-    from smoothinf.models.registry import create_model
-
     path = Path(path)
     if path.suffix == ".safetensors":
         obj: object = read_safetensors(path)

@@ -15,7 +15,7 @@ NOISE_KINDS = {
     "pni-a": "PNI on activations: a + alpha * N(0, std(a)^2) after each conv/linear",
     "pni-wa": "PNI on weights and activations",
     "cni-w": "CNI on weights: low-rank colored noise, Cov = diag(|std(W) d|) + F F^T (rank r)",
-    "cni-i": "Gaussian noise on the input (pixel units), fixed or learned sigma",
+    "cni-i": "Gaussian noise on the input (std sigma, pixel units), fixed or learned sigma",
 }
 _LAYER_KINDS = {
     "pni-w": ("pni", False),
@@ -140,6 +140,14 @@ def noise_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, s in zip(layers, saved, strict=True):
             m.noise_enabled = s
+
+
+def input_noise_std(model: nn.Module) -> float | None:
+    """The std (pixel units) of ``model``'s switched-on cni-i input-noise layer, None without one."""
+    for m in model.modules():
+        if isinstance(m, InputNoise) and m.noise_enabled:
+            return float(m.sigma.detach().abs())
+    return None
 
 
 def noise_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -5,6 +5,8 @@ from smoothinf.smoothing.certify import (
     binomial_two_sided_pvalue,
     certified_accuracy,
     certify,
+    check_abstain_vote,
+    check_certifiable,
     clopper_pearson_lower,
     predict_with_abstain,
 )
@@ -26,6 +28,8 @@ __all__ = [
     "binomial_two_sided_pvalue",
     "certified_accuracy",
     "certify",
+    "check_abstain_vote",
+    "check_certifiable",
     "class_ranks",
     "clopper_pearson_lower",
     "exponential_rank",

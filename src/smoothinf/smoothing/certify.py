@@ -3,7 +3,12 @@
 Guarantee (Cohen, Rosenfeld, Kolter 2019, Theorem 1): if ``certify`` returns class c with radius
 R > 0, then with probability >= 1 - alpha over its noise draws, the hard-vote smoothed classifier
 with Gaussian noise of std sigma returns c at every x' with ||x' - x||_2 < R. ``predict_with_abstain``
-returns a class that differs from the smoothed classifier's with probability <= alpha.
+returns a class that differs from the hard-vote smoothed classifier's with probability <= alpha.
+
+Both statistics hold only where they are derived: the radius sigma * Phi^-1(p_A) is the L2
+certificate of *Gaussian* noise (uniform and Laplace noise certify other norms with other radii,
+so ``certify`` refuses them), and the binomial test counts *hard votes* (rank-weight sums, summed
+probabilities or logits are not binomial counts, so ``predict_with_abstain`` refuses other votes).
 """
 
 from __future__ import annotations
@@ -13,9 +18,30 @@ import torch
 from scipy.stats import beta, binom, norm
 
 from smoothinf.errors import SmoothinfError
+from smoothinf.noise.distributions import NoiseDistribution
 from smoothinf.smoothing.classifier import SmoothedClassifier
 
 ABSTAIN = -1
+
+
+def check_certifiable(noise: str | NoiseDistribution) -> None:
+    """Raise unless ``noise`` (a family name or a NoiseDistribution) is Gaussian, the only family
+    ``certify``'s L2 radius holds for."""
+    family = noise.family if isinstance(noise, NoiseDistribution) else noise
+    if family != "gaussian":
+        raise SmoothinfError(
+            f"certify gives the L2 radius of Gaussian noise only; {family!r} noise has no certificate"
+            " here (use --noise gaussian)"
+        )
+
+
+def check_abstain_vote(vote: str) -> None:
+    """Raise unless ``vote`` is "hard": the binomial test of PREDICT is valid on vote counts only."""
+    if vote != "hard":
+        raise SmoothinfError(
+            f"prediction with abstention (alpha) runs a binomial test on hard-vote counts; the {vote!r}"
+            " vote's scores are not counts (use vote hard, or drop alpha)"
+        )
 
 
 def _check_alpha(alpha: float) -> None:
@@ -48,7 +74,8 @@ def predict_with_abstain(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """PREDICT: (N,) int64 classes, -1 where the top two vote counts of n draws are not
-    significantly different at level alpha (binomial test)."""
+    significantly different at level alpha (binomial test). Needs ``smoothed.vote == "hard"``."""
+    check_abstain_vote(smoothed.vote)
     _check_alpha(alpha)
     counts = smoothed.vote_counts(x, generator, m=n)
     top2 = counts.topk(2, dim=1)
@@ -69,14 +96,16 @@ def certify(
     alpha: float = 0.001,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
-    noise: str = "gaussian",
+    noise: str | NoiseDistribution = "gaussian",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CERTIFY a batch x (N, C, H, W) in [0, 1]: returns (pred (N,) int64, radius (N,) float64).
 
     n0 draws select c_A, n fresh draws count n_A; p_A_lower is the one-sided Clopper-Pearson bound
     at level 1 - alpha; abstain (-1, 0.0) when p_A_lower < 1/2, else R = sigma * Phi^-1(p_A_lower)
-    (L2, pixel units). Memory is bounded by ``batch_size`` rows per forward.
+    (L2, pixel units). Memory is bounded by ``batch_size`` rows per forward. ``noise`` must be
+    "gaussian": the radius is the Gaussian L2 certificate (other families raise).
     """
+    check_certifiable(noise)
     if sigma <= 0:
         raise SmoothinfError(f"certification needs sigma > 0, got {sigma}")
     for name, value in (("n0", n0), ("n", n)):

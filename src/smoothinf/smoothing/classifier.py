@@ -30,6 +30,11 @@ def _check_count(name: str, value: int) -> int:
     return value
 
 
+def _check_k(k: int, num_classes: int) -> None:
+    if k > num_classes:
+        raise SmoothinfError(f"k = {k} exceeds the number of classes {num_classes}")
+
+
 class SmoothedClassifier(nn.Module):
     """g(x) = argmax_k sum_i v_k(f(x + n_i)), n_i ~ noise with per-pixel std sigma (pixel units).
 
@@ -169,20 +174,27 @@ class SmoothedClassifier(nn.Module):
         return self.vote_counts(x, generator).argmax(1)
 
     def predict_topk(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Rank-wise top-k (N, k): answer j is the most-voted class at rank j among the draws,
-        excluding classes already chosen (the reference code's top-k). For soft/logits votes the
-        top-k of the mean scores."""
+        """Top-k classes (N, k) int64, answer 0 = ``predict(x)`` for every vote (same generator state).
+
+        hard: rank-wise (the reference code's top-k): answer j is the class most often at rank j
+        among the draws, excluding classes already chosen. weighted / soft / logits: the k best
+        classes of the summed rank-weighted votes / probabilities / logits (each pick excludes the
+        classes already chosen). Ties break to the lowest class.
+        """
         self._check(x)
         _check_count("k", k)
-        if self.vote in ("soft", "logits"):
-            with torch.no_grad():
-                return self._accumulate(x, self.m, self.vote, generator, False).topk(k, dim=1).indices
+        if self.vote != "hard":
+            scores = self.vote_counts(x, generator)
+            _check_k(k, scores.shape[1])
+            return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
         counts = []
         with torch.no_grad():
             for rows in self._example_chunks(x):
                 total = None
                 for logits in self.draw_logits(x[rows], self.m, generator):
-                    top = logits.topk(k, dim=-1).indices  # (d, n, k)
+                    _check_k(k, logits.shape[-1])
+                    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
+                    top = order[..., :k]  # (d, n, k)
                     onehot = torch.nn.functional.one_hot(top, logits.shape[-1]).float().sum(0)  # (n, k, K)
                     total = onehot if total is None else total + onehot
                 counts.append(total)

@@ -4,10 +4,17 @@
 * gaussian_augmentation(sigma): CE(f(x + N(0, sigma^2)), y) (noise in pixel units, not clipped).
 * adversarial(attack, weight): (1 - w) CE(f(x), y) + w CE(f(x_adv), y) (paper eq. 6; w = 1 is Madry).
 * trades(attack_kwargs, beta): CE(f(x), y) + beta * KL(p(x) || p(x_adv)), x_adv maximising the KL.
-* cni_iw = adversarial training with Gaussian input noise (paper eq. 23), and epgd / smoothadv
-  adversarial training: ``adversarial`` with an EPGD / SmoothAdv attack and/or input noise.
+* cni-iw: adversarial training under Gaussian input noise (paper eq. 23). As in the reference code,
+  whose noise sits inside the forward, the attack sees the noise too: its PGD follows the gradient
+  of one noisy forward per step (EPGD with m = 1), and the loss is CE at one noisy draw.
+* epgd / smoothadv (EPGD-AT, SmoothAdv-AT): x_adv from EPGD / SmoothAdv with m_train draws, and the
+  loss is that of the smoothed classifier at x_adv (Salman et al. 2019): CE averaged over m_train
+  noisy copies x_adv + n_j (and x + n_j for the clean term). They need sigma > 0.
 The inner attack runs with the model in eval mode (batch-norm statistics) and noise on; the attack
-restores the training mode afterwards.
+restores the training mode afterwards. Batch-norm running statistics come only from the forwards
+the loss uses (with w = 1 the clean accuracy is measured in eval mode, without touching them).
+Input noise has one source: the objective's sigma, or a cni-i layer inside the model, never both
+(``check_input_noise``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from smoothinf.errors import ConfigError
 from smoothinf.noise import NoiseDistribution
 
 OBJECTIVES = ("standard", "gaussian", "adversarial", "trades", "cni-iw", "epgd", "smoothadv")
+# Objectives that add Gaussian input noise of std sigma themselves (they need sigma > 0).
+INPUT_NOISE_OBJECTIVES = ("gaussian", "cni-iw", "epgd", "smoothadv")
 
 
 @dataclass
@@ -44,6 +53,38 @@ def _noisy(x: torch.Tensor, sigma: float, generator: torch.Generator | None) -> 
     return x + NoiseDistribution("gaussian", sigma).sample(x.shape, generator, x.device, x.dtype)
 
 
+def _noisy_ce(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sigma: float,
+    draws: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean CE over ``draws`` noisy copies x + n_j of the batch, logits (N, K) of the first copy).
+
+    The copies run as one forward of draws * N rows (draw-major), so batch-norm statistics and any
+    weight noise are those of one training batch; draws = 1 is CE(f(x + n), y)."""
+    rows = x if draws == 1 else x.repeat(draws, *([1] * (x.dim() - 1)))
+    logits = model(_noisy(rows, sigma, generator))
+    loss = F.cross_entropy(logits, y if draws == 1 else y.repeat(draws))
+    return loss, logits[: x.shape[0]]
+
+
+@torch.no_grad()
+def _frozen_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits in eval mode (batch-norm running statistics neither used for training nor updated);
+    every module's training flag is restored afterwards."""
+    model = getattr(model, "module", model)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return model(x)
+    finally:
+        for m, t in modes:
+            m.training = t
+
+
 def standard(sigma: float = 0.0) -> Objective:
     """CE on clean inputs, or on Gaussian-augmented inputs when sigma > 0."""
 
@@ -55,24 +96,29 @@ def standard(sigma: float = 0.0) -> Objective:
 
 
 def adversarial(
-    make_attack: Callable[[nn.Module], Callable], weight: float = 0.5, sigma: float = 0.0
+    make_attack: Callable[[nn.Module], Callable], weight: float = 0.5, sigma: float = 0.0, draws: int = 1
 ) -> Objective:
-    """(1 - w) CE(f(x + n), y) + w CE(f(x_adv + n), y); n ~ N(0, sigma^2) when sigma > 0 (eq. 23)."""
+    """(1 - w) L(x) + w L(x_adv) with L(x) = mean_j CE(f(x + n_j), y) over ``draws`` noise draws
+    n_j ~ N(0, sigma^2) (no noise when sigma = 0: paper eq. 6; eq. 23 with it).
+
+    With w = 1 (Madry) the clean batch is not trained on: its accuracy is measured in eval mode,
+    so batch-norm running statistics see only the adversarial batches.
+    """
     if not 0.0 <= weight <= 1.0:
         raise ConfigError(f"adversarial weight must lie in [0, 1], got {weight}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ConfigError(f"draws must be an integer >= 1, got {draws!r}")
 
     def step(model, x, y, generator=None):
         # The attack runs on the plain module (a DDP wrapper would expect a parameter backward).
         x_adv = make_attack(getattr(model, "module", model))(x, y, generator=generator).detach()
-        logits_adv = model(_noisy(x_adv, sigma, generator))
-        loss = weight * F.cross_entropy(logits_adv, y)
-        logits = None
+        loss_adv, logits_adv = _noisy_ce(model, x_adv, y, sigma, draws, generator)
+        loss = weight * loss_adv
         if weight < 1.0:
-            logits = model(_noisy(x, sigma, generator))
-            loss = loss + (1.0 - weight) * F.cross_entropy(logits, y)
+            loss_clean, logits = _noisy_ce(model, x, y, sigma, draws, generator)
+            loss = loss + (1.0 - weight) * loss_clean
         else:
-            with torch.no_grad():
-                logits = model(x)
+            logits = _frozen_forward(model, _noisy(x, sigma, generator))
         return Step(loss, int((logits.argmax(1) == y).sum()), int((logits_adv.argmax(1) == y).sum()))
 
     return step
@@ -112,6 +158,30 @@ def trades(
     return step
 
 
+def check_input_noise(objective: str, sigma: float, layer_sigma: float | None) -> float:
+    """The input-noise std the objective itself must add, given the std ``layer_sigma`` of the
+    model's cni-i layer (None without one): one source of truth, never two stacked.
+
+    Without a layer: ``sigma``. With one: 0.0 (the layer's noise is inside every forward, so the
+    attack and the loss both see it, as in the reference code); an objective that adds its own
+    input noise, or a ``sigma`` > 0 different from the layer's, is a ConfigError.
+    """
+    if layer_sigma is None:
+        return sigma
+    if objective in INPUT_NOISE_OBJECTIVES:
+        raise ConfigError(
+            f"objective {objective} adds Gaussian input noise itself, and the model already has a cni-i"
+            f" input-noise layer (sigma {layer_sigma:g}): the two would stack; use --objective"
+            " adversarial / standard / trades with the layer, or drop --noise cni-i"
+        )
+    if sigma > 0 and abs(sigma - layer_sigma) > 1e-9 * max(1.0, layer_sigma):
+        raise ConfigError(
+            f"--sigma {sigma:g} differs from the model's cni-i input-noise sigma {layer_sigma:g}; the"
+            f" cni-i layer takes its std from --sigma: pass --sigma {layer_sigma:g} (or 0)"
+        )
+    return 0.0
+
+
 def build_objective(
     name: str,
     eps: float = 0.3,
@@ -122,22 +192,30 @@ def build_objective(
     sigma: float = 0.0,
     m_train: int = 8,
 ) -> Objective:
-    """An objective by name: standard | gaussian | adversarial | trades | cni-iw | epgd | smoothadv."""
+    """An objective by name: standard | gaussian | adversarial | trades | cni-iw | epgd | smoothadv.
+
+    ``sigma`` (pixel units) is the Gaussian input noise the objective adds: gaussian, cni-iw, epgd
+    and smoothadv need sigma > 0; adversarial with sigma > 0 is cni-iw. With input noise the
+    attack sees it too (cni-iw / adversarial: one draw per PGD step; epgd / smoothadv: m_train).
+    """
     alpha = 2.5 * eps / steps if alpha is None else alpha
+    if name in INPUT_NOISE_OBJECTIVES and sigma <= 0:
+        raise ConfigError(
+            f"the {name} objective trains on Gaussian input noise: it needs --sigma > 0 (pixel units)"
+        )
+    noise = NoiseDistribution("gaussian", sigma)
     if name == "standard":
         return standard()
     if name == "gaussian":
-        if sigma <= 0:
-            raise ConfigError("the gaussian objective needs --sigma > 0 (pixel units)")
         return standard(sigma)
     if name in ("adversarial", "cni-iw"):
-        if name == "cni-iw" and sigma <= 0:
-            raise ConfigError("cni-iw (adversarial training with input noise) needs --sigma > 0")
-        return adversarial(lambda model: PGD(model, eps, alpha, steps), weight, sigma)
+        if sigma > 0:  # the reference code's noise inside the forward: PGD on one noisy draw per step
+            return adversarial(lambda model: EPGD(model, noise, 1, eps, alpha, steps), weight, sigma)
+        return adversarial(lambda model: PGD(model, eps, alpha, steps), weight)
     if name == "trades":
         return trades(eps, alpha, steps, beta)
     if name in ("epgd", "smoothadv"):
         cls = EPGD if name == "epgd" else SmoothAdv
-        noise = NoiseDistribution("gaussian", sigma)
-        return adversarial(lambda model: cls(model, noise, m_train, eps, alpha, steps), weight)
+        make = lambda model: cls(model, noise, m_train, eps, alpha, steps)  # noqa: E731
+        return adversarial(make, weight, sigma, draws=m_train)
     raise ConfigError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")

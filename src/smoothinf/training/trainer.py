@@ -15,14 +15,26 @@ from smoothinf.data import load_splits
 from smoothinf.distributed import all_reduce_sum, barrier, init_distributed
 from smoothinf.errors import ConfigError
 from smoothinf.models import create_model_for, list_models, load_checkpoint, save_checkpoint
-from smoothinf.noise import NOISE_KINDS, inject_noise, mean_noise_level, param_groups
-from smoothinf.training.objectives import OBJECTIVES, build_objective
+from smoothinf.noise import NOISE_KINDS, inject_noise, input_noise_std, mean_noise_level, param_groups
+from smoothinf.training.objectives import (
+    INPUT_NOISE_OBJECTIVES,
+    OBJECTIVES,
+    build_objective,
+    check_input_noise,
+)
 from smoothinf.utils import dataclass_from_yaml, resolve_device, seed_everything
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; ``validate()`` runs before any work starts."""
+    """Everything a training run needs; ``validate()`` runs before any work starts.
+
+    ``sigma`` (pixel units) is the one input-noise std: of the objective's Gaussian noise
+    (gaussian / cni-iw / epgd / smoothadv) or of the ``noise: cni-i`` layer, never both.
+    ``noise_init`` initialises the PNI/CNI weight-noise parameters only. ``noise_weight_decay``:
+    weight decay of the noise parameters (0 as in PNI; the paper's reference code uses
+    ``weight_decay`` for them too, see docs/training-fidelity.md).
+    """
 
     data: str = "mnist"
     root: str | None = None
@@ -42,6 +54,7 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    noise_weight_decay: float = 0.0
     schedule: str = "constant"
     milestones: list[int] = field(default_factory=list)
     epochs: int = 1
@@ -83,6 +96,21 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.eps < 0 or self.sigma < 0:
             raise ConfigError("eps and sigma must be >= 0 (pixel units)")
+        if self.weight_decay < 0 or self.noise_weight_decay < 0:
+            raise ConfigError("weight_decay and noise_weight_decay must be >= 0")
+        if self.objective in INPUT_NOISE_OBJECTIVES and self.sigma <= 0:
+            raise ConfigError(
+                f"the {self.objective} objective trains on Gaussian input noise: it needs --sigma > 0"
+                " (pixel units)"
+            )
+        if self.noise == "cni-i" and self.objective in INPUT_NOISE_OBJECTIVES:
+            raise ConfigError(
+                f"--noise cni-i and --objective {self.objective} would both add input noise of std"
+                " --sigma; use the cni-i layer with --objective adversarial / standard / trades, or"
+                f" --objective {self.objective} without --noise cni-i"
+            )
+        if self.noise == "cni-i" and self.init is None and self.sigma <= 0:
+            raise ConfigError("--noise cni-i takes its input-noise std from --sigma: pass --sigma > 0")
         if self.init is not None and not Path(self.init).exists():
             raise ConfigError(f"--init checkpoint {self.init} not found")
 
@@ -151,6 +179,13 @@ def _keep_best(cfg: TrainConfig, out: Path, model: torch.nn.Module, record: dict
         save_checkpoint(best_path, model, {"dataset": cfg.data, "training": asdict(cfg), "metrics": record})
 
 
+def _inject(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Add ``cfg.noise`` layers: weight noise initialised at ``noise_init``, cni-i of std ``sigma``."""
+    if cfg.noise == "cni-i" and cfg.sigma <= 0:
+        raise ConfigError("--noise cni-i takes its input-noise std from --sigma: pass --sigma > 0")
+    inject_noise(model, cfg.noise, rank=cfg.noise_rank, init=cfg.noise_init, sigma=cfg.sigma)
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train per ``cfg``; checkpoints ``out/last.pt`` + ``out/model.safetensors`` every epoch.
 
@@ -173,23 +208,31 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         recorded = getattr(model, "smoothinf_noise", None) or {}
         kinds = {c["kind"] for c in recorded.get("stack", [recorded])} if recorded else set()
         if cfg.noise and cfg.noise not in kinds:
-            inject_noise(model, cfg.noise, rank=cfg.noise_rank, init=cfg.noise_init, sigma=cfg.noise_init)
+            _inject(model, cfg)
     else:
         model = create_model_for(cfg.model, info)
         if cfg.noise:
-            inject_noise(model, cfg.noise, rank=cfg.noise_rank, init=cfg.noise_init, sigma=cfg.noise_init)
+            _inject(model, cfg)
+    objective_sigma = check_input_noise(cfg.objective, cfg.sigma, input_noise_std(model))
     model = model.to(device)
     base_model = model
     if info_dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    groups = param_groups(base_model, cfg.weight_decay)
+    groups = param_groups(base_model, cfg.weight_decay, cfg.noise_weight_decay)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     else:
         opt = torch.optim.Adam(groups, lr=cfg.lr)
     sched = _scheduler(cfg, opt)
     objective = build_objective(
-        cfg.objective, cfg.eps, cfg.alpha, cfg.attack_steps, cfg.adv_weight, cfg.beta, cfg.sigma, cfg.m_train
+        cfg.objective,
+        cfg.eps,
+        cfg.alpha,
+        cfg.attack_steps,
+        cfg.adv_weight,
+        cfg.beta,
+        objective_sigma,
+        cfg.m_train,
     )
     out = Path(cfg.out)
     if info_dist.is_main:
