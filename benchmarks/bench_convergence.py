@@ -2,7 +2,7 @@
 
 For each checkpoint, sigma and vote (m draws): the preset (PGD-20 on the base model, APGD-CE on the
 expected softmax and APGD-DLR on the expected loss through the noise, judged by the smoothed
-classifier), the same preset with twice the steps and draws, and AutoAttack ``rand`` (APGD-CE +
+classifier; run as a cascade like AutoAttack), the same preset with twice the steps and draws, and AutoAttack ``rand`` (APGD-CE +
 APGD-DLR, EOT 20, on a one-draw soft surrogate: crafted once per sigma, judged with every vote).
 Every accuracy is judged by the defended classifier with fresh noise (m draws). Targets (issue 11):
 preset worst case <= AutoAttack rand + 1 image, in <= half its wall time; doubling moves < 1 point.
@@ -75,7 +75,7 @@ def main() -> None:
                 for scale in (1, 2):
                     attacks = preset_attacks("default", model, args.eps, noise=sigma, judge=g, scale=scale)
                     start = time.perf_counter()
-                    r = robust_accuracy(g, x, y, attacks, generator=gen(3))
+                    r = robust_accuracy(g, x, y, attacks, generator=gen(3), cascade=True)
                     res[scale] = (r.worst_case_accuracy, time.perf_counter() - start, r.clean_accuracy)
                 (w1, s1, c1), (w2, s2, _) = res[1], res[2]
                 cells = [label, f"{sigma:g}", vote, f"{100 * c1:.0f}", f"{100 * w1:.0f}", f"{s1:.0f}"]

@@ -98,3 +98,38 @@ def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model(
     assert not conv["flag"] and conv["extra"] <= conv["tolerance"]
     assert smooth["budget"]["apgd-ce"]["gradients"] == 20 * 4
     assert "convergence" not in base["checks"]  # deterministic rows: AutoAttack is the check
+
+
+def test_cascade_runs_later_attacks_only_on_robust_examples_with_the_same_worst_case():
+    from smoothinf.attacks import robust_accuracy
+
+    model = _linear10()
+    x, y = _data(model, 10)
+    w = model[1].weight
+
+    def push(rows: list[int]):
+        """An 'attack' moving examples whose index is in rows to a point of another class."""
+        seen = []
+
+        def attack(xb, yb, generator=None):
+            seen.append(xb.shape[0])
+            out = xb.clone()
+            for i in range(xb.shape[0]):
+                idx = int(torch.nonzero((x == xb[i]).flatten(1).all(1))[0])
+                if idx in rows:
+                    other = (yb[i] + 1) % 10
+                    out[i] = (xb[i] + 0.5 * (w[other] - w[yb[i]]).sign().view_as(xb[i])).clamp(0, 1)
+            return out
+
+        attack.seen = seen
+        return attack
+
+    a1, a2 = push([0, 1, 2]), push([2, 3])
+    full = robust_accuracy(model, x, y, {"a1": a1, "a2": a2})
+    b1, b2 = push([0, 1, 2]), push([2, 3])
+    casc = robust_accuracy(model, x, y, {"a1": b1, "a2": b2}, cascade=True)
+    fooled1 = int((~full.correct["a1"]).sum())
+    assert fooled1 >= 2 and sum(a2.seen) == 10 and sum(b2.seen) == 10 - fooled1
+    assert torch.equal(casc.robust, full.robust)
+    assert casc.accuracy["a2"] == casc.worst_case_accuracy == full.worst_case_accuracy
+    assert casc.accuracy["a1"] == full.accuracy["a1"]

@@ -66,6 +66,7 @@ def robust_accuracy(
     generator: torch.Generator | None = None,
     batch_size: int = 256,
     keep_adversarial: bool = False,
+    cascade: bool = False,
 ) -> RobustResult:
     """Run every attack on the examples the defended classifier gets right and judge with it.
 
@@ -76,6 +77,9 @@ def robust_accuracy(
             (base model, EPGD on the noise, a transfer source): success is never judged by it.
         batch_size: examples per attack call.
         keep_adversarial: also return each attack's x_adv (x where it was not run).
+        cascade: run each attack only on the examples every earlier attack failed on (AutoAttack's
+            practice): the worst case is the same, the cost lower, and ``accuracy[name]`` becomes the
+            robust accuracy after the attacks up to ``name`` (cumulative, non-increasing).
     """
     if not isinstance(attacks, Mapping):
         raise SmoothinfError("attacks must be a mapping name -> attack")
@@ -92,7 +96,9 @@ def robust_accuracy(
         adversarial: dict[str, torch.Tensor] = {}
         idx = clean.nonzero().squeeze(1)  # attack only what the defence classifies correctly
         for name, attack in attacks.items():
-            ok = torch.zeros_like(clean)
+            if cascade:
+                idx = robust.nonzero().squeeze(1)
+            ok = robust.clone() if cascade else torch.zeros_like(clean)
             x_adv_all = x.clone() if keep_adversarial else None
             for ib in idx.split(batch_size):
                 xb, yb = x[ib], y[ib]

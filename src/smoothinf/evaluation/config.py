@@ -32,6 +32,7 @@ _IDENTITY = (
     "blackbox_check",
     "convergence_check",
     "square_queries",
+    "cascade",
 )
 
 
@@ -51,7 +52,9 @@ class EvalConfig:
     Cross-checks on the first ``check_examples`` examples (0: off): ``autoattack_check`` (the
     official AutoAttack, rand for randomised rows), ``blackbox_check`` (Square with
     ``square_queries`` queries: gradient masking), ``convergence_check`` (the strongest attack of a
-    smoothed row with twice the steps and draws).
+    smoothed row with twice the steps and draws). ``cascade`` (default: on with the ``default``
+    preset) runs each attack only on the examples the earlier ones left robust, as AutoAttack does;
+    per-attack accuracies are then cumulative.
     """
 
     checkpoint: str = ""
@@ -76,6 +79,7 @@ class EvalConfig:
     blackbox_check: bool = True
     convergence_check: bool = True
     square_queries: int = 1000
+    cascade: bool | None = None
     noise: str = "gaussian"
     runs: int = 3
     seed: int = 0
@@ -103,6 +107,10 @@ class EvalConfig:
             raise ConfigError("m, runs, steps and attack_m must be >= 1")
         if self.apgd_steps < 1 or self.square_queries < 1 or self.check_examples < 0:
             raise ConfigError("apgd_steps and square_queries must be >= 1 and check_examples >= 0")
+
+    def cascades(self) -> bool:
+        """Whether attacks run as a cascade (see the class docstring)."""
+        return "default" in self.attacks if self.cascade is None else bool(self.cascade)
 
     def settings(self) -> list[tuple[str, float, int]]:
         """(vote, sigma, m) rows: ("none", 0, 1) for the base model, then the grid."""

@@ -117,6 +117,19 @@ def autoattack_for(
     return AutoAttackAdapter(target, "linf", eps, "rand" if randomised else "standard", seed=cfg.seed)
 
 
+def _strongest(acc: dict[str, float], clean: float, cascade: bool) -> str | None:
+    """The attack with the lowest accuracy; in a cascade (cumulative accuracies), the one that
+    fooled the most examples the earlier attacks had left."""
+    if not acc:
+        return None
+    if not cascade:
+        return min(acc, key=acc.get)
+    before, drops = clean, {}
+    for name, a in acc.items():
+        drops[name], before = before - a, a
+    return max(drops, key=drops.get)
+
+
 def _budgets(attacks: dict[str, object]) -> dict[str, dict]:
     return {k: a.budget() for k, a in attacks.items() if callable(getattr(a, "budget", None))}
 
@@ -179,7 +192,7 @@ def _checks(
             "seconds": time.time() - start,
         }
     if cfg.convergence_check and vote != "none" and sigma > 0 and result.accuracy:
-        strongest = min(result.accuracy, key=result.accuracy.get)
+        strongest = _strongest(result.accuracy, result.clean_accuracy, cfg.cascades())
         doubled = build_attacks(model, cfg, vote, sigma, eps, defended, None, scale=2).get(strongest)
         if doubled is not None and idx.numel():
             start = time.time()
@@ -244,10 +257,12 @@ def evaluate(
             gen,
             batch_size=cfg.batch_size,
             keep_adversarial=cfg.convergence_check,
+            cascade=cfg.cascades(),
         )
         attack_seconds = time.time() - start
         checks, robust = _checks(cfg, model, defended, vote, sigma, eps, x, y, result, gen)
         acc = result.accuracy
+        strongest = _strongest(acc, result.clean_accuracy, cfg.cascades())
         records.append(
             {
                 "run": run,
@@ -261,7 +276,8 @@ def evaluate(
                 "attacks": acc,
                 "worst_case": robust.sum().item() / max(int(x.shape[0]), 1),
                 "worst_case_attacks": result.worst_case_accuracy,
-                "strongest": min(acc, key=acc.get) if acc else None,
+                "strongest": strongest,
+                "cascade": cfg.cascades(),
                 "budget": _budgets(attacks),
                 "checks": checks,
                 "seconds": time.time() - start,

@@ -24,15 +24,20 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
         groups[(r["vote"], float(r["sigma"]), int(r["m"]), float(r["eps"]))].append(r)
     rows = {}
     for key, rs in groups.items():
-        names = sorted({a for r in rs for a in r["attacks"]})
+        names = list(dict.fromkeys(a for r in rs for a in r["attacks"]))  # in the order they ran
         attacks = {a: _mean_std([r["attacks"][a] for r in rs if a in r["attacks"]]) for a in names}
+        cascade = bool(rs[0].get("cascade"))
         rows[key] = {
             "runs": len(rs),
             "n": rs[0]["n"],
             "clean": _mean_std([r["clean"] for r in rs]),
             "attacks": attacks,
             "worst_case": _mean_std([r["worst_case"] for r in rs]),
-            "strongest": min(attacks, key=lambda a: attacks[a][0]) if attacks else "-",
+            "strongest": (
+                statistics.mode([r["strongest"] for r in rs])
+                if cascade
+                else min(attacks, key=lambda a: attacks[a][0]) if attacks else "-"
+            ),
             "budget": rs[0].get("budget", {}),
             "checks": _merge_checks([r.get("checks", {}) for r in rs]),
         }
@@ -103,7 +108,7 @@ def _pm(ms: tuple[float, float]) -> str:
 
 def markdown_table(rows: dict[tuple, dict]) -> str:
     """One line per setting and eps; accuracies in percent, mean ± std over runs."""
-    names = sorted({a for row in rows.values() for a in row["attacks"]})
+    names = list(dict.fromkeys(a for row in rows.values() for a in row["attacks"]))
     head = ["setting", "eps", "runs", "clean"] + names + ["worst case", "strongest", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (vote, sigma, m, eps), row in sorted(
@@ -243,7 +248,13 @@ def write_report(
             f"{', '.join(cfg['attacks'])} (budgets below). Accuracies in %, mean ± std over "
             "runs; the worst case counts an example as robust only if every attack failed on it, judged by "
             "the defended (smoothed) classifier with fresh noise; it includes the successes of the "
-            "AutoAttack and black-box cross-checks on their subset.",
+            "AutoAttack and black-box cross-checks on their subset."
+            + (
+                " Attacks ran as a cascade (each only on the examples the earlier ones left robust): "
+                "an attack's column is the robust accuracy after it and every attack left of it."
+                if records[0].get("cascade")
+                else ""
+            ),
             "",
         ]
     parts += ["## Robust accuracy", "", table, ""]
