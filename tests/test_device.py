@@ -59,7 +59,7 @@ def linear_at_margins(device, margins_in_sigma, sigma, shape=(3, 8, 8)):
     k = torch.tensor(margins_in_sigma, dtype=torch.float32)
     t = k * sigma * w.norm()
     x = 0.5 + t[:, None] * w[None] / w.norm() ** 2
-    assert 0 <= x.min() and x.max() <= 1
+    assert x.min() >= 0 and x.max() <= 1
     model = Linear2(w, -0.5 * float(w.sum())).to(device)
     return model, x.view(-1, *shape).to(device), k
 
