@@ -212,18 +212,22 @@ class Bench:
                 smoothed = SmoothedClassifier(model, sigma, m, "hard")
                 gen = self.generator()
 
-                def limit(m=m):
+                def limit(model=model, x=x, m=m):
                     with torch.no_grad():
                         for _ in range(m):
                             model(x)
 
-                def noisy(m=m, gen=gen):
+                def noisy(model=model, x=x, m=m, gen=gen):
                     with torch.no_grad():
                         for _ in range(m):
                             model(torch.empty_like(x).normal_(0.0, sigma, generator=gen).add_(x))
 
                 t = self.times(
-                    {"limit": limit, "noise": noisy, "ours": lambda s=smoothed, gen=gen: s.predict(x, gen)},
+                    {
+                        "limit": limit,
+                        "noise": noisy,
+                        "ours": lambda s=smoothed, x=x, gen=gen: s.predict(x, gen),
+                    },
                     rounds=self.sizes.rounds + (1 if 16 < m <= 256 else 0),
                 )
                 per_chunk = max(1, smoothed.rows_per_forward(x) // n)
@@ -294,7 +298,7 @@ class Bench:
                 smoothed = SmoothedClassifier(model, 0.0, s.noise_m)
                 m = s.noise_m
 
-                def looped(x=x, m=m):
+                def looped(model=model, x=x, m=m):
                     with torch.no_grad():
                         return torch.stack([model(x) for _ in range(m)])
 
@@ -324,7 +328,6 @@ class Bench:
             self.rows.append(Row("EPGD vs EOTPGD", "resnet20", note="skipped: torchattacks not installed"))
             return
         from bench_attacks import InputNoise
-
         from smoothinf.attacks import EPGD, PGD
 
         s = self.sizes
@@ -375,7 +378,6 @@ class Bench:
 
     def training(self) -> None:
         from bench_training import epoch_seconds
-
         from smoothinf.training.trainer import TrainConfig
 
         s = self.sizes
@@ -423,7 +425,8 @@ class Bench:
             self.rows.append(
                 Row(
                     "PGD-AT epoch",
-                    f"{s.train_model}, {s.train_examples} examples, batch {s.train_batch}, k={k}, {precision}",
+                    f"{s.train_model}, {s.train_examples} examples, batch {s.train_batch}, k={k}, "
+                    f"{precision}",
                     at,
                     "(k + 1) standard epochs",
                     (k + 1) * std,
@@ -456,7 +459,8 @@ class Bench:
                 bare,
                 bare / std,
                 None,
-                "ratio < 1: the trainer's loop (host-to-device copies, .item() syncs, progress bar) costs time",
+                "ratio < 1: the trainer's loop (host-to-device copies, .item() syncs, progress bar) "
+                "costs time",
             )
         )
 
