@@ -20,7 +20,14 @@ from scipy.stats import norm
 from smoothinf.attacks import EPGD, PGD, SmoothAdv
 from smoothinf.errors import SmoothinfError
 from smoothinf.models import create_model
-from smoothinf.noise import NoiseDistribution, NoisyLayer, inject_noise, per_draw_noise
+from smoothinf.noise import (
+    NoiseDistribution,
+    NoisyLayer,
+    grad_chunk_rows,
+    inject_noise,
+    per_draw_noise,
+    saved_bytes_per_row,
+)
 from smoothinf.smoothing import SmoothedClassifier, certify, predict_with_abstain, top_k
 from smoothinf.training.objectives import build_objective
 from smoothinf.training.trainer import TrainConfig, train
@@ -277,6 +284,49 @@ def test_attack_without_generator_uses_the_device(device):
     torch.manual_seed(1)
     b = EPGD(model, 0.1, 4, eps=0.05, steps=2)(x, (k > 0).long().to(device))
     assert torch.equal(a, b)  # the global seed reproduces the run through ensure_generator
+
+
+def test_saved_activation_bytes_by_hand(device):
+    """Linear saves its input (12 floats), ReLU its output (5 floats); weights are not counted.
+    The probe leaves training flags and the global RNG as they were, and runs once per shape."""
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 5),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Linear(5, 3),
+    ).to(device)
+    calls = []
+    model[1].register_forward_hook(lambda *_: calls.append(1))
+    x = torch.rand(7, 3, 2, 2, device=device)
+    state = torch.get_rng_state()
+    assert saved_bytes_per_row(model, x) == 4 * (12 + 5)
+    assert saved_bytes_per_row(model, x[:2]) == 4 * (12 + 5) and len(calls) == 1  # cached
+    assert model.training and model[3].training and torch.equal(torch.get_rng_state(), state)
+    assert grad_chunk_rows(model, x, budget_bytes=68 * 10 + 67) == 10
+    assert saved_bytes_per_row(model, torch.rand(7, 3, 4, 1, device=device)) == 4 * (12 + 5)
+    rows = grad_chunk_rows(model, x)
+    assert rows is None if device.type == "cpu" else rows > 1000
+
+
+def test_gradient_chunks_bounded_by_saved_activations(monkeypatch):
+    """The attack's gradient chunks take the memory bound (CUDA's default; forced here on the CPU),
+    its no-grad evaluations do not."""
+    import smoothinf.attacks.pgd as pgd
+
+    sizes = []
+    real = pgd.expected_loss
+
+    def spy(*args, **kwargs):
+        sizes.append((kwargs["need_grad"], kwargs["batch_size"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pgd, "expected_loss", spy)
+    monkeypatch.setattr(pgd, "grad_chunk_rows", lambda model, x: 3 * x.shape[0])
+    model, x, k = linear_at_margins("cpu", [0.5, -0.5], 0.1)
+    EPGD(model, 0.1, 8, eps=0.05, steps=2, restarts=2)(x, (k > 0).long(), gen("cpu"))
+    assert {s for g, s in sizes if g} == {6}
+    assert {s for g, s in sizes if not g} == {pgd.chunk_rows(x)}
 
 
 # ---------------------------------------------------------------------------------------- training
