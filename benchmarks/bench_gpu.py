@@ -10,7 +10,9 @@ warm-up, contenders interleaved round by round (best of each):
    (``SmoothedClassifier.draw_logits``) vs m separate forwards. Target: >= 2x.
 4. attacks: EPGD (m = 8, 10 steps) vs torchattacks.EOTPGD (eot_iter = 8) on resnet20 (and PGD vs
    torchattacks.PGD for reference). Target: >= 2x. Skipped cleanly without torchattacks.
-5. training: a PGD-AT (k = 7, Madry's w = 1) epoch of resnet20 on random CIFAR-shaped data (an
+5. memory: EPGD (m = 8) on wide_resnet28_10, N = 100, default chunking: its gradient chunks must
+   fit the GPU (saved activations bound them); time, peak memory and the rows per forward.
+6. training: a PGD-AT (k = 7, Madry's w = 1) epoch of resnet20 on random CIFAR-shaped data (an
    extracted CIFAR-10 folder written to a temporary directory) through ``train()``, float32 and bf16
    autocast, vs (k + 1) standard epochs of the same precision. Target: <= 1.1x. Also the trainer's
    standard epoch vs a bare loop on device-resident data (the trainer's per-batch overhead).
@@ -44,11 +46,11 @@ import torch.nn.functional as F
 
 from smoothinf.data import get_dataset_info
 from smoothinf.models import create_model_for
-from smoothinf.noise import chunk_rows, inject_noise
+from smoothinf.noise import chunk_rows, grad_chunk_rows, inject_noise, saved_bytes_per_row
 from smoothinf.smoothing import SmoothedClassifier, certify
 from smoothinf.utils import resolve_device
 
-SECTIONS = ("smoothing", "certify", "noise", "attacks", "training")
+SECTIONS = ("smoothing", "certify", "noise", "attacks", "memory", "training")
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Sizes:
     attack_batch: int
     attack_steps: int
     attack_m: int
+    memory_model: tuple[str, dict, int]
     train_model: str
     train_examples: int
     train_batch: int
@@ -86,6 +89,7 @@ FULL = Sizes(
     attack_batch=256,
     attack_steps=10,
     attack_m=8,
+    memory_model=("wide_resnet28_10", {}, 100),
     train_model="resnet20",
     train_examples=45_000,
     train_batch=256,
@@ -105,6 +109,7 @@ SMALL = Sizes(
     attack_batch=4,
     attack_steps=1,
     attack_m=2,
+    memory_model=("wide_resnet", {"depth": 10, "widen_factor": 1}, 2),
     train_model="mnist_cnn_small",
     train_examples=64,
     train_batch=32,
@@ -160,7 +165,7 @@ class Bench:
     def times(self, fns: dict[str, Callable[[], object]], rounds: int | None = None) -> dict[str, float]:
         """Best wall time (s) of each function over interleaved rounds after one warm-up call each,
         with the device synchronised after every call (so each timing holds its own GPU work)."""
-        rounds = self.sizes.rounds if rounds is None else rounds
+        rounds = max(1, self.sizes.rounds if rounds is None else rounds)
         for fn in fns.values():
             fn()
             self.sync()
@@ -228,7 +233,7 @@ class Bench:
                         "noise": noisy,
                         "ours": lambda s=smoothed, x=x, gen=gen: s.predict(x, gen),
                     },
-                    rounds=self.sizes.rounds + (1 if 16 < m <= 256 else 0),
+                    rounds=self.sizes.rounds + (1 if 16 < m <= 256 else -1 if m > 256 else 0),
                 )
                 per_chunk = max(1, smoothed.rows_per_forward(x) // n)
                 self.rows.append(
@@ -373,6 +378,35 @@ class Bench:
                 t["ta_pgd"] / t["pgd"],
                 None,
                 f"{version}; reference, no target",
+            )
+        )
+
+    def memory(self) -> None:
+        """EPGD on a wide model with the default chunking: the gradient chunks are bounded by the
+        saved activations (``grad_chunk_rows``); the 2^25-value chunk alone would not fit."""
+        from smoothinf.attacks import EPGD
+
+        name, kwargs, n = self.sizes.memory_model
+        model = self.model(name, **kwargs)
+        x = self.images(n)
+        y = torch.randint(0, 10, (n,), device=self.device)
+        m = self.sizes.attack_m
+        attack = EPGD(model, 0.1, m, 8 / 255, alpha=2 / 255, steps=2)
+        gen = self.generator()
+        self.reset_peak()
+        t = self.times({"epgd": lambda: attack(x, y, gen)}, rounds=1)
+        per_row = saved_bytes_per_row(model, x)
+        default = min(n * m, chunk_rows(x))
+        bound = grad_chunk_rows(model, x)
+        chunk = default if bound is None else min(default, bound)
+        self.rows.append(
+            Row(
+                "EPGD memory bound",
+                f"{name} N={n} m={m} steps=2",
+                t["epgd"],
+                note=f"{per_row / 2**20:.1f} MiB saved per row; forwards of {max(1, chunk // n) * n} "
+                f"rows (default chunk alone: {default} rows = {default * per_row / 2**30:.1f} GiB of "
+                f"saved activations); {self.peak_note()}",
             )
         )
 
