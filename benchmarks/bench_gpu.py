@@ -8,8 +8,9 @@ warm-up, contenders interleaved round by round (best of each):
    rows per image through plain forwards of the same chunk size. Target: >= 0.9x.
 3. noise: per-draw weight noise (PNI-W, CNI-W on resnet20), m = 32: batched draws
    (``SmoothedClassifier.draw_logits``) vs m separate forwards. Target: >= 2x.
-4. attacks: EPGD (m = 8, 10 steps) vs torchattacks.EOTPGD (eot_iter = 8) on resnet20 (and PGD vs
-   torchattacks.PGD for reference). Target: >= 2x. Skipped cleanly without torchattacks.
+4. attacks: EPGD (m = 8, 10 steps, N = 64 and 256) vs torchattacks.EOTPGD (eot_iter = 8) on
+   resnet20 (and PGD vs torchattacks.PGD for reference). Target: >= 2x. Skipped cleanly without
+   torchattacks.
 5. memory: EPGD (m = 8) on wide_resnet28_10, N = 100, default chunking: its gradient chunks must
    fit the GPU (saved activations bound them); time, peak memory and the rows per forward.
 6. training: a PGD-AT (k = 7, Madry's w = 1) epoch of resnet20 on random CIFAR-shaped data (an
@@ -65,7 +66,7 @@ class Sizes:
     cert_n: int
     noise_batches: tuple[int, ...]
     noise_m: int
-    attack_batch: int
+    attack_batches: tuple[int, ...]
     attack_steps: int
     attack_m: int
     memory_model: tuple[str, dict, int]
@@ -86,7 +87,7 @@ FULL = Sizes(
     cert_n=100_000,
     noise_batches=(16, 128),
     noise_m=32,
-    attack_batch=256,
+    attack_batches=(64, 256),
     attack_steps=10,
     attack_m=8,
     memory_model=("wide_resnet28_10", {}, 100),
@@ -106,7 +107,7 @@ SMALL = Sizes(
     cert_n=16,
     noise_batches=(2,),
     noise_m=4,
-    attack_batch=4,
+    attack_batches=(4,),
     attack_steps=1,
     attack_m=2,
     memory_model=("wide_resnet", {"depth": 10, "widen_factor": 1}, 2),
@@ -336,50 +337,54 @@ class Bench:
         from smoothinf.attacks import EPGD, PGD
 
         s = self.sizes
-        self.reset_peak()
         model = self.model("resnet20")
-        x = self.images(s.attack_batch)
-        y = torch.randint(0, 10, (s.attack_batch,), device=self.device)
         eps, alpha, sigma, k, m = 8 / 255, 2 / 255, 0.1, s.attack_steps, s.attack_m
-        gen = self.generator()
-        ours_pgd = PGD(model, eps, alpha=alpha, steps=k)
-        ta_pgd = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=k, random_start=True)
-        ours_epgd = EPGD(model, sigma, m, eps, alpha=alpha, steps=k)
-        ta_eot = torchattacks.EOTPGD(InputNoise(model, sigma), eps=eps, alpha=alpha, steps=k, eot_iter=m)
-        t = self.times(
-            {
-                "epgd": lambda: ours_epgd(x, y, gen),
-                "eot": lambda: ta_eot(x, y),
-                "pgd": lambda: ours_pgd(x, y, gen),
-                "ta_pgd": lambda: ta_pgd(x, y),
-            },
-            rounds=s.rounds + (k >= 10),
-        )
         version = f"torchattacks {torchattacks.__version__}"
-        self.rows.append(
-            Row(
-                "EPGD vs EOTPGD",
-                f"resnet20 N={s.attack_batch} steps={k} m={m} sigma={sigma}",
-                t["epgd"],
-                "torchattacks.EOTPGD (m sequential forwards)",
-                t["eot"],
-                t["eot"] / t["epgd"],
-                (">=", 2.0),
-                f"{version}; {self.peak_note()}",
+        for n in s.attack_batches:
+            if self.over_budget():
+                self.rows.append(Row("EPGD vs EOTPGD", f"resnet20 N={n}", note="skipped: budget"))
+                continue
+            self.reset_peak()
+            x = self.images(n)
+            y = torch.randint(0, 10, (n,), device=self.device)
+            gen = self.generator()
+            ours_pgd = PGD(model, eps, alpha=alpha, steps=k)
+            ta_pgd = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=k, random_start=True)
+            ours_epgd = EPGD(model, sigma, m, eps, alpha=alpha, steps=k)
+            ta_eot = torchattacks.EOTPGD(InputNoise(model, sigma), eps=eps, alpha=alpha, steps=k, eot_iter=m)
+            t = self.times(
+                {
+                    "epgd": lambda a=ours_epgd, x=x, y=y, gen=gen: a(x, y, gen),
+                    "eot": lambda a=ta_eot, x=x, y=y: a(x, y),
+                    "pgd": lambda a=ours_pgd, x=x, y=y, gen=gen: a(x, y, gen),
+                    "ta_pgd": lambda a=ta_pgd, x=x, y=y: a(x, y),
+                },
+                rounds=s.rounds + (k >= 10),
             )
-        )
-        self.rows.append(
-            Row(
-                "PGD vs torchattacks.PGD",
-                f"resnet20 N={s.attack_batch} steps={k}",
-                t["pgd"],
-                "torchattacks.PGD",
-                t["ta_pgd"],
-                t["ta_pgd"] / t["pgd"],
-                None,
-                f"{version}; reference, no target",
+            self.rows.append(
+                Row(
+                    "EPGD vs EOTPGD",
+                    f"resnet20 N={n} steps={k} m={m} sigma={sigma}",
+                    t["epgd"],
+                    "torchattacks.EOTPGD (m sequential forwards)",
+                    t["eot"],
+                    t["eot"] / t["epgd"],
+                    (">=", 2.0),
+                    f"{version}; {self.peak_note()}",
+                )
             )
-        )
+            self.rows.append(
+                Row(
+                    "PGD vs torchattacks.PGD",
+                    f"resnet20 N={n} steps={k}",
+                    t["pgd"],
+                    "torchattacks.PGD",
+                    t["ta_pgd"],
+                    t["ta_pgd"] / t["pgd"],
+                    None,
+                    f"{version}; reference, no target",
+                )
+            )
 
     def memory(self) -> None:
         """EPGD on a wide model with the default chunking: the gradient chunks are bounded by the
