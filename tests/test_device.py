@@ -241,6 +241,22 @@ def test_smoothed_draws_get_their_own_weight_noise(device):
     assert torch.allclose(same[:, 0], same[:, 1], atol=1e-5)
 
 
+def test_checkpoint_round_trip_on_device(device, tmp_path):
+    from smoothinf.models import load_checkpoint, save_checkpoint
+    from smoothinf.noise import noise_disabled
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, 3, *CIFAR).eval()
+    inject_noise(model, "cni-w")
+    model.to(device)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, {"dataset": "cifar10"})
+    loaded, _ = load_checkpoint(path, device=device)
+    assert next(loaded.parameters()).device.type == device.type
+    x = torch.rand(3, 3, 32, 32, device=device)
+    with torch.no_grad(), noise_disabled(model), noise_disabled(loaded):
+        assert torch.allclose(loaded(x), model(x), rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ attacks
 @pytest.mark.parametrize("attack", ["pgd", "epgd", "smoothadv", "smoothadv-chunked"])
 def test_attacks_reach_the_linear_optimum(device, attack):
