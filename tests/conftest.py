@@ -1,9 +1,34 @@
-"""Shared test fixtures."""
+"""Shared test fixtures and the ``--device`` option.
+
+``pytest --device cuda`` runs the device-parametrised tests (those taking the ``device`` fixture,
+e.g. tests/test_device.py) on CUDA; every other test is unaffected and runs on the CPU. The
+default ``--device cpu`` keeps the suite exactly as it is without the option.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="device of the tests that take the `device` fixture (default cpu)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--device") == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda given but torch.cuda.is_available() is False")
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The device chosen with ``--device`` (cpu by default)."""
+    return torch.device(request.config.getoption("--device"))
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from smoothinf.attacks.base import (
 from smoothinf.attacks.best import JudgeFn, VisitedPoints, judge_scores, select_strongest
 from smoothinf.errors import ConfigError
 from smoothinf.noise.distributions import NoiseDistribution
-from smoothinf.noise.draws import chunk_rows, noise_layers, weight_noise_values
+from smoothinf.noise.draws import chunk_rows, grad_chunk_rows, noise_layers, weight_noise_values
 
 
 class PGD(Attack):
@@ -46,7 +46,8 @@ class PGD(Attack):
         judge: the defended classifier (e.g. a SmoothedClassifier) that picks, per example, the
             strongest visited point with fresh noise; default: the surrogate the steps follow.
         batch_size: bound on the rows of one forward (draws are chunked above it; default: see
-            ``Attack.rows_per_forward``).
+            ``Attack.rows_per_forward``, and on CUDA also the rows whose saved activations fit half
+            the free GPU memory, ``smoothinf.noise.grad_chunk_rows``).
     """
 
     name = "pgd"
@@ -88,6 +89,7 @@ class PGD(Attack):
         self.reduce = "loss"
         self._per_draw = True
         self._weight_values = 0
+        self._grad_rows: int | None = None
 
     def default_alpha(self) -> float:
         """Madry et al.'s step rule 2.5 eps / steps (made for deterministic models)."""
@@ -116,6 +118,9 @@ class PGD(Attack):
     def _expected(
         self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, need_grad: bool, need_probs: bool = True
     ):
+        rows = chunk_rows(x, None, self.batch_size, weight_values=self._weight_values)
+        if need_grad and self._grad_rows is not None:
+            rows = min(rows, self._grad_rows)  # saved activations must fit the GPU's memory
         return expected_loss(
             self.model,
             x,
@@ -125,7 +130,7 @@ class PGD(Attack):
             m=self.m,
             reduce=self.reduce,
             generator=gen,
-            batch_size=chunk_rows(x, None, self.batch_size, weight_values=self._weight_values),
+            batch_size=rows,
             need_grad=need_grad,
             per_draw=self._per_draw,
             need_probs=need_probs,
@@ -164,6 +169,8 @@ class PGD(Attack):
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         self._per_draw = not isinstance(self.model, nn.Module) or bool(noise_layers(self.model))
         self._weight_values = weight_noise_values(self.model) if isinstance(self.model, nn.Module) else 0
+        module = self.batch_size is None and isinstance(self.model, nn.Module)
+        self._grad_rows = grad_chunk_rows(self.model, x) if module else None  # None on the CPU
         n = x.shape[0]
         best = x.clone()
         best_success = torch.zeros(n, dtype=torch.bool, device=x.device)

@@ -1,7 +1,14 @@
 """Noise: input-noise distributions, the per-draw contract, PNI/CNI noise-injection layers."""
 
 from smoothinf.noise.distributions import NOISE_FAMILIES, NoiseDistribution, as_noise
-from smoothinf.noise.draws import chunk_rows, noise_layers, per_draw_noise, weight_noise_values
+from smoothinf.noise.draws import (
+    chunk_rows,
+    grad_chunk_rows,
+    noise_layers,
+    per_draw_noise,
+    saved_bytes_per_row,
+    weight_noise_values,
+)
 from smoothinf.noise.inject import (
     NOISE_KINDS,
     format_noise_summary,
@@ -25,6 +32,7 @@ __all__ = [
     "as_noise",
     "chunk_rows",
     "format_noise_summary",
+    "grad_chunk_rows",
     "inject_noise",
     "input_noise_std",
     "mean_noise_level",
@@ -34,6 +42,7 @@ __all__ = [
     "noise_summary",
     "param_groups",
     "per_draw_noise",
+    "saved_bytes_per_row",
     "set_noise",
     "weight_noise_values",
 ]

@@ -49,10 +49,12 @@ class NoiseDistribution:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        """Draw a noise tensor of ``shape``; zeros when sigma = 0 (no generator state used)."""
-        if device is None and generator is not None:
-            device = generator.device
-        return self.sample_into(torch.empty(shape, device=device, dtype=dtype), generator)
+        """Draw a noise tensor of ``shape`` on ``device`` (default: the generator's); zeros when
+        sigma = 0 (no generator state used). The numbers are drawn on the generator's device and
+        moved to ``device``, so a CPU generator gives the same noise to a CUDA model as on the CPU."""
+        draw_device = generator.device if generator is not None else device
+        out = self.sample_into(torch.empty(shape, device=draw_device, dtype=dtype), generator)
+        return out if device is None else out.to(device)
 
     def sample_into(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Fill ``out`` in place with noise (the same numbers ``sample`` draws) and return it."""

@@ -13,7 +13,9 @@ no transposes. ``rows_for_draws`` builds such rows and ``draw_major`` turns outp
 
 from __future__ import annotations
 
+import itertools
 import math
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -37,6 +39,12 @@ GPU_CHUNK_VALUES = 2**25
 # malloc).
 CPU_WEIGHT_NOISE_VALUES = 2**22
 GPU_WEIGHT_NOISE_VALUES = 2**28
+# With gradients a chunk's forward keeps what autograd saves for the backward pass: per CIFAR row
+# (float32) 2 MiB for resnet20, 11 MiB for resnet110, 87 MiB for wide_resnet28_10, so the GPU bound
+# of 2^25 input values (10922 rows) would need 22, 121 and 930 GiB. Gradient chunks on CUDA are
+# also bounded to this fraction of the memory torch can still use (``grad_chunk_rows``).
+GPU_GRAD_MEMORY_FRACTION = 0.5
+_SAVED_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def noise_layers(model: nn.Module) -> list[nn.Module]:
@@ -102,6 +110,55 @@ def chunk_rows(
         draws = max(1, (GPU_WEIGHT_NOISE_VALUES if cuda else CPU_WEIGHT_NOISE_VALUES) // weight_values)
         rows = min(rows, max(1, x.shape[0]) * draws)
     return rows
+
+
+def saved_bytes_per_row(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd saves for the backward pass per input row like ``x[0]`` (N, C, H, W): one
+    forward of a copy of ``x[:1]`` under saved-tensor hooks, each saved storage counted once, the
+    model's parameters and buffers excluded. The probe runs in eval mode with the RNG states
+    restored afterwards (no side effect); the result is cached per model, input shape, dtype, device
+    and autocast state."""
+    key = (tuple(x.shape[1:]), x.dtype, x.device, torch.is_autocast_enabled(x.device.type))
+    cache = _SAVED_BYTES.setdefault(model, {})
+    if key not in cache:
+        own = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in own:
+                saved[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        modes = [(m, m.training) for m in model.modules()]
+        devices = [x.device] if x.device.type == "cuda" else []
+        try:
+            model.eval()
+            with (
+                torch.random.fork_rng(devices=devices),
+                torch.enable_grad(),
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            ):
+                model(x[:1].detach().clone().requires_grad_(True))
+        finally:
+            for m, training in modes:
+                m.training = training
+        cache[key] = max(1, sum(saved.values()))
+    return cache[key]
+
+
+def grad_chunk_rows(model: nn.Module, x: torch.Tensor, budget_bytes: int | None = None) -> int | None:
+    """Rows of one forward with gradients whose saved activations (``saved_bytes_per_row``) fit
+    ``budget_bytes``; by default, on CUDA, ``GPU_GRAD_MEMORY_FRACTION`` of the memory torch can still
+    use (free device memory plus its cached blocks). None (no bound) on the CPU without a budget,
+    where ``chunk_rows`` keeps chunks small anyway."""
+    if budget_bytes is None:
+        if x.device.type != "cuda":
+            return None
+        free, _ = torch.cuda.mem_get_info(x.device)
+        cached = torch.cuda.memory_reserved(x.device) - torch.cuda.memory_allocated(x.device)
+        budget_bytes = int(GPU_GRAD_MEMORY_FRACTION * (free + cached))
+    return max(1, int(budget_bytes) // saved_bytes_per_row(model, x))
 
 
 def rows_for_draws(

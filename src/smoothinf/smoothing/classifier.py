@@ -88,7 +88,8 @@ class SmoothedClassifier(nn.Module):
         """Noise (draws, N, C, H, W), draw by draw in stream order, sampled into ``out`` (a reusable
         buffer of at least ``draws`` draws) when given."""
         device = generator.device if generator is not None else x.device
-        if out is None or out.device != torch.device(device):
+        # torch.Generator(device="cuda").device has no index: compare the index only when set.
+        if out is None or out.device.type != device.type or device.index not in (None, out.device.index):
             out = torch.empty((draws,) + tuple(x.shape), device=device, dtype=x.dtype)
         noise = out[:draws]
         if self.noise.family != "gaussian" or x.numel() % 16 == 0 or draws == 1:
@@ -205,7 +206,7 @@ class SmoothedClassifier(nn.Module):
             c = counts[:, j].masked_fill(chosen, -1.0)
             pick = c.argmax(1)
             answers.append(pick)
-            chosen[torch.arange(pick.shape[0]), pick] = True
+            chosen[torch.arange(pick.shape[0], device=pick.device), pick] = True
         return torch.stack(answers, 1)
 
 

@@ -21,7 +21,8 @@ def exponential_rank(base: float = 2.0) -> RankWeight:
     """w(r) = base^-r over all classes (the reference code's weighting with base 2)."""
     if base <= 1:
         raise SmoothinfError(f"base must be > 1, got {base}")
-    return lambda rank: torch.pow(torch.as_tensor(base, dtype=torch.float32), -rank.float())
+    # A Python-number base: a CPU tensor base with CUDA ranks is a mixed-device pow.
+    return lambda rank: torch.pow(float(base), -rank.float())
 
 
 def top_k(k: int) -> RankWeight:
