@@ -17,7 +17,7 @@ from smoothinf.errors import ConfigError
 from smoothinf.models import create_model_for, list_models, load_checkpoint, save_checkpoint
 from smoothinf.noise import NOISE_KINDS, inject_noise, mean_noise_level, param_groups
 from smoothinf.training.objectives import OBJECTIVES, build_objective
-from smoothinf.utils import dataclass_from_yaml, resolve_device, seed_everything
+from smoothinf.utils import check_dataclass_types, dataclass_from_yaml, resolve_device, seed_everything
 
 
 @dataclass
@@ -59,6 +59,13 @@ class TrainConfig:
     device: str = "auto"
 
     def validate(self) -> None:
+        check_dataclass_types(self, "train config")
+        for name in ("epochs", "batch_size", "eval_examples", "eval_every", "eval_pgd_steps", "attack_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("m_train", "noise_rank", "max_train_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.model not in list_models():
@@ -75,12 +82,6 @@ class TrainConfig:
             raise ConfigError(f"unknown select_by {self.select_by!r}; use clean, robust or last")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
-        if self.eval_every < 1 or self.eval_pgd_steps < 1:
-            raise ConfigError("eval_every and eval_pgd_steps must be >= 1")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.eps < 0 or self.sigma < 0:
             raise ConfigError("eps and sigma must be >= 0 (pixel units)")
         if self.init is not None and not Path(self.init).exists():
