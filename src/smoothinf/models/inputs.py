@@ -84,15 +84,17 @@ def check_model_input(
     y: torch.Tensor | None = None,
     name: str = "x",
     allow_empty: bool = False,
+    check_device: bool = True,
 ) -> None:
     """Raise a one-line SmoothinfError unless ``x`` (N, C, H, W) fits ``model``.
 
     Checks: a finite float batch in [0, 1] on the model's device (``check_images``), N >= 1
     unless ``allow_empty``, the recorded ``in_channels`` and ``input_size``, the model's dtype
     (float64 into a float32 model), and, when ``y`` is given, integer labels (N,) below the
-    recorded number of classes.
+    recorded number of classes. ``check_device=False`` skips the device test (data still on the
+    CPU, moved batch by batch later).
     """
-    check_images(x, name, device=model_device(model))
+    check_images(x, name, device=model_device(model) if check_device else None)
     if x.shape[0] == 0 and not allow_empty:
         raise SmoothinfError(f"{name} is an empty batch (0 examples); pass at least one image")
     exp = expected_input(model)
