@@ -89,12 +89,12 @@ def _load(args: argparse.Namespace):
     data, _ = load_dataset(name, args.split, args.root)
     x, y = data.tensors(args.max_examples)
     check_data_fits(model, x, y, name, args.split)
-    return model, meta, name, x, y, device
+    return model, meta, name, data, x, y, device
 
 
 def run_predict(args: argparse.Namespace) -> int:
     _check_sigma_alpha(args, certifying=False)
-    model, _, _, x, y, device = _load(args)
+    model, _, _, _, x, y, device = _load(args)
     smoothed = SmoothedClassifier(
         model, args.sigma, args.m, args.vote, args.noise, batch_size=args.batch_size
     )
@@ -116,19 +116,15 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def certify_identity(args: argparse.Namespace, meta: dict, model, name: str, x, y, device) -> dict:
-    """Everything that changes a certify row: weights, data (name, split, examples), sigma, n0, n,
-    alpha, noise, seed, skip, examples per step (the draws of a step are shared) and device type.
-    (``--batch-size``, rows per forward, does not change the draws and may differ on resume.)"""
+def certify_identity(args: argparse.Namespace, meta: dict, model, name: str, data, device) -> dict:
+    """Everything that changes a certify row: weights, data (name, split, a hash of the whole
+    split), sigma, n0, n, alpha, noise, seed, skip, examples per step (the draws of a step are
+    shared) and device type. ``--batch-size`` (rows per forward) does not change the draws and
+    ``--max-examples`` may grow on resume: the table then holds more examples of the same split."""
     return {
         "format": PROVENANCE,
         "weights_sha256": meta.get("weights_sha256") or weights_digest(model),
-        "data": {
-            "name": name,
-            "split": args.split,
-            "examples": int(x.shape[0]),
-            "sha256": tensor_digest(x, y),
-        },
+        "data": {"name": name, "split": args.split, "sha256": tensor_digest(data.images, data.labels)},
         "sigma": float(args.sigma),
         "n0": args.n0,
         "n": args.n,
@@ -198,15 +194,16 @@ def _block_generator(seed: int, block: int, device: torch.device) -> torch.Gener
 
 def run_certify(args: argparse.Namespace) -> int:
     _check_sigma_alpha(args, certifying=True)
-    model, meta, name, x, y, device = _load(args)
+    model, meta, name, data, x, y, device = _load(args)
     out = Path(args.out)
-    identity = certify_identity(args, meta, model, name, x, y, device)
+    identity = certify_identity(args, meta, model, name, data, device)
     done, torn_at = _resume_state(out, identity)
     selected = list(range(0, x.shape[0], args.skip))
     stray = sorted(done - set(selected))
     if stray:
         raise SmoothinfError(
-            f"{out} holds example {stray[0]}, which this run does not certify; use another --out"
+            f"{out} holds example {stray[-1]}, beyond this run's {x.shape[0]} examples; pass"
+            f" --max-examples {stray[-1] + 1} or more, or another --out"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     if not done and torn_at is None:  # a new table: provenance first, then the header
