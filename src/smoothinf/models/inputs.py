@@ -116,3 +116,36 @@ def check_model_input(
         )
     if y is not None:
         check_labels(y, x.shape[0], exp.num_classes)
+
+
+def check_normalization(model: nn.Module, meta: Mapping, path: str) -> None:
+    """Raise a one-line CheckpointError unless every ``Normalize`` std is finite and > 0 and the
+    sidecar's ``normalization`` record (when present) agrees with the loaded buffers."""
+    from smoothinf.errors import CheckpointError
+    from smoothinf.models.normalize import Normalize
+
+    layers = [m for m in model.modules() if isinstance(m, Normalize)]
+    for layer in layers:
+        std = layer.std.flatten()
+        if not (torch.isfinite(std).all() and (std > 0).all()):
+            raise CheckpointError(f"{path}: normalisation std must be > 0 per channel, got {std.tolist()}")
+    record = meta.get("normalization") if isinstance(meta, Mapping) else None
+    if not layers or not isinstance(record, Mapping):
+        return
+    for key in ("mean", "std"):
+        values = record.get(key)
+        if values is None:
+            continue
+        try:
+            recorded = torch.tensor([float(v) for v in values], dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise CheckpointError(
+                f"{path}: sidecar normalization {key} {values!r} is not a list of numbers"
+            ) from None
+        loaded = getattr(layers[0], key).flatten().cpu()
+        if key == "std" and not (recorded > 0).all():
+            raise CheckpointError(f"{path}: sidecar normalization std must be > 0 per channel, got {values}")
+        if recorded.shape != loaded.shape or not torch.allclose(recorded, loaded, rtol=1e-5, atol=1e-6):
+            raise CheckpointError(
+                f"{path}: sidecar normalization {key} {values} disagrees with the weights' {loaded.tolist()}"
+            )
