@@ -29,8 +29,10 @@ from smoothinf.data import (  # noqa: E402
     load_splits,
 )
 from smoothinf.evaluation import EvalConfig, evaluate, write_report  # noqa: E402
+from smoothinf.evaluation.results import ResultsStore, evaluation_identity  # noqa: E402
 from smoothinf.models import (  # noqa: E402
     Normalize,
+    check_model_input,
     create_model,
     create_model_for,
     list_models,
@@ -71,6 +73,7 @@ __all__ = [
     "NAttack",
     "NoiseDistribution",
     "Normalize",
+    "ResultsStore",
     "RobustResult",
     "SmoothAdv",
     "SmoothedClassifier",
@@ -80,9 +83,11 @@ __all__ = [
     "build_attack",
     "build_objective",
     "certify",
+    "check_model_input",
     "create_model",
     "create_model_for",
     "evaluate",
+    "evaluation_identity",
     "exponential_rank",
     "get_dataset_info",
     "inject_noise",
