@@ -86,56 +86,119 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-# (name, argv with {ws} placeholders, words the one-line message must contain)
+# (name, argv, words the one-line message must contain); argv placeholders: {ws} the workspace,
+# {ck} its synthetic checkpoint, {mn} an MNIST-shaped one, {C} certify flags, {T} train flags, {E}
+# the evaluation grid.
 CASES = [
-    ("max-examples negative", "evaluate -c {ws}/run/model.safetensors --max-examples -5", ["--max-examples", ">= 1"]),
-    ("max-examples zero", "evaluate -c {ws}/run/model.safetensors --max-examples 0", ["--max-examples"]),
-    ("predict zero", "predict -c {ws}/run/model.safetensors --sigma 0.1 --max-examples 0", ["--max-examples"]),
-    ("predict m zero", "predict -c {ws}/run/model.safetensors --sigma 0.1 --m 0", ["--m"]),
-    ("certify skip 0", "certify -c {ws}/run/model.safetensors --sigma 0.1 --skip 0 --out {ws}/new.tsv", ["--skip"]),
-    ("certify skip -1", "certify -c {ws}/run/model.safetensors --sigma 0.1 --skip -1 --out {ws}/new.tsv", ["--skip"]),
-    ("certify n 0", "certify -c {ws}/run/model.safetensors --sigma 0.1 --n 0 --out {ws}/new.tsv", ["--n"]),
-    ("certify sigma 0", "certify -c {ws}/run/model.safetensors --sigma 0 --out {ws}/new.tsv", ["--sigma"]),
-    ("certify alpha", "certify -c {ws}/run/model.safetensors --sigma 0.1 --alpha 2 --out {ws}/new.tsv", ["--alpha"]),
-    ("max-train-examples", "train --data synthetic --max-train-examples 0 --out {ws}/new", ["max_train_examples"]),
-    ("threads 0", "evaluate -c {ws}/run/model.safetensors --threads 0", ["--threads"]),
+    ("max-examples negative", "evaluate -c {ck} --max-examples -5", ["--max-examples", ">= 1"]),
+    ("max-examples zero", "evaluate -c {ck} --max-examples 0", ["--max-examples"]),
+    ("predict zero", "predict -c {ck} --sigma 0.1 --max-examples 0", ["--max-examples"]),
+    ("predict m zero", "predict -c {ck} --sigma 0.1 --m 0", ["--m"]),
+    ("certify skip 0", "certify -c {ck} --sigma 0.1 --skip 0 --out {ws}/new.tsv", ["--skip"]),
+    ("certify skip -1", "certify -c {ck} --sigma 0.1 --skip -1 --out {ws}/new.tsv", ["--skip"]),
+    ("certify n 0", "certify -c {ck} --sigma 0.1 --n 0 --out {ws}/new.tsv", ["--n"]),
+    ("certify sigma 0", "certify -c {ck} --sigma 0 --out {ws}/new.tsv", ["--sigma"]),
+    ("certify alpha", "certify -c {ck} --sigma 0.1 --alpha 2 --out {ws}/new.tsv", ["--alpha"]),
+    (
+        "max-train-examples",
+        "train --data synthetic --max-train-examples 0 --out {ws}/new",
+        ["max_train_examples"],
+    ),
+    ("threads 0", "evaluate -c {ck} --threads 0", ["--threads"]),
     ("yaml epochs str", "train --config {ws}/epochs_str.yaml --out {ws}/new", ["epochs", "integer"]),
     ("yaml epochs float", "train --config {ws}/epochs_float.yaml --out {ws}/new", ["epochs", "1.5"]),
     ("yaml lr", "train --config {ws}/lr.yaml --out {ws}/new", ["lr", "number"]),
     ("yaml amp", "train --config {ws}/amp.yaml --out {ws}/new", ["amp", "true/false"]),
-    ("yaml sigmas", "evaluate -c {ws}/run/model.safetensors --config {ws}/sigmas.yaml --results {ws}/n.jsonl", ["sigmas", "list"]),
-    ("yaml runs", "evaluate -c {ws}/run/model.safetensors --config {ws}/runs.yaml --results {ws}/n.jsonl", ["runs", "integer"]),
-    ("yaml attacks", "evaluate -c {ws}/run/model.safetensors --config {ws}/attacks.yaml --results {ws}/n.jsonl", ["attacks", "list"]),
-    ("data vs mnist model", "evaluate -c {ws}/mnist.safetensors --data synthetic", ["(N, 1, 28, 28)", "12"]),
-    ("predict data vs model", "predict -c {ws}/mnist.safetensors --data synthetic --sigma 0.1", ["(N, 1, 28, 28)"]),
-    ("certify data vs model", "certify -c {ws}/mnist.safetensors --data synthetic --sigma 0.1 --out {ws}/new.tsv", ["input_size 28x28"]),
-    ("attack data vs model", "attack --checkpoint {ws}/mnist.safetensors --data synthetic --attack fgsm", ["(N, 1, 28, 28)"]),
-    ("protocol data vs model", "evaluate -c {ws}/mnist.safetensors --data synthetic --attacks pgd --results {ws}/n.jsonl", ["28"]),
-    ("device meta", "evaluate -c {ws}/run/model.safetensors --device meta", ["meta"]),
-    ("resume torn last.pt", "train --data synthetic --epochs 2 --lr 3e-3 --out {ws}/torn --resume", ["last.pt", "truncated"]),
-    ("resume other model", "train --data synthetic --epochs 2 --lr 3e-3 --model mnist_cnn --out {ws}/run --resume", ["model", "mnist_cnn"]),
+    ("yaml sigmas", "evaluate -c {ck} --config {ws}/sigmas.yaml --results {ws}/n.jsonl", ["sigmas", "list"]),
+    ("yaml runs", "evaluate -c {ck} --config {ws}/runs.yaml --results {ws}/n.jsonl", ["runs", "integer"]),
+    (
+        "yaml attacks",
+        "evaluate -c {ck} --config {ws}/attacks.yaml --results {ws}/n.jsonl",
+        ["attacks", "list"],
+    ),
+    ("data vs mnist model", "evaluate -c {mn} --data synthetic", ["(N, 1, 28, 28)", "12"]),
+    ("predict data vs model", "predict -c {mn} --data synthetic --sigma 0.1", ["(N, 1, 28, 28)"]),
+    (
+        "certify data vs model",
+        "certify -c {mn} --data synthetic --sigma 0.1 --out {ws}/new.tsv",
+        ["input_size 28x28"],
+    ),
+    ("attack data vs model", "attack --checkpoint {mn} --data synthetic --attack fgsm", ["(N, 1, 28, 28)"]),
+    (
+        "protocol data vs model",
+        "evaluate -c {mn} --data synthetic --attacks pgd --results {ws}/n.jsonl",
+        ["28"],
+    ),
+    ("device meta", "evaluate -c {ck} --device meta", ["meta"]),
+    ("resume torn last.pt", "{T} --out {ws}/torn --resume", ["last.pt", "truncated"]),
+    ("resume other model", "{T} --model mnist_cnn --out {ws}/run --resume", ["model", "mnist_cnn"]),
     ("resume other lr", "train --data synthetic --epochs 2 --lr 0.5 --out {ws}/run --resume", ["lr", "0.5"]),
-    ("resume other seed", "train --data synthetic --epochs 2 --lr 3e-3 --seed 3 --out {ws}/run --resume", ["seed"]),
-    ("resume other objective", "train --data synthetic --epochs 2 --lr 3e-3 --objective trades --out {ws}/run --resume", ["objective"]),
-    ("train into a run", "train --data synthetic --epochs 1 --out {ws}/run", ["already holds", "--resume", "--overwrite"]),
+    ("resume other seed", "{T} --seed 3 --out {ws}/run --resume", ["seed"]),
+    ("resume other objective", "{T} --objective trades --out {ws}/run --resume", ["objective"]),
+    (
+        "train into a run",
+        "train --data synthetic --epochs 1 --out {ws}/run",
+        ["already holds", "--resume", "--overwrite"],
+    ),
     ("resume and overwrite", "train --data synthetic --out {ws}/run --resume --overwrite", ["exclude"]),
     ("report bad keys", "report {ws}/keys.jsonl --out {ws}/rep", ["missing", "'sigma'"]),
     ("models info cut", "models info -c {ws}/cut.safetensors", ["sha256"]),
     ("no sidecar hint", "evaluate -c {ws}/legacy.pt", ["models convert"]),
     ("sidecar std 0", "evaluate -c {ws}/std0.safetensors --data mnist", ["std", "> 0"]),
-    ("attack sigma without smooth", "attack --checkpoint {ws}/run/model.safetensors --attack fgsm --sigma 0.1", ["--sigma", "--smooth"]),
-    ("attack m without smooth", "attack --checkpoint {ws}/run/model.safetensors --attack fgsm --m 4", ["--m", "--smooth"]),
-    ("attack smooth without sigma", "attack --checkpoint {ws}/run/model.safetensors --attack fgsm --smooth", ["--smooth needs --sigma"]),
-    ("certify other sigma", "certify -c {ws}/run/model.safetensors --sigma 0.5 --n0 5 --n 20 --max-examples 4 --examples-per-step 3 --out {ws}/cert.tsv", ["sigma", "0.25", "0.5"]),
-    ("certify other checkpoint", "certify -c {ws}/mnist.safetensors --data mnist --sigma 0.25 --n0 5 --n 20 --max-examples 4 --examples-per-step 3 --out {ws}/cert.tsv", ["weights_sha256"]),
-    ("certify other split", "certify -c {ws}/run/model.safetensors --split val --sigma 0.25 --n0 5 --n 20 --max-examples 4 --examples-per-step 3 --out {ws}/cert.tsv", ["data.s"]),
-    ("certify other step", "certify -c {ws}/run/model.safetensors --sigma 0.25 --n0 5 --n 20 --max-examples 4 --examples-per-step 2 --out {ws}/cert.tsv", ["examples_per_step"]),
-    ("certify fewer examples", "certify -c {ws}/run/model.safetensors --sigma 0.25 --n0 5 --n 20 --max-examples 2 --examples-per-step 3 --out {ws}/cert.tsv", ["--max-examples 4"]),
-    ("certify table without provenance", "certify -c {ws}/run/model.safetensors --sigma 0.25 --n0 5 --n 20 --max-examples 4 --examples-per-step 3 --out {ws}/old.tsv", ["without a record"]),
-    ("evaluate other steps", "evaluate -c {ws}/run/model.safetensors --results {ws}/r.jsonl " + " ".join(EVAL_GRID).replace("--steps 2", "--steps 3"), ["settings.steps"]),
-    ("evaluate other examples", "evaluate -c {ws}/run/model.safetensors --results {ws}/r.jsonl " + " ".join(EVAL_GRID).replace("--max-examples 8", "--max-examples 9"), ["data.examples"]),
-    ("evaluate other seed", "evaluate -c {ws}/run/model.safetensors --seed 4 --results {ws}/r.jsonl " + " ".join(EVAL_GRID), ["settings.seed"]),
-]  # fmt: skip
+    (
+        "attack sigma without smooth",
+        "attack --checkpoint {ck} --attack fgsm --sigma 0.1",
+        ["--sigma", "--smooth"],
+    ),
+    ("attack m without smooth", "attack --checkpoint {ck} --attack fgsm --m 4", ["--m", "--smooth"]),
+    (
+        "attack smooth without sigma",
+        "attack --checkpoint {ck} --attack fgsm --smooth",
+        ["--smooth needs --sigma"],
+    ),
+    ("certify other sigma", "certify -c {ck} --sigma 0.5 {C} --out {ws}/cert.tsv", ["sigma", "0.25", "0.5"]),
+    (
+        "certify other checkpoint",
+        "certify -c {mn} --data mnist --sigma 0.25 {C} --out {ws}/cert.tsv",
+        ["weights_sha256"],
+    ),
+    ("certify other split", "certify -c {ck} --split val --sigma 0.25 {C} --out {ws}/cert.tsv", ["data.s"]),
+    (
+        "certify other step",
+        "certify -c {ck} --sigma 0.25 --n0 5 --n 20 --max-examples 4"
+        " --examples-per-step 2 --out {ws}/cert.tsv",
+        ["examples_per_step"],
+    ),
+    (
+        "certify fewer examples",
+        "certify -c {ck} --sigma 0.25 --n0 5 --n 20 --max-examples 2"
+        " --examples-per-step 3 --out {ws}/cert.tsv",
+        ["--max-examples 4"],
+    ),
+    (
+        "certify table without provenance",
+        "certify -c {ck} --sigma 0.25 {C} --out {ws}/old.tsv",
+        ["without a record"],
+    ),
+    (
+        "evaluate other steps",
+        "evaluate -c {ck} --results {ws}/r.jsonl {E} --steps 3",
+        ["settings.steps"],
+    ),
+    (
+        "evaluate other examples",
+        "evaluate -c {ck} --results {ws}/r.jsonl {E} --max-examples 9",
+        ["data.examples"],
+    ),
+    ("evaluate other seed", "evaluate -c {ck} --seed 4 --results {ws}/r.jsonl {E}", ["settings.seed"]),
+]
+
+
+def _expand(argv: str, ws: Path) -> str:
+    flags = {"C": "--n0 5 --n 20 --max-examples 4 --examples-per-step 3", "E": " ".join(EVAL_GRID)}
+    flags["T"] = "train --data synthetic --epochs 2 --lr 3e-3"
+    argv = argv.format(ws="{ws}", ck="{ws}/run/model.safetensors", mn="{ws}/mnist.safetensors", **flags)
+    return argv.format(ws=ws)
 
 
 @pytest.mark.parametrize(("argv", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -143,7 +206,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(ws, capsys, argv, words):
     before = _snapshot(ws)
     capsys.readouterr()
     try:
-        code = main(argv.format(ws=ws).split())
+        code = main(_expand(argv, ws).split())
     except SystemExit as exc:  # argparse usage errors
         code = exc.code
     err = capsys.readouterr().err.strip().splitlines()
