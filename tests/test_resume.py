@@ -111,3 +111,32 @@ def test_standard_objective_selects_best_by_clean_accuracy(tmp_path, capsys):
     assert best["selected_by"] == "clean"
     assert best["metrics"]["val_clean"] == max(r["val_clean"] for r in rows)
     assert max(r["val_clean"] for r in rows) > rows[0]["val_clean"]  # epoch 1 is not the best
+
+
+def test_compute_sweep_refuses_another_setting_or_model(tmp_path):
+    from smoothinf.data import load_dataset
+    from smoothinf.errors import ConfigError
+    from smoothinf.evaluation.sweeps import ComputeSweepConfig, compute_sweep
+    from smoothinf.models import create_model_for
+
+    data, info = load_dataset("synthetic", "test")
+    x, y = data.tensors(6)
+    torch.manual_seed(0)
+    model = create_model_for("mnist_cnn_small", info).eval()
+    path = tmp_path / "sweep.jsonl"
+    cfg = dict(sigma=0.1, m=2, eps=0.1, steps=[1], draws=[1], attacks=["pgd"], runs=1)
+    first = compute_sweep(model, x, y, ComputeSweepConfig(**cfg), path, progress=False)
+    kept = path.read_bytes()
+    with pytest.raises(ConfigError, match="settings.sigma"):
+        compute_sweep(model, x, y, ComputeSweepConfig(**{**cfg, "sigma": 0.2}), path, progress=False)
+    weight = next(model.parameters())
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(0.1)
+    with pytest.raises(ConfigError, match="weights_sha256"):
+        compute_sweep(model, x, y, ComputeSweepConfig(**cfg), path, progress=False)
+    assert path.read_bytes() == kept
+    with torch.no_grad():
+        weight.copy_(saved)
+    grown = compute_sweep(model, x, y, ComputeSweepConfig(**{**cfg, "runs": 2}), path, progress=False)
+    assert [r["run"] for r in grown] == [0, 1] and grown[0]["accuracy"] == first[0]["accuracy"]

@@ -167,7 +167,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     out = Path(args.out or Path(args.checkpoint).parent / "compute_sweep")
-    records = compute_sweep(model, x, y, cfg, out / "compute_sweep.jsonl")
+    records = compute_sweep(
+        model, x, y, cfg, out / "compute_sweep.jsonl", weights_sha256=meta.get("weights_sha256")
+    )
     report = write_compute_report(records, out)
     print(report.read_text())
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -160,29 +160,36 @@ class ResultsStore:
     """
 
     def __init__(
-        self, path: str | os.PathLike, fingerprint: str | None = None, identity: Mapping | None = None
+        self,
+        path: str | os.PathLike,
+        fingerprint: str | None = None,
+        identity: Mapping | None = None,
+        key: Callable[[dict], tuple] = row_key,
+        required: tuple[str, ...] = RECORD_KEYS,
+        flag: str = "--results",
     ):
         self.path = Path(path)
+        self.key, self.required, self.flag = key, required, flag
         self.identity = None if identity is None else json.loads(json.dumps(identity, default=str))
         self.fingerprint = fingerprint_of(self.identity) if self.identity is not None else fingerprint
         self._torn_at: int | None = None
         self.records = []
         if self.path.exists():
-            self.records, self._torn_at = _read(self.path, allow_torn_tail=True)
+            self.records, self._torn_at = _read(self.path, allow_torn_tail=True, required=required)
         if self.fingerprint is not None:
             other = [r for r in self.records if r.get("fingerprint") != self.fingerprint]
             if other:
                 if self.identity is not None:
                     raise ConfigError(
-                        mismatch_message(self.path, other[0].get("identity"), self.identity, "--results")
+                        mismatch_message(self.path, other[0].get("identity"), self.identity, flag)
                     )
                 raise ConfigError(
                     f"{self.path} holds results of a different configuration (fingerprint "
-                    f"{other[0].get('fingerprint')}); use another --results file"
+                    f"{other[0].get('fingerprint')}); use another {flag} file"
                 )
 
     def done(self) -> set[tuple]:
-        return {row_key(r) for r in self.records}
+        return {self.key(r) for r in self.records}
 
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +212,9 @@ class ResultsStore:
         self.records.append(record)
 
 
-def _read(path: Path, allow_torn_tail: bool) -> tuple[list[dict], int | None]:
+def _read(
+    path: Path, allow_torn_tail: bool, required: tuple[str, ...] = RECORD_KEYS
+) -> tuple[list[dict], int | None]:
     lines, torn_at = split_torn_tail(path)
     records = []
     for i, line in enumerate(lines, 1):
@@ -222,12 +231,12 @@ def _read(path: Path, allow_torn_tail: bool) -> tuple[list[dict], int | None]:
                     " flags to recompute it, or delete that line"
                 ) from None
             raise ConfigError(f"{path}:{i}: not a JSON line (truncated write?); remove that line") from None
-        missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
+        missing = [k for k in required if not isinstance(record, dict) or k not in record]
         if missing:
             raise ConfigError(
                 f"{path}:{i}: not a smoothinf results record (missing {', '.join(repr(k) for k in missing)})"
             )
-        if not isinstance(record["attacks"], dict):
+        if "attacks" in required and not isinstance(record["attacks"], dict):
             raise ConfigError(f"{path}:{i}: 'attacks' must be an object of attack -> accuracy")
         records.append(record)
     return records, None
