@@ -7,7 +7,9 @@ table runs one bad command line against it and compares a snapshot of every file
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,7 @@ def ws(tmp_path_factory):
     assert main(["certify", "-c", str(ckpt), *CERT, "--out", str(ws / "cert.tsv"), "--device", "cpu"]) == 0
     shutil.copy(ws / "cert.tsv", ws / "old.tsv")  # a table without its provenance sidecar
     assert main(["evaluate", "-c", str(ckpt), *EVAL_GRID, "--results", str(ws / "r.jsonl")]) == 0
+    (ws / "plain.pkl").write_bytes(pickle.dumps({"w": 1}, protocol=4))
     (ws / "keys.jsonl").write_text(json.dumps({"run": 0, "vote": "hard"}) + "\n")
     for name, text in {
         "epochs_str.yaml": 'data: synthetic\nepochs: "two"\n',
@@ -129,6 +132,8 @@ CASES = [
         "evaluate -c {mn} --data synthetic --attacks pgd --results {ws}/n.jsonl",
         ["28"],
     ),
+    ("train init other data", "train --data synthetic --init {mn} --out {ws}/new", ["(N, 1, 28, 28)"]),
+    ("refused pickle", "models info -c {ws}/plain.pkl", ["refused to unpickle"]),
     ("device meta", "evaluate -c {ck} --device meta", ["meta"]),
     ("resume torn last.pt", "{T} --out {ws}/torn --resume", ["last.pt", "truncated"]),
     ("resume other model", "{T} --model mnist_cnn --out {ws}/run --resume", ["model", "mnist_cnn"]),
@@ -289,3 +294,14 @@ def test_attack_data_root_is_a_deprecated_alias(ws, capsys):
     assert "deprecated" in captured.err and json.loads(captured.out.splitlines()[-1])["n"] == 4
     assert main([*args, "--root", str(ws)]) == 0
     assert "deprecated" not in capsys.readouterr().err
+
+
+def test_refused_pickle_raises_without_a_torch_warning(ws):
+    from smoothinf.errors import CheckpointError
+    from smoothinf.models.legacy import read_torch_file
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="refused to unpickle"):
+            read_torch_file(ws / "plain.pkl")
+    assert [str(w.message) for w in caught] == []

@@ -16,6 +16,7 @@ from smoothinf.distributed import all_reduce_sum, barrier, init_distributed
 from smoothinf.errors import CheckpointError, ConfigError
 from smoothinf.models import create_model_for, list_models, load_checkpoint, save_checkpoint
 from smoothinf.models.checkpoint import apply_state_dict
+from smoothinf.models.inputs import check_model_input
 from smoothinf.noise import NOISE_KINDS, inject_noise, mean_noise_level, param_groups
 from smoothinf.training.objectives import OBJECTIVES, build_objective
 from smoothinf.utils import check_dataclass_types, dataclass_from_yaml, resolve_device, seed_everything
@@ -307,6 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         model = create_model_for(cfg.model, info)
         if cfg.noise:
             inject_noise(model, cfg.noise, rank=cfg.noise_rank, init=cfg.noise_init, sigma=cfg.noise_init)
+    check_model_input(model, x[:2], y[:2], name=f"--data {cfg.data}", check_device=False)  # e.g. --init
     model = model.to(device)
     base_model = model
     if info_dist.enabled:
