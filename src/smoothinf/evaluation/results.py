@@ -193,8 +193,8 @@ class ResultsStore:
 
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.fingerprint is not None:
-            record = {**record, "fingerprint": self.fingerprint}
+        if self.fingerprint is not None:  # stamped in place: the caller's record matches the file
+            record["fingerprint"] = self.fingerprint
         if self.identity is not None:
             record["identity"] = self.identity
         if self._torn_at is not None:
