@@ -181,7 +181,8 @@ def _prepare_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> dict | None
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
-    present = [name for name in RUN_FILES if (out / name).exists()]
+    # a lone config.yaml may be the user's own config for this folder: not a run by itself
+    present = [name for name in RUN_FILES if name != "config.yaml" and (out / name).exists()]
     if not resume:
         if present and not overwrite:
             raise ConfigError(
