@@ -71,6 +71,9 @@ def ws(tmp_path_factory):
     shutil.copy(ws / "cert.tsv", ws / "old.tsv")  # a table without its provenance sidecar
     assert main(["evaluate", "-c", str(ckpt), *EVAL_GRID, "--results", str(ws / "r.jsonl")]) == 0
     (ws / "plain.pkl").write_bytes(pickle.dumps({"w": 1}, protocol=4))
+    rows = [json.loads(line) for line in (ws / "r.jsonl").read_text().splitlines()]
+    rows[1]["fingerprint"] = "0123456789abcdef"  # as an older smoothinf could append
+    (ws / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (ws / "keys.jsonl").write_text(json.dumps({"run": 0, "vote": "hard"}) + "\n")
     for name, text in {
         "epochs_str.yaml": 'data: synthetic\nepochs: "two"\n',
@@ -147,6 +150,7 @@ CASES = [
     ),
     ("resume and overwrite", "train --data synthetic --out {ws}/run --resume --overwrite", ["exclude"]),
     ("report bad keys", "report {ws}/keys.jsonl --out {ws}/rep", ["missing", "'sigma'"]),
+    ("report mixed runs", "report {ws}/mixed.jsonl --out {ws}/rep", ["mixes results of 2"]),
     ("models info cut", "models info -c {ws}/cut.safetensors", ["sha256"]),
     ("no sidecar hint", "evaluate -c {ws}/legacy.pt", ["models convert"]),
     ("sidecar std 0", "evaluate -c {ws}/std0.safetensors --data mnist", ["std", "> 0"]),

@@ -247,4 +247,11 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"results file {path} not found")
-    return _read(path, allow_torn_tail=False)[0]
+    records = _read(path, allow_torn_tail=False)[0]
+    prints = sorted({str(r.get("fingerprint")) for r in records})
+    if len(prints) > 1:  # files written before identities existed could mix two models
+        raise ConfigError(
+            f"{path} mixes results of {len(prints)} configurations (fingerprints {', '.join(prints[:3])});"
+            " a report would average them: split the file by fingerprint"
+        )
+    return records
