@@ -48,9 +48,11 @@ _EXPORTS: dict[str, str] = {
         "smoothinf.data",
     ),
     **dict.fromkeys(("EvalConfig", "evaluate", "write_report"), "smoothinf.evaluation"),
+    **dict.fromkeys(("ResultsStore", "evaluation_identity"), "smoothinf.evaluation.results"),
     **dict.fromkeys(
         (
             "Normalize",
+            "check_model_input",
             "create_model",
             "create_model_for",
             "list_models",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import types
+import typing
 from dataclasses import fields
 from pathlib import Path
 
@@ -22,9 +24,14 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SmoothinfError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     try:
-        return torch.device(name)
-    except RuntimeError as exc:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
         raise SmoothinfError(f"unknown device {name!r}; use auto, cpu or cuda") from exc
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SmoothinfError(f"device {name!r} cannot run a model; use auto, cpu or cuda")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SmoothinfError(f"device {name!r} requested but MPS is not available; use --device cpu")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -81,8 +88,91 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None) -> Non
         raise SmoothinfError(f"labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
 
 
+def _type_name(tp) -> str:
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        plural = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
+        return f"a list of {plural.get(args[0], _type_name(args[0]))}" if args else "a list"
+    if args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + (
+            " or null" if type(None) in args else ""
+        )
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value, tp):
+    """``value`` checked against annotation ``tp`` (int, float, bool, str, X | None, list[X]);
+    ints are accepted as floats. Raises TypeError when it does not fit."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return [_coerce(v, args[0]) for v in value] if args else list(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    return value  # other annotations are not checked here
+
+
+def check_config_types(cls, values: dict, source: str = "config") -> dict:
+    """``values`` (field -> value) checked against dataclass ``cls``'s annotations; returns them with
+    ints widened to floats where a float is expected. A wrong type is a one-line ConfigError naming
+    the field, e.g. ``epochs: "two"`` -> ``config: epochs must be an integer, got 'two'``."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        tp = hints.get(key)
+        if tp is None:
+            out[key] = value
+            continue
+        try:
+            out[key] = _coerce(value, tp)
+        except TypeError:
+            hint = " (write it as a YAML list, e.g. [x])" if typing.get_origin(tp) in (list, tuple) else ""
+            raise ConfigError(f"{source}: {key} must be {_type_name(tp)}, got {value!r}{hint}") from None
+    return out
+
+
+def check_dataclass_types(obj, source: str = "config") -> None:
+    """``check_config_types`` on a dataclass instance, writing the widened values back."""
+    values = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    for key, value in check_config_types(type(obj), values, source).items():
+        setattr(obj, key, value)
+
+
 def dataclass_from_yaml(cls, path: str | os.PathLike, **overrides):
-    """Build dataclass ``cls`` from a YAML file; non-None ``overrides`` win; unknown keys are errors."""
+    """Build dataclass ``cls`` from a YAML file; non-None ``overrides`` win; unknown keys and values
+    of the wrong type are one-line ConfigErrors (checked before anything is built or written)."""
     import yaml
 
     try:
@@ -96,6 +186,7 @@ def dataclass_from_yaml(cls, path: str | os.PathLike, **overrides):
     unknown = sorted(set(raw) - {f.name for f in fields(cls)})
     if unknown:
         raise ConfigError(f"{path}: unknown config key(s) {', '.join(unknown)}")
+    raw = check_config_types(cls, raw, str(path))
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**raw)
 

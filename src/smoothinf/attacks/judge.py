@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from smoothinf.errors import SmoothinfError
+from smoothinf.models.inputs import check_model_input
 from smoothinf.utils import check_images, check_labels, model_device
 
 AttackFn = Callable[..., torch.Tensor]
@@ -84,7 +85,7 @@ def robust_accuracy(
     if not isinstance(attacks, Mapping):
         raise SmoothinfError("attacks must be a mapping name -> attack")
     device = model_device(defended) if isinstance(defended, nn.Module) else x.device
-    check_images(x, "x", device)
+    check_model_input(defended, x, y) if isinstance(defended, nn.Module) else check_images(x, "x", device)
     check_labels(y, x.shape[0])
     modes = [(m, m.training) for m in defended.modules()] if isinstance(defended, nn.Module) else []
     if isinstance(defended, nn.Module):

@@ -16,10 +16,56 @@ from smoothinf.errors import SmoothinfError
 SUBCOMMAND_MODULES = ("data", "models", "train", "smoothing", "attack", "evaluation")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``PROG: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def count(minimum: int = 1):
+    """An argparse ``type`` for an integer count >= ``minimum`` (rejects ``-5``, ``0``, ``1.5``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--seed``, shared by every sub-command that computes."""
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    """``--device``, ``--seed`` and ``--threads``, shared by every sub-command that computes."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random draw")
+    parser.add_argument(
+        "--threads",
+        type=count(1),
+        default=None,
+        help="CPU threads for torch (default: $OMP_NUM_THREADS when set, else torch's default)",
+    )
+
+
+def set_threads(threads: int | None) -> int | None:
+    """``torch.set_num_threads``: ``threads`` when given, else ``$OMP_NUM_THREADS`` when it is a
+    positive integer; returns the count applied (None: torch's default left alone).
+
+    Under load torch's default (one thread per core) can be many times slower than one thread.
+    """
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if not env.isdigit() or int(env) < 1:
+            return None
+        threads = int(env)
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
 
 
 def dataset_name(requested: str | None, meta: dict) -> str:
@@ -32,8 +78,16 @@ def dataset_name(requested: str | None, meta: dict) -> str:
     return name
 
 
+def check_data_fits(model, x, y, name: str, split: str) -> None:
+    """One-line error unless the data set's examples fit the checkpoint's recorded input shape,
+    dtype and classes (``--data synthetic`` into an MNIST model, CIFAR into an MNIST model, ...)."""
+    from smoothinf.models.inputs import check_model_input
+
+    check_model_input(model, x, y, name=f"--data {name} ({split} split)", check_device=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="smoothinf",
         description="Smoothed inference for adversarial robustness: train, attack, certify, report.",
     )
@@ -53,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if hasattr(args, "threads"):
+        set_threads(args.threads)
     if os.environ.get("SMOOTHINF_MALLOC_TUNING", "1") != "0":
         from smoothinf.utils import tune_cpu_allocator
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from smoothinf.errors import SmoothinfError
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``attack``."""
     from smoothinf.attacks import list_attacks
-    from smoothinf.cli import add_common_args
+    from smoothinf.cli import add_common_args, count
 
     p = subparsers.add_parser(
         "attack",
@@ -35,31 +36,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="model checkpoint (safetensors + .json sidecar)")
     p.add_argument("--data", default=None, help="data set (default: the checkpoint's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--data-root", default=None, help="folder with the data set's files")
+    p.add_argument("--root", default=None, help="folder with the data set's files")
+    p.add_argument("--data-root", default=None, help=argparse.SUPPRESS)  # deprecated spelling of --root
     p.add_argument("--attack", required=True, choices=list_attacks())
     p.add_argument("--eps", type=float, default=None, help="radius, pixels (default: data's eps_linf)")
     p.add_argument("--alpha", type=float, default=None, help="step size, pixel units (default 2.5*eps/steps)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--steps", type=count(1), default=20)
+    p.add_argument("--restarts", type=count(1), default=1)
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--loss", default="ce", choices=["ce", "cw", "dlr"])
-    p.add_argument("--eot-iter", type=int, default=1, help="pgd/fgsm: model-noise draws per step")
-    p.add_argument("--m-attack", type=int, default=8, help="draws per step: epgd/smoothadv/surrogate")
+    p.add_argument("--eot-iter", type=count(1), default=1, help="pgd/fgsm: model-noise draws per step")
+    p.add_argument("--m-attack", type=count(1), default=8, help="draws per step: epgd/smoothadv/surrogate")
     p.add_argument(
         "--attack-sigma", type=float, default=None, help="epgd/smoothadv noise sigma (default: --sigma)"
     )
     p.add_argument("--source-checkpoint", default=None, help="transfer: the source model")
     p.add_argument("--source-attack", default="pgd", help="transfer: attack run on the source")
-    p.add_argument("--population", type=int, default=100, help="nattack population")
-    p.add_argument("--max-queries", type=int, default=10000, help="nattack query budget per example")
+    p.add_argument("--population", type=count(1), default=100, help="nattack population")
+    p.add_argument("--max-queries", type=count(1), default=10000, help="nattack query budget per example")
     p.add_argument("--version", default="standard", choices=["standard", "rand"], help="autoattack version")
     p.add_argument("--smooth", action="store_true", help="defend with a SmoothedClassifier")
-    p.add_argument("--sigma", type=float, default=0.25, help="smoothing noise std, pixel units")
-    p.add_argument("--m", type=int, default=32, help="smoothing draws per prediction")
+    p.add_argument("--sigma", type=float, default=None, help="with --smooth (required): noise std, pixels")
+    p.add_argument(
+        "--m", type=count(1), default=None, help="with --smooth: draws per prediction (default 32)"
+    )
     p.add_argument("--vote", default="hard", help="hard | weighted | soft | logits")
     p.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "laplace"])
-    p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=256, help="examples per attack call")
+    p.add_argument("--max-examples", type=count(1), default=None)
+    p.add_argument("--batch-size", type=count(1), default=256, help="examples per attack call")
     p.add_argument("--save-adv", default=None, help="write x, x_adv, y, predictions (safetensors)")
     p.add_argument("--save-grid", default=None, help="PNG grid of clean / adversarial pairs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -135,13 +139,34 @@ def save_grid(
     plt.close(fig)
 
 
+def _check_smoothing_flags(args: argparse.Namespace) -> None:
+    """--sigma / --m only mean something with --smooth, and --smooth needs an explicit --sigma."""
+    if args.data_root is not None:
+        if args.root is not None:
+            raise SmoothinfError("pass --root only (--data-root is its deprecated spelling)")
+        print("smoothinf attack: --data-root is deprecated; use --root", file=sys.stderr)
+        args.root = args.data_root
+    if not args.smooth:
+        given = [flag for flag, value in (("--sigma", args.sigma), ("--m", args.m)) if value is not None]
+        if given:
+            raise SmoothinfError(f"{' and '.join(given)} only apply with --smooth (the defended classifier)")
+        return
+    if args.sigma is None:
+        raise SmoothinfError("--smooth needs --sigma (the smoothing noise std, pixel units)")
+    if not args.sigma >= 0:
+        raise SmoothinfError(f"--sigma must be >= 0, got {args.sigma}")
+    if args.m is None:
+        args.m = 32
+
+
 def run_attack(args: argparse.Namespace) -> int:
     from smoothinf.attacks import defended_predict, robust_accuracy
-    from smoothinf.cli import dataset_name
+    from smoothinf.cli import check_data_fits, dataset_name
     from smoothinf.data import get_dataset_info, load_dataset
     from smoothinf.models.checkpoint import load_checkpoint
     from smoothinf.utils import make_generator, resolve_device, seed_everything
 
+    _check_smoothing_flags(args)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     model, meta = load_checkpoint(args.checkpoint, device=device)
@@ -152,10 +177,9 @@ def run_attack(args: argparse.Namespace) -> int:
         if args.norm != "linf":
             raise SmoothinfError("--eps is required with --norm l2")
         eps = info.eps_linf
-    if args.max_examples is not None and args.max_examples < 1:
-        raise SmoothinfError("--max-examples must be >= 1")
-    dataset, _ = load_dataset(data, args.split, args.data_root)
+    dataset, _ = load_dataset(data, args.split, args.root)
     x, y = dataset.tensors(args.max_examples)
+    check_data_fits(model, x, y, data, args.split)
     x, y = x.to(device), y.to(device)
     defended = _smoothed(model, args, args.m, args.vote) if args.smooth else model
     attack = _build(args, model, defended, eps, device)

@@ -6,12 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-from smoothinf.cli import add_common_args, dataset_name
+from smoothinf.cli import add_common_args, check_data_fits, count, dataset_name
 from smoothinf.data import load_dataset
 from smoothinf.errors import SmoothinfError
 from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate, read_results, write_report
 from smoothinf.evaluation.quickstart import QuickstartConfig, run_quickstart
-from smoothinf.models import load_checkpoint
+from smoothinf.evaluation.results import evaluation_identity, weights_digest
+from smoothinf.models import load_checkpoint, read_sidecar
 from smoothinf.training.trainer import accuracy
 from smoothinf.utils import resolve_device
 
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="data set (default: the checkpoint's)")
     p.add_argument("--root", default=None)
     p.add_argument("--split", default=None)
-    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--max-examples", type=count(1), default=None)
     p.add_argument(
         "--attacks",
         nargs="+",
@@ -36,21 +37,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, nargs="+", default=None)
     p.add_argument("--votes", nargs="+", default=None)
     p.add_argument("--sigmas", type=float, nargs="+", default=None)
-    p.add_argument("--ms", type=int, nargs="+", default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--attack-m", type=int, default=None, help="noise draws per attack step")
-    p.add_argument("--apgd-steps", type=int, default=None, help="APGD iterations (default 100)")
+    p.add_argument("--ms", type=count(1), nargs="+", default=None)
+    p.add_argument("--steps", type=count(1), default=None)
+    p.add_argument("--attack-m", type=count(1), default=None, help="noise draws per attack step")
+    p.add_argument("--apgd-steps", type=count(1), default=None, help="APGD iterations (default 100)")
     p.add_argument(
         "--check-examples",
-        type=int,
+        type=count(0),
         default=None,
         help="cross-check the first N examples: AutoAttack, black-box Square, doubled budget (0: off)",
     )
     p.add_argument("--no-autoattack-check", dest="autoattack_check", action="store_false", default=None)
     p.add_argument("--no-blackbox-check", dest="blackbox_check", action="store_false", default=None)
     p.add_argument("--no-convergence-check", dest="convergence_check", action="store_false", default=None)
-    p.add_argument("--square-queries", type=int, default=None, help="queries of the black-box check")
-    p.add_argument("--runs", type=int, default=None)
+    p.add_argument("--square-queries", type=count(1), default=None, help="queries of the black-box check")
+    p.add_argument("--runs", type=count(1), default=None)
     p.add_argument("--results", default=None, help="JSONL results file (appended; resumable)")
     p.add_argument("--report-dir", default=None, help="write report.md, tables and plots here")
     add_common_args(p)
@@ -67,15 +68,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--data", default=None)
     w.add_argument("--root", default=None)
     w.add_argument("--split", default="test")
-    w.add_argument("--max-examples", type=int, default=200)
+    w.add_argument("--max-examples", type=count(1), default=200)
     w.add_argument("--sigma", type=float, default=0.25)
-    w.add_argument("--m", type=int, default=64)
+    w.add_argument("--m", type=count(1), default=64)
     w.add_argument("--vote", default="hard")
     w.add_argument("--eps", type=float, default=None, help="default: the data set's eps")
-    w.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20])
-    w.add_argument("--draws", type=int, nargs="+", default=[1, 4, 16])
+    w.add_argument("--steps", type=count(1), nargs="+", default=[5, 10, 20])
+    w.add_argument("--draws", type=count(1), nargs="+", default=[1, 4, 16])
     w.add_argument("--attacks", nargs="+", default=["pgd", "epgd", "smoothadv"])
-    w.add_argument("--runs", type=int, default=3)
+    w.add_argument("--runs", type=count(1), default=3)
     w.add_argument("--out", default=None, help="folder (default: next to the checkpoint)")
     add_common_args(w)
     w.set_defaults(func=run_sweep)
@@ -84,10 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quickstart", help="MNIST: PGD-AT, smoothed vs base under adaptive attacks, report"
     )
     q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--epochs", type=int, default=6)
-    q.add_argument("--examples", type=int, default=200)
-    q.add_argument("--check-examples", type=int, default=50, help="examples of the cross-checks (0: off)")
-    q.add_argument("--runs", type=int, default=3)
+    q.add_argument("--epochs", type=count(1), default=6)
+    q.add_argument("--examples", type=count(1), default=200)
+    q.add_argument(
+        "--check-examples", type=count(0), default=50, help="examples of the cross-checks (0: off)"
+    )
+    q.add_argument("--runs", type=count(1), default=3)
     q.add_argument("--full", action="store_true", help="the whole test set (slow on CPU)")
     add_common_args(q)
     q.set_defaults(
@@ -142,6 +145,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         name = dataset_name(args.data, meta)
         data, _ = load_dataset(name, split, args.root)
         x, y = data.tensors(args.max_examples)
+        check_data_fits(model, x, y, name, split)
         print(f"{name} {split}: clean accuracy {accuracy(model, x, y):.4f} on {x.shape[0]} examples")
         return 0
     if args.config:
@@ -153,8 +157,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cfg.data = dataset_name(cfg.data, meta)
     data, _ = load_dataset(cfg.data, cfg.split, cfg.root)
     x, y = data.tensors(cfg.max_examples)
+    check_data_fits(model, x, y, cfg.data, cfg.split)
     results = Path(args.results or Path(cfg.checkpoint).parent / "results.jsonl")
-    store = ResultsStore(results, cfg.fingerprint())
+    source_sha = read_sidecar(cfg.transfer_source).get("weights_sha256") if cfg.transfer_source else None
+    identity = evaluation_identity(
+        cfg, meta.get("weights_sha256") or weights_digest(model), x, y, device, source_sha
+    )
+    store = ResultsStore(results, identity=identity)
     evaluate(cfg, model, x, y, store)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
         return 0
@@ -172,6 +181,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     name = dataset_name(args.data, meta)
     data, info = load_dataset(name, args.split, args.root)
     x, y = data.tensors(args.max_examples)
+    check_data_fits(model, x, y, name, args.split)
     cfg = ComputeSweepConfig(
         sigma=args.sigma,
         m=args.m,
@@ -184,7 +194,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     out = Path(args.out or Path(args.checkpoint).parent / "compute_sweep")
-    records = compute_sweep(model, x, y, cfg, out / "compute_sweep.jsonl")
+    records = compute_sweep(
+        model, x, y, cfg, out / "compute_sweep.jsonl", weights_sha256=meta.get("weights_sha256")
+    )
     report = write_compute_report(records, out)
     print(report.read_text())
     return 0

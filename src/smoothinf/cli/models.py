@@ -78,7 +78,7 @@ def _fmt(value) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from smoothinf.models.checkpoint import read_sidecar, sidecar_path
+    from smoothinf.models.checkpoint import _sha256, read_sidecar, sidecar_path
     from smoothinf.models.legacy import extract_state_dict, legacy_scalars, read_torch_file
 
     path = Path(args.checkpoint)
@@ -89,14 +89,19 @@ def run_info(args: argparse.Namespace) -> int:
         state = extract_state_dict(obj, path)
         n = sum(t.numel() for t in state.values())
         print(
-            f"{path}: legacy checkpoint (no sidecar); load it with --arch NAME and its data set's"
-            " normalisation"
+            f"{path}: legacy checkpoint (no sidecar); convert it with `smoothinf models convert -c"
+            f" {path} --arch NAME --dataset DATA -o OUT.safetensors`"
         )
         print(f"  tensors     {len(state)} ({n:,} elements)")
         for key, value in legacy_scalars(obj).items():
             print(f"  {key:<11} {_fmt(value)}")
         return 0
     meta = read_sidecar(path)
+    recorded = meta.get("weights_sha256")
+    if recorded and _sha256(path) != recorded:
+        raise CheckpointError(
+            f"{path}: weights do not match the sidecar's sha256 (file changed, truncated or half-written)"
+        )
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0

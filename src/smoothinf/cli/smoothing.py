@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import csv
+import json
+import os
 import time
 from pathlib import Path
 
@@ -11,10 +12,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from smoothinf.cli import add_common_args, dataset_name
+from smoothinf.cli import add_common_args, check_data_fits, count, dataset_name
 from smoothinf.data import load_dataset
 from smoothinf.errors import SmoothinfError
 from smoothinf.evaluation.report import plot_certified
+from smoothinf.evaluation.results import (
+    mismatch_message,
+    split_torn_tail,
+    tensor_digest,
+    truncate_to,
+    weights_digest,
+)
 from smoothinf.models import load_checkpoint
 from smoothinf.noise import NOISE_FAMILIES
 from smoothinf.smoothing import (
@@ -29,6 +37,7 @@ from smoothinf.smoothing import (
 from smoothinf.utils import make_generator, resolve_device
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+PROVENANCE = "smoothinf-certify"
 RADII = tuple(np.round(np.arange(0.0, 4.01, 0.25), 2))
 
 
@@ -37,8 +46,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data set (default: the checkpoint's)")
     p.add_argument("--root", default=None, help="folder of the data set files (CIFAR)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: by input size)")
+    p.add_argument("--max-examples", type=count(1), default=None)
+    p.add_argument(
+        "--batch-size", type=count(1), default=None, help="rows per forward (default: by input size)"
+    )
     p.add_argument("--noise", default="gaussian", choices=NOISE_FAMILIES)
     add_common_args(p)
 
@@ -47,22 +58,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="accuracy of the smoothed classifier")
     _add_data_args(p)
     p.add_argument("--sigma", type=float, required=True, help="noise std (pixel units)")
-    p.add_argument("--m", type=int, default=32, help="noise draws per example")
+    p.add_argument("--m", type=count(1), default=32, help="noise draws per example")
     p.add_argument("--vote", default="hard", choices=VOTES)
     p.add_argument("--alpha", type=float, default=None, help="abstain unless significant at level alpha")
-    p.add_argument("--examples-per-step", type=int, default=256)
+    p.add_argument("--examples-per-step", type=count(1), default=256)
     p.set_defaults(func=run_predict)
 
     c = subparsers.add_parser("certify", help="L2 certificates of the hard-vote smoothed classifier")
     _add_data_args(c)
     c.add_argument("--sigma", type=float, required=True)
-    c.add_argument("--n0", type=int, default=100)
-    c.add_argument("--n", type=int, default=100_000)
+    c.add_argument("--n0", type=count(1), default=100)
+    c.add_argument("--n", type=count(1), default=100_000)
     c.add_argument("--alpha", type=float, default=0.001)
-    c.add_argument("--skip", type=int, default=1, help="certify every k-th example")
-    c.add_argument("--out", required=True, help="TSV path (resumable: finished indices are skipped)")
-    c.add_argument("--examples-per-step", type=int, default=16)
+    c.add_argument("--skip", type=count(1), default=1, help="certify every k-th example")
+    c.add_argument(
+        "--out",
+        required=True,
+        help="TSV path; resumable: OUT.json records what produced it and a rerun with other settings"
+        " is refused",
+    )
+    c.add_argument(
+        "--examples-per-step", type=count(1), default=16, help="examples per certify call (changes draws)"
+    )
     c.set_defaults(func=run_certify)
+
+
+def _check_sigma_alpha(args: argparse.Namespace, certifying: bool) -> None:
+    if not args.sigma >= 0 or (certifying and args.sigma == 0):
+        raise SmoothinfError(f"--sigma must be {'> 0' if certifying else '>= 0'}, got {args.sigma}")
+    if args.alpha is not None and not 0.0 < args.alpha < 1.0:
+        raise SmoothinfError(f"--alpha must lie in (0, 1), got {args.alpha}")
 
 
 def _load(args: argparse.Namespace):
@@ -71,19 +96,21 @@ def _load(args: argparse.Namespace):
     name = dataset_name(args.data, meta)
     data, _ = load_dataset(name, args.split, args.root)
     x, y = data.tensors(args.max_examples)
-    return model, x, y, device
+    check_data_fits(model, x, y, name, args.split)
+    return model, meta, name, data, x, y, device
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    _check_sigma_alpha(args, certifying=False)
     if args.alpha is not None:
         check_abstain_vote(args.vote)
-    model, x, y, device = _load(args)
+    model, _, _, _, x, y, device = _load(args)
     smoothed = SmoothedClassifier(
         model, args.sigma, args.m, args.vote, args.noise, batch_size=args.batch_size
     )
     gen = make_generator(args.seed, device)
     preds = []
-    step = max(1, args.examples_per_step)
+    step = args.examples_per_step
     for i in tqdm(range(0, x.shape[0], step), desc="predict", unit="batch"):
         xb = x[i : i + step].to(device)
         if args.alpha is None:
@@ -99,65 +126,143 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _done_indices(path: Path) -> set[int]:
-    if not path.exists():
-        return set()
-    with path.open() as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if rows and list(rows[0].keys()) != list(TSV_COLUMNS):
+def certify_identity(args: argparse.Namespace, meta: dict, model, name: str, data, device) -> dict:
+    """Everything that changes a certify row: weights, data (name, split, a hash of the whole
+    split), sigma, n0, n, alpha, noise, seed, skip, examples per step (the draws of a step are
+    shared) and device type. ``--batch-size`` (rows per forward) does not change the draws and
+    ``--max-examples`` may grow on resume: the table then holds more examples of the same split."""
+    return {
+        "format": PROVENANCE,
+        "weights_sha256": meta.get("weights_sha256") or weights_digest(model),
+        "data": {"name": name, "split": args.split, "sha256": tensor_digest(data.images, data.labels)},
+        "sigma": float(args.sigma),
+        "n0": args.n0,
+        "n": args.n,
+        "alpha": float(args.alpha),
+        "noise": args.noise,
+        "seed": args.seed,
+        "skip": args.skip,
+        "examples_per_step": args.examples_per_step,
+        "device": device.type,
+    }
+
+
+def provenance_path(out: Path) -> Path:
+    """The sidecar of a certify TSV: ``OUT.json``."""
+    return Path(str(out) + ".json")
+
+
+def _read_rows(path: Path) -> tuple[list[list[str]], int | None]:
+    """Rows (lists of 6 fields) of a certify TSV and the offset of a torn last line (None: intact)."""
+    lines, torn_at = split_torn_tail(path)
+    if not lines:
+        return [], None
+    if tuple(lines[0].split("\t")) != TSV_COLUMNS:
+        raise SmoothinfError(f"{path} is not a certify TSV (header {lines[0][:60]!r}); choose another --out")
+    rows = []
+    for i, line in enumerate(lines[1:], 2):
+        fields = line.split("\t")
+        try:
+            ok = len(fields) == len(TSV_COLUMNS) and [int(fields[0]), int(fields[2]), float(fields[3])]
+            ok = ok and fields[-1] != "" and float(fields[-1]) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            if torn_at is not None and i == len(lines):
+                return rows, torn_at  # cut mid-write: recompute that example
+            raise SmoothinfError(f"{path}:{i}: malformed certify row {line[:60]!r}; remove that line")
+        rows.append(fields)
+    return rows, (None if torn_at is None else -1)  # -1: complete last row without its newline
+
+
+def _resume_state(out: Path, identity: dict) -> tuple[set[int], int | None]:
+    """Indices already certified in ``out`` under ``identity`` and the torn-line offset; refuses a
+    file produced by anything else with one line naming the differing field."""
+    side = provenance_path(out)
+    if not out.exists() or out.stat().st_size == 0:
+        return set(), None
+    try:
+        recorded = json.loads(side.read_text()) if side.exists() else None
+    except json.JSONDecodeError:
         raise SmoothinfError(
-            f"{path} is not a certify TSV (columns {list(rows[0].keys())}); choose another --out"
-        )
-    return {int(r["idx"]) for r in rows}
+            f"{side}: corrupt provenance JSON; delete {out} and {side.name} to restart"
+        ) from None
+    if recorded != identity:
+        raise SmoothinfError(mismatch_message(out, recorded, identity, "--out"))
+    rows, torn_at = _read_rows(out)
+    return {int(r[0]) for r in rows}, torn_at
 
 
-def _read_tsv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with path.open() as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    return (np.array([float(r["radius"]) for r in rows]), np.array([r["correct"] == "1" for r in rows]))
+def _blocks(selected: list[int], step: int) -> list[list[int]]:
+    return [selected[s : s + step] for s in range(0, len(selected), step)]
+
+
+def _block_generator(seed: int, block: int, device: torch.device) -> torch.Generator:
+    """Each block of examples draws from its own stream, so a resumed run recomputes a block exactly."""
+    return make_generator(int(np.random.SeedSequence([seed, block]).generate_state(1)[0]), device)
 
 
 def run_certify(args: argparse.Namespace) -> int:
+    _check_sigma_alpha(args, certifying=True)
     check_certifiable(args.noise)
-    model, x, y, device = _load(args)
+    model, meta, name, data, x, y, device = _load(args)
     out = Path(args.out)
+    identity = certify_identity(args, meta, model, name, data, device)
+    done, torn_at = _resume_state(out, identity)
+    selected = list(range(0, x.shape[0], args.skip))
+    stray = sorted(done - set(selected))
+    if stray:
+        raise SmoothinfError(
+            f"{out} holds example {stray[-1]}, beyond this run's {x.shape[0]} examples; pass"
+            f" --max-examples {stray[-1] + 1} or more, or another --out"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_indices(out)
-    todo = [i for i in range(0, x.shape[0], max(1, args.skip)) if i not in done]
-    gen = make_generator(args.seed, device)
-    new_file = not out.exists() or out.stat().st_size == 0
-    with out.open("a", newline="") as f:
-        writer = csv.writer(f, delimiter="\t")
-        if new_file:
-            writer.writerow(TSV_COLUMNS)
-        step = max(1, args.examples_per_step)
-        for s in tqdm(range(0, len(todo), step), desc="certify", unit="batch"):
-            idx = todo[s : s + step]
+    if not done and torn_at is None:  # a new table: provenance first, then the header
+        side = provenance_path(out)
+        tmp = side.with_name(side.name + ".tmp")
+        tmp.write_text(json.dumps(identity, indent=1) + "\n")
+        os.replace(tmp, side)
+        out.write_text("\t".join(TSV_COLUMNS) + "\n")
+    elif torn_at is not None and torn_at >= 0:
+        truncate_to(out, torn_at)
+    elif torn_at == -1:
+        with out.open("a") as f:
+            f.write("\n")
+    todo = [
+        (b, block) for b, block in enumerate(_blocks(selected, args.examples_per_step)) if set(block) - done
+    ]
+    with out.open("a") as f:
+        for b, block in tqdm(todo, desc="certify", unit="batch"):
             start = time.time()
             pred, radius = certify(
                 model,
-                x[idx].to(device),
+                x[block].to(device),
                 args.sigma,
                 args.n0,
                 args.n,
                 args.alpha,
                 args.batch_size,
-                gen,
+                _block_generator(args.seed, b, device),
                 args.noise,
             )
-            per = (time.time() - start) / len(idx)
-            for k, i in enumerate(idx):
+            per = (time.time() - start) / len(block)
+            for k, i in enumerate(block):
+                if i in done:
+                    continue
                 correct = int(pred[k].item() == y[i].item())
-                writer.writerow(
-                    [i, y[i].item(), pred[k].item(), f"{radius[k].item():.4f}", correct, f"{per:.3f}"]
+                f.write(
+                    f"{i}\t{y[i].item()}\t{pred[k].item()}\t{radius[k].item():.4f}\t{correct}\t{per:.3f}\n"
                 )
             f.flush()
-    radius, correct = _read_tsv(out)
+            os.fsync(f.fileno())
+    rows, _ = _read_rows(out)
+    radius = np.array([float(r[3]) for r in rows])
+    correct = np.array([r[4] == "1" for r in rows])
     acc = certified_accuracy(radius, correct, RADII)
     print("| radius | " + " | ".join(f"{r:g}" for r in RADII if r <= 1.5 * args.sigma * 4) + " |")
     shown = [a for r, a in zip(RADII, acc, strict=True) if r <= 1.5 * args.sigma * 4]
     print("| certified accuracy | " + " | ".join(f"{a:.3f}" for a in shown) + " |")
     png = out.with_suffix(".png")
     plot_certified(radius, correct, args.sigma, png)
-    print(f"{len(radius)} examples in {out}; plot {png}")
+    print(f"{len(radius)} examples in {out} (provenance {provenance_path(out).name}); plot {png}")
     return 0

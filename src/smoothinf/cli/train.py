@@ -26,7 +26,10 @@ _HELP = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model (standard, PGD-AT, TRADES, noise, EPGD-AT)")
     p.add_argument("--config", default=None, help="YAML config; flags override its values")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/last.pt (same settings; more epochs allowed)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the training run already in OUT")
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("seed", "device"):
             continue
@@ -66,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    metrics = train(cfg, resume=args.resume)
+    metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(
         f"test accuracy {metrics['test_clean']:.4f}; checkpoint {metrics['checkpoint']} "
         f"({metrics['train_seconds']:.0f} s)"

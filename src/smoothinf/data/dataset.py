@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.data import Dataset
 
+from smoothinf.errors import SmoothinfError
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -60,7 +62,13 @@ class ImageDataset(Dataset):
         return self._to_float(self.images[index]), self.labels[index]
 
     def tensors(self, max_examples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """All (or the first ``max_examples``) images as float32 [0, 1] and labels as int64."""
+        """All (or the first ``max_examples`` >= 1) images as float32 [0, 1] and labels as int64."""
+        if max_examples is not None and (
+            isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1
+        ):
+            raise SmoothinfError(
+                f"max_examples must be an integer >= 1 (or None for all), got {max_examples!r}"
+            )
         end = len(self) if max_examples is None else min(max_examples, len(self))
         return self._to_float(self.images[:end]), self.labels[:end]
 

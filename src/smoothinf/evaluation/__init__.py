@@ -3,7 +3,7 @@
 from smoothinf.evaluation.config import EVAL_ATTACKS, EvalConfig
 from smoothinf.evaluation.protocol import build_attacks, build_defended, evaluate
 from smoothinf.evaluation.report import aggregate, markdown_table, write_report
-from smoothinf.evaluation.results import ResultsStore, read_results
+from smoothinf.evaluation.results import ResultsStore, evaluation_identity, read_results, weights_digest
 from smoothinf.evaluation.sanity import Check, run_sanity_checks
 from smoothinf.evaluation.sweeps import ComputeSweepConfig, compute_sweep, write_compute_report
 
@@ -18,9 +18,11 @@ __all__ = [
     "build_defended",
     "compute_sweep",
     "evaluate",
+    "evaluation_identity",
     "markdown_table",
     "read_results",
     "run_sanity_checks",
+    "weights_digest",
     "write_compute_report",
     "write_report",
 ]

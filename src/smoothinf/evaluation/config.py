@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from smoothinf.errors import ConfigError
 from smoothinf.smoothing import VOTES
-from smoothinf.utils import dataclass_from_yaml
+from smoothinf.utils import check_dataclass_types, dataclass_from_yaml
 
 EVAL_ATTACKS = ("default", "fgsm", "pgd", "apgd", "epgd", "smoothadv", "transfer", "nattack", "autoattack")
 # Fields that define what a result means; grid values and run count may grow on resume.
@@ -87,6 +87,10 @@ class EvalConfig:
     device: str = "auto"
 
     def validate(self) -> None:
+        check_dataclass_types(self, "evaluation config")
+        for name in ("max_examples", "restarts", "batch_size", "nattack_population", "nattack_queries"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.checkpoint:
             raise ConfigError("an evaluation needs a checkpoint")
         unknown = [v for v in self.votes if v not in VOTES]

@@ -15,7 +15,7 @@ from smoothinf.data import load_dataset
 from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.protocol import evaluate
 from smoothinf.evaluation.report import write_report
-from smoothinf.evaluation.results import ResultsStore
+from smoothinf.evaluation.results import ResultsStore, evaluation_identity
 from smoothinf.evaluation.sanity import run_sanity_checks
 from smoothinf.models import load_checkpoint
 from smoothinf.smoothing import certify
@@ -61,10 +61,11 @@ def run_quickstart(qc: QuickstartConfig) -> Path:
                 seed=qc.seed,
                 device=str(device),
                 out=str(out / "model"),
-            )
+            ),
+            resume=True,  # an interrupted quickstart continues its own run
         )
     train_seconds = time.time() - start
-    model, _ = load_checkpoint(ckpt, device=device)
+    model, meta = load_checkpoint(ckpt, device=device)
     test, _ = load_dataset("mnist", "test")
     n = None if qc.full else qc.examples
     x, y = test.tensors(n)
@@ -86,7 +87,8 @@ def run_quickstart(qc: QuickstartConfig) -> Path:
         seed=qc.seed,
         device=str(device),
     )
-    store = ResultsStore(out / "results.jsonl", cfg.fingerprint())
+    identity = evaluation_identity(cfg, meta["weights_sha256"], x, y, device)  # a retrained model
+    store = ResultsStore(out / "results.jsonl", identity=identity)  # never mixes with old rows
     evaluate(cfg, model, x, y, store)
     sanity = [c.line() for c in run_sanity_checks(model, x[:200].to(device), y[:200].to(device), 0.3)]
     nc = x.shape[0] if qc.full else qc.certify_examples

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections import defaultdict
@@ -17,6 +16,7 @@ from tqdm import tqdm
 from smoothinf.attacks import EPGD, PGD, SmoothAdv, robust_accuracy
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.report import pyplot
+from smoothinf.evaluation.results import ResultsStore, tensor_digest, weights_digest
 from smoothinf.evaluation.sanity import Check
 from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import VOTES, SmoothedClassifier
@@ -61,18 +61,31 @@ def compute_sweep(
     cfg: ComputeSweepConfig,
     results: str | os.PathLike | None = None,
     progress: bool = True,
+    weights_sha256: str | None = None,
 ) -> list[dict]:
     """Run the sweep; rows already in ``results`` (JSONL, appended) are skipped. PGD takes one
-    draw (it attacks the base model); EPGD / SmoothAdv take each ``draws`` value."""
+    draw (it attacks the base model); EPGD / SmoothAdv take each ``draws`` value.
+
+    ``results`` belongs to one identity (the weights: ``weights_sha256`` or a hash of the state
+    dict, the examples, sigma / m / vote / eps / seed, the device type); a file written for
+    another is refused with one line naming the differing field (steps, draws, attacks and runs
+    may grow)."""
     cfg.validate()
     device = next(model.parameters()).device
+    identity = {
+        "weights_sha256": weights_sha256 or weights_digest(model),
+        "data": {"examples": int(x.shape[0]), "sha256": tensor_digest(x, y)},
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("steps", "draws", "attacks", "runs")},
+        "device": device.type,
+    }
     x, y = x.to(device), y.to(device)
     path = Path(results) if results is not None else None
-    records = (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if path and path.exists()
-        else []
-    )
+    store = None
+    records: list[dict] = []
+    if path is not None:
+        required = ("run", "attack", "steps", "draws", "accuracy")
+        store = ResultsStore(path, identity=identity, key=_key, required=required, flag="--out")
+        records = store.records
     done = {_key(r) for r in records}
     defended = SmoothedClassifier(model, cfg.sigma, cfg.m, cfg.vote)
     noise = NoiseDistribution("gaussian", cfg.sigma)
@@ -104,11 +117,10 @@ def compute_sweep(
             "n": int(x.shape[0]),
             "config": asdict(cfg),
         }
-        records.append(record)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        if store is not None:
+            store.append(record)  # stamps the identity, appends to store.records (= records)
+        else:
+            records.append(record)
     return records
 
 

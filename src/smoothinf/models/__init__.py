@@ -6,6 +6,7 @@
 
 from smoothinf.models import cnn, linear, resnet, wide_resnet  # noqa: F401  (register the zoo)
 from smoothinf.models.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
+from smoothinf.models.inputs import ExpectedInput, check_model_input, expected_input
 from smoothinf.models.legacy import load_legacy_checkpoint
 from smoothinf.models.normalize import ImageClassifier, Normalize
 from smoothinf.models.registry import (
@@ -20,12 +21,15 @@ from smoothinf.models.registry import (
 )
 
 __all__ = [
+    "ExpectedInput",
     "ImageClassifier",
     "ModelSpec",
     "Normalize",
+    "check_model_input",
     "count_parameters",
     "create_model",
     "create_model_for",
+    "expected_input",
     "get_model_spec",
     "list_models",
     "load_checkpoint",

@@ -258,14 +258,18 @@ def load_checkpoint(
     state = read_safetensors(path)
     model = _rebuild(meta, path, arch, overrides)
     apply_state_dict(model, state, path)
+    from smoothinf.models.inputs import check_normalization
+
+    check_normalization(model, meta if not overrides else {}, str(path))
     return model.to(device).eval(), meta
 
 
 def _load_without_sidecar(path: Path, device: torch.device, arch: str | None, overrides: dict):
     if arch is None:
         raise CheckpointError(
-            f"{path}: no sidecar {sidecar_path(path).name}; to load it as a legacy state dict pass the"
-            " architecture (arch= / --arch) and the data set's normalisation"
+            f"{path}: no sidecar {sidecar_path(path).name}; convert a legacy state dict first with"
+            " `smoothinf models convert -c FILE --arch NAME --dataset DATA -o OUT.safetensors`"
+            " (Python: load_checkpoint(path, arch=NAME, dataset=DATA))"
         )
     dataset = overrides.pop("dataset", None)
     if dataset is not None:

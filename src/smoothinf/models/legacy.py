@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -45,13 +46,15 @@ def read_torch_file(path: str | os.PathLike) -> object:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         detail = next((line for line in first if "Unsupported global" in line or "GLOBAL" in line), "")
         raise CheckpointError(
             f"{path}: refused to unpickle: the file holds objects other than tensors (it may try to run code)"
-            + (f"; {detail.strip()}" if detail else "")
+            + (f"; {detail.strip().split(' was not an allowed')[0]}" if detail else "")
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, IndexError) as exc:
         msg = " ".join(str(exc).split())[:200]

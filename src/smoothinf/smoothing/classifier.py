@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from smoothinf.errors import SmoothinfError
+from smoothinf.models.inputs import check_model_input
 from smoothinf.noise.distributions import NoiseDistribution, as_noise
 from smoothinf.noise.draws import chunk_rows, draw_major, noise_layers, per_draw_noise, rows_for_draws
 from smoothinf.smoothing.votes import VOTES, RankWeight, accumulate_votes
-from smoothinf.utils import check_images, model_device
 
 MIN_FREQUENCY = 1e-12  # log vote frequencies are clamped here, away from -inf
 
@@ -80,7 +80,7 @@ class SmoothedClassifier(nn.Module):
         return chunk_rows(x, self.model, self.batch_size)
 
     def _check(self, x: torch.Tensor) -> None:
-        check_images(x, "x", device=model_device(self.model))
+        check_model_input(self.model, x)
 
     def _noise(
         self, x: torch.Tensor, draws: int, generator: torch.Generator | None, out: torch.Tensor | None

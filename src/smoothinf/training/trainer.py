@@ -13,8 +13,10 @@ from tqdm import tqdm
 
 from smoothinf.data import load_splits
 from smoothinf.distributed import all_reduce_sum, barrier, init_distributed
-from smoothinf.errors import ConfigError
+from smoothinf.errors import CheckpointError, ConfigError
 from smoothinf.models import create_model_for, list_models, load_checkpoint, save_checkpoint
+from smoothinf.models.inputs import check_model_input
+from smoothinf.models.state import apply_state_dict
 from smoothinf.noise import NOISE_KINDS, inject_noise, input_noise_std, mean_noise_level, param_groups
 from smoothinf.training.objectives import (
     INPUT_NOISE_OBJECTIVES,
@@ -22,7 +24,7 @@ from smoothinf.training.objectives import (
     build_objective,
     check_input_noise,
 )
-from smoothinf.utils import dataclass_from_yaml, resolve_device, seed_everything
+from smoothinf.utils import check_dataclass_types, dataclass_from_yaml, resolve_device, seed_everything
 
 
 @dataclass
@@ -72,6 +74,13 @@ class TrainConfig:
     device: str = "auto"
 
     def validate(self) -> None:
+        check_dataclass_types(self, "train config")
+        for name in ("epochs", "batch_size", "eval_examples", "eval_every", "eval_pgd_steps", "attack_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("m_train", "noise_rank", "max_train_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.model not in list_models():
@@ -88,12 +97,6 @@ class TrainConfig:
             raise ConfigError(f"unknown select_by {self.select_by!r}; use clean, robust or last")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
-        if self.eval_every < 1 or self.eval_pgd_steps < 1:
-            raise ConfigError("eval_every and eval_pgd_steps must be >= 1")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.eps < 0 or self.sigma < 0:
             raise ConfigError("eps and sigma must be >= 0 (pixel units)")
         if self.weight_decay < 0 or self.noise_weight_decay < 0:
@@ -125,10 +128,132 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(asdict(self), sort_keys=False))
 
 
+# Files of a training run in ``out`` (what --overwrite removes; their presence means "a run is here").
+RUN_FILES = (
+    "last.pt",
+    "metrics.jsonl",
+    "config.yaml",
+    "resume.jsonl",
+    "model.safetensors",
+    "model.safetensors.json",
+    "best.safetensors",
+    "best.safetensors.json",
+)
+# Settings that may change on --resume: they do not alter the epochs already trained. (epochs may
+# grow, except with the cosine schedule, whose learning-rate curve depends on it.)
+RESUME_MAY_CHANGE = ("epochs", "eval_every", "out", "root", "device")
+# Objectives without an attack: their validation PGD accuracy says nothing, select by clean accuracy.
+NON_ADVERSARIAL = ("standard", "gaussian")
+
+
+def selection_metric(cfg: TrainConfig) -> str:
+    """What picks ``best.safetensors``: ``cfg.select_by``, except that ``robust`` means ``clean`` for a
+    non-adversarial objective (a standard model's PGD accuracy is ~0 every epoch, so robust
+    selection would keep epoch 1)."""
+    if cfg.select_by == "robust" and cfg.objective in NON_ADVERSARIAL:
+        return "clean"
+    return cfg.select_by
+
+
+def _read_state(path: Path) -> dict:
+    """``last.pt`` (weights_only); a truncated or corrupt file is a one-line CheckpointError."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError / EOFError / UnpicklingError for cut files
+        msg = " ".join(str(exc).split())[:120]
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({type(exc).__name__}: {msg}); pass --overwrite to start"
+            " over or restore the file"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "epoch"} <= set(state):
+        raise CheckpointError(f"{path} is not a smoothinf training state; pass --overwrite to start over")
+    return state
+
+
+def resume_changes(old: dict, cfg: TrainConfig, trained_epochs: int) -> dict[str, list]:
+    """The settings that differ from the run being resumed, as ``{field: [old, new]}``; refuses
+    (ConfigError naming the field) a change that alters what was trained (seed, lr, objective,
+    model, data, ...), fewer epochs than already trained, or new epochs under a cosine schedule."""
+    new = asdict(cfg)
+    changes = {k: [old.get(k), v] for k, v in new.items() if k in old and old[k] != v}
+    for key, (before, after) in changes.items():
+        if key not in RESUME_MAY_CHANGE:
+            raise ConfigError(
+                f"--resume: {key} was {before!r} for the {trained_epochs} epoch(s) already trained, now"
+                f" {after!r}; only {', '.join(RESUME_MAY_CHANGE)} may change (use a new --out for a new run)"
+            )
+    if cfg.epochs < trained_epochs:
+        raise ConfigError(
+            f"--resume: {trained_epochs} epochs are already trained, --epochs {cfg.epochs} is fewer"
+        )
+    if "epochs" in changes and cfg.schedule == "cosine":
+        raise ConfigError(
+            "--resume: epochs cannot change under the cosine schedule (its lr curve depends on it)"
+        )
+    return changes
+
+
+def _prepare_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> dict | None:
+    """Check ``cfg.out`` before anything is written; returns the state to resume from (or None).
+
+    Without ``resume`` or ``overwrite`` a folder holding another run is refused; with ``resume``
+    the saved state must be readable and trained with the same settings (``resume_changes``)."""
+    import yaml
+
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    # a lone config.yaml may be the user's own config for this folder: not a run by itself
+    present = [name for name in RUN_FILES if name != "config.yaml" and (out / name).exists()]
+    if not resume:
+        if present and not overwrite:
+            raise ConfigError(
+                f"{out} already holds a training run ({present[0]}); pass --resume to continue it,"
+                " --overwrite to replace it, or choose a new --out"
+            )
+        return None
+    state_path = out / "last.pt"
+    if not state_path.exists():
+        if (out / "model.safetensors").exists():
+            raise ConfigError(f"--resume: {out} has a model but no last.pt to resume from; pass --overwrite")
+        return None  # nothing finished yet: start from epoch 0
+    state = _read_state(state_path)
+    old = state.get("config")
+    if old is None and (out / "config.yaml").exists():
+        old = yaml.safe_load((out / "config.yaml").read_text())
+    if not isinstance(old, dict):
+        raise ConfigError(f"--resume: {out} records no training config; pass --overwrite to start over")
+    state["changes"] = resume_changes(old, cfg, int(state["epoch"]))
+    return state
+
+
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _trim_metrics(log_path: Path, epochs: int) -> None:
+    """Keep only the metric rows of the first ``epochs`` epochs (rows past the resumed state, or a
+    torn last line, are dropped so every epoch appears once)."""
+    if not log_path.exists():
+        return
+    keep = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["epoch"]) <= epochs:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, log_path)
 
 
 def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
@@ -168,7 +293,8 @@ def robust_accuracy_pgd(model, x, y, eps, steps, seed, batch_size=500) -> float:
 def _keep_best(cfg: TrainConfig, out: Path, model: torch.nn.Module, record: dict) -> None:
     """Save ``best.safetensors`` when the validation metric chosen by ``select_by`` improves
     (selection on the val split, never on test)."""
-    key = {"clean": "val_clean", "robust": "val_pgd"}.get(cfg.select_by)
+    selected_by = selection_metric(cfg)
+    key = {"clean": "val_clean", "robust": "val_pgd"}.get(selected_by)
     if key is None or key not in record:
         return
     best_path = out / "best.safetensors"
@@ -176,7 +302,8 @@ def _keep_best(cfg: TrainConfig, out: Path, model: torch.nn.Module, record: dict
     if best_path.exists():
         previous = json.loads(Path(str(best_path) + ".json").read_text())["metrics"].get(key, -1.0)
     if record[key] > previous:
-        save_checkpoint(best_path, model, {"dataset": cfg.data, "training": asdict(cfg), "metrics": record})
+        meta = {"dataset": cfg.data, "training": asdict(cfg), "metrics": record, "selected_by": selected_by}
+        save_checkpoint(best_path, model, meta)
 
 
 def _inject(model: torch.nn.Module, cfg: TrainConfig) -> None:
@@ -186,14 +313,18 @@ def _inject(model: torch.nn.Module, cfg: TrainConfig) -> None:
     inject_noise(model, cfg.noise, rank=cfg.noise_rank, init=cfg.noise_init, sigma=cfg.sigma)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train per ``cfg``; checkpoints ``out/last.pt`` + ``out/model.safetensors`` every epoch.
 
     With ``resume`` the run continues after the last finished epoch and ends with the same weights
-    as an uninterrupted run (CPU): batches and attack draws are seeded by (seed, epoch).
+    as an uninterrupted run (CPU): batches and attack draws are seeded by (seed, epoch). Settings
+    that alter what was trained may not change on resume; ``RESUME_MAY_CHANGE`` may, and the
+    changes are logged to ``out/resume.jsonl``. A folder holding another run is refused unless
+    ``overwrite`` (which deletes that run's files, ``RUN_FILES``, first).
     Returns the final metrics (val clean / PGD accuracy, test clean accuracy, wall time).
     """
     cfg.validate()
+    state = _prepare_out(cfg, resume, overwrite)
     device = resolve_device(cfg.device)
     info_dist = init_distributed(device)
     if cfg.batch_size % info_dist.world_size:
@@ -213,6 +344,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         model = create_model_for(cfg.model, info)
         if cfg.noise:
             _inject(model, cfg)
+    check_model_input(model, x[:2], y[:2], name=f"--data {cfg.data}", check_device=False)  # e.g. --init
     objective_sigma = check_input_noise(cfg.objective, cfg.sigma, input_noise_std(model))
     model = model.to(device)
     base_model = model
@@ -235,20 +367,34 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         cfg.m_train,
     )
     out = Path(cfg.out)
-    if info_dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    barrier(info_dist)
     state_path, log_path = out / "last.pt", out / "metrics.jsonl"
     start_epoch = 0
-    if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=True)
-        base_model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    if state is not None:
+        apply_state_dict(base_model, state["model"], state_path)
+        try:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{state_path}: optimizer state does not fit this run ({exc})") from None
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"])
     if info_dist.is_main:
+        if overwrite or state is None:  # a fresh run: no file of an earlier one may survive
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(log_path, start_epoch)
+        if state is not None:
+            event = {"resumed_at_epoch": start_epoch, "changes": state["changes"], "time": time.time()}
+            with (out / "resume.jsonl").open("a") as f:
+                f.write(json.dumps(event) + "\n")
         cfg.to_yaml(out / "config.yaml")
+        if selection_metric(cfg) != cfg.select_by:
+            print(
+                f"select_by robust: objective {cfg.objective!r} is not adversarial;"
+                " best.safetensors is chosen by clean accuracy"
+            )
+    barrier(info_dist)
     start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -324,6 +470,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "epoch": epoch + 1,
+                "config": asdict(cfg),
             },
             state_path,
         )
