@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from smoothinf.evaluation import EvalConfig, evaluate
+from smoothinf.evaluation.report import aggregate, checks_table, markdown_table, row_flags
 
 EPS = 0.02
-from smoothinf.evaluation.report import aggregate, checks_table, markdown_table, row_flags
 
 
 class Masked(nn.Module):
