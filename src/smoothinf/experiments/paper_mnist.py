@@ -56,6 +56,7 @@ class StudyConfig:
     noise_models: list[str] = field(default_factory=list)
     finetunes: list[str] = field(default_factory=list)
     transfer_source: str | None = None
+    data: str = "mnist"
     eps: float = 0.3
     examples: int = 1000
     runs: int = 3
@@ -97,7 +98,7 @@ class StudyConfig:
     def eval_identity(self) -> dict:
         """The fields that define what an evaluation row means."""
         keys = ("eps", "examples", "apgd_steps", "draws", "paper_steps", "transfer_steps")
-        keys += ("autoattack_examples", "seed", "votes", "ms")
+        keys += ("autoattack_examples", "seed", "votes", "ms", "data")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -390,7 +391,8 @@ def evaluate_model(
                     os.fsync(f.fileno())
                 acc = {k: round(float(v.float().mean()), 3) for k, v in list(correct.items())[:2]}
                 log(
-                    f"  {name} run {run} {setting} sigma {sigma} {attack_name}: {acc} ({craft:.1f}+{judge_seconds:.1f} s)"
+                    f"  {name} run {run} {setting} sigma {sigma} {attack_name}: {acc} "
+                    f"({craft:.1f}+{judge_seconds:.1f} s)"
                 )
 
 
@@ -562,7 +564,8 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
                 }
                 f.write(json.dumps(row) + "\n")
                 log(
-                    f"  convergence {attack} {meta}: hard@{max(study.ms)} {row['accuracy'][f'hard@{max(study.ms)}']:.3f}"
+                    f"  convergence {attack} {meta}: hard@{max(study.ms)} "
+                    f"{row['accuracy'][f'hard@{max(study.ms)}']:.3f}"
                 )
 
     _run_step(out, "convergence", fp, [path], work, log)
@@ -652,7 +655,7 @@ def run_study(
             refs[name] = _train_step(configs, name, out, study, refs, log)
     evaluated = study.models + study.finetunes
     if stop_after != "train":
-        splits, _ = load_splits("mnist", ("test",))
+        splits, _ = load_splits(study.data, ("test",))
         x, y = splits["test"].tensors(max(study.examples, study.cert_examples))
         source = refs.get(study.transfer_source) if study.transfer_source else None
         for name in evaluated:

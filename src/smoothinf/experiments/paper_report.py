@@ -52,7 +52,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for r in rows:
         groups[(r["model"], r["setting"], r["sigma"], r["run"])][r["attack"]] = r
     per_key: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (model, setting, sigma, run), attacks in groups.items():
+    for (model, setting, sigma, _run), attacks in groups.items():
         if "clean" not in attacks:
             continue
         n = attacks["clean"]["n"]
@@ -517,7 +517,8 @@ def build_page(out: str | os.PathLike) -> str:
         L += [
             "| classifier | clean | worst case (adaptive protocol, eps 0.3) |",
             "|---|---|---|",
-            f"| best smoothed: {best['model']}, {best['key']}, sigma {best['sigma']} | {_fmt(best['clean'])} | "
+            f"| best smoothed: {best['model']}, {best['key']}, sigma {best['sigma']} | "
+            f"{_fmt(best['clean'])} | "
             f"{_fmt(best['worst'])} |",
             f"| its base model, unsmoothed, same attack budget | {_fmt(b['clean'])} | {_fmt(b['worst'])} |",
             f"| Madry et al. (2018), published MNIST model, PGD | 98.8 | ~{100 * MADRY_MNIST:.0f} |",
@@ -570,7 +571,11 @@ def build_page(out: str | os.PathLike) -> str:
     if delta is not None:
         L += [
             f"Doubling steps and draws changed the worst case by {100 * delta:.1f} points "
-            f"({'converged: < 1 point' if delta < 0.01 else 'NOT converged: >= 1 point; raise apgd_steps/draws'}).",
+            + (
+                "(converged: < 1 point)."
+                if delta < 0.01
+                else "(NOT converged: >= 1 point; raise apgd_steps/draws)."
+            ),
             "",
         ]
     # certification
@@ -578,7 +583,8 @@ def build_page(out: str | os.PathLike) -> str:
     if res["certs"]:
         c0 = res["certs"][0]
         L += [
-            f"n0 {c0['n0']}, n {c0['n_draws']}, alpha {c0['alpha']}; hard vote; the first {c0['rows'][0]['n']} test images.",
+            f"n0 {c0['n0']}, n {c0['n_draws']}, alpha {c0['alpha']}; hard vote; "
+            f"the first {c0['rows'][0]['n']} test images.",
             "",
             "| model | sigma | " + " | ".join(f"r = {r}" for r in CERT_RADII) + " | s |",
             "|---" * (len(CERT_RADII) + 3) + "|",
@@ -618,7 +624,8 @@ def build_page(out: str | os.PathLike) -> str:
         f"| **total** | **{total:.0f}** ({total / 3600:.2f} h) |",
         "",
         f"Evaluation: crafting {craft:.0f} s, judging {judge:.0f} s (each adversarial batch crafted once per "
-        f"(run, sigma, eps, attack) and judged with all {len(study.votes)} votes x {len(study.ms)} m from one set of "
+        f"(run, sigma, eps, attack) and judged with all {len(study.votes)} votes x {len(study.ms)} m "
+        "from one set of "
         f"{max(study.ms)} draws). Wall times are those of finished steps on the machine that ran them "
         "(2 CPU cores shared with other jobs here).",
         "",
