@@ -304,3 +304,11 @@ def test_quick_study_end_to_end_cli(tmp_path):
         assert f"## Claim {claim}." in page
     proc = subprocess.run(cmd + ["--report-only"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and (out / "paper-reproduction.md").read_text() == page
+
+
+def test_best_noise_selection_skips_collapsed_models():
+    from smoothinf.experiments.paper_mnist import select_best_noise
+
+    # "c" predicts one class: high val PGD, clean far below the others
+    assert select_best_noise({"a": (0.60, 0.95), "b": (0.70, 0.90), "c": (0.11, 0.11)}) == "b"
+    assert select_best_noise({"a": (0.60, 0.95), "b": (0.70, 0.80), "c": (0.10, 0.11)}) == "a"

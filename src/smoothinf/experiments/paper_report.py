@@ -479,6 +479,73 @@ def _convergence_lines(conv, study):
     return lines, delta
 
 
+def estimate_full_study(out: Path, res: dict) -> list[str]:
+    """Markdown: the full study's wall time extrapolated from this run's unit costs (seconds per
+    example-gradient for crafting, per example-forward for judging and certifying, per
+    example-pass for training, each measured per model). A rough estimate, not a measurement."""
+    plan_path = out / "study_full.json"
+    if not plan_path.exists():
+        return []
+    plan = json.loads(plan_path.read_text())
+    full = StudyConfig(**plan["study"])
+    rows_by_model = defaultdict(list)
+    for r in res["rows"]:
+        rows_by_model[r["model"]].append(r)
+    lines = ["| model | train h | eval h | certify h |", "|---|---|---|---|"]
+    totals = [0.0, 0.0, 0.0]
+    S, D, P, T = full.apgd_steps, full.draws, full.paper_steps, full.transfer_steps
+    for name, spec in plan["train"].items():
+        train_h = eval_h = cert_h = 0.0
+        recs = res["training"].get(name)
+        cfg_path = out / "models" / name / "config.yaml"
+        if recs and cfg_path.exists():
+            import yaml
+
+            from smoothinf.experiments.paper_mnist import train_passes
+            from smoothinf.training.trainer import TrainConfig
+
+            quick_cfg = TrainConfig(**yaml.safe_load(cfg_path.read_text()))
+            per = statistics.fmean(r["epoch_loop_seconds"] for r in recs)
+            unit = per / ((quick_cfg.max_train_examples or 50_000) * train_passes(quick_cfg))
+            train_h = unit * spec["examples"] * spec["epochs"] * spec["passes"] / 3600
+        rows = rows_by_model.get(name, [])
+        crafted = [r for r in rows if r.get("gradients") and not r.get("transfer_reused")]
+        if crafted:
+            craft_unit = sum(r["craft_seconds"] for r in crafted) / sum(
+                r["n"] * r["gradients"] for r in crafted
+            )
+            judge_unit = sum(r["judge_seconds"] for r in rows) / sum(
+                r["n"] * r.get("forwards", 1) for r in rows
+            )
+            noisy = any(r["setting"] == "smoothed" and r["sigma"] == 0 for r in rows)
+            n_sig = len(full.sigmas) if noisy else len([x for x in full.sigmas if x > 0])
+            base_g = 20 + (2 * S * D if noisy else 10 * S) + T
+            smooth_g = n_sig * (20 + 2 * S * D + 2 * P * D)
+            aa = full.autoattack_examples * (1 + n_sig) * 4000
+            grads = full.runs * (full.examples * (base_g + smooth_g) + aa)
+            fwd = full.runs * full.examples * (5 + n_sig * 7 * max(full.ms))
+            eval_h = (craft_unit * grads + judge_unit * fwd) / 3600
+            cert_h = (
+                judge_unit * len(full.cert_sigmas) * full.cert_examples * (full.cert_n0 + full.cert_n) / 3600
+            )
+        totals = [a + b for a, b in zip(totals, (train_h, eval_h, cert_h), strict=True)]
+        lines.append(f"| {name} | {train_h:.2f} | {eval_h:.2f} | {cert_h:.2f} |")
+    lines.append(f"| **total** | **{totals[0]:.2f}** | **{totals[1]:.2f}** | **{totals[2]:.2f}** |")
+    return [
+        "## Estimated wall time of the full study (an extrapolation)",
+        "",
+        f"The full study of `study.yaml` ({full.examples} images, {full.runs} runs, "
+        f"{len(full.sigmas)} sigmas, "
+        f"m up to {max(full.ms)}, APGD {S} steps x {D} draws) extrapolated from this run's per-model unit "
+        "costs: seconds per example-gradient when crafting, per example-forward when judging and "
+        "certifying, per example-pass when training. Tiny runs carry fixed overheads, so treat this as "
+        f"an order of magnitude: **{sum(totals):.1f} h** in all (convergence step not included).",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def build_page(out: str | os.PathLike) -> str:
     """The markdown of the reproduction page from the study in ``out``."""
     out = Path(out)
@@ -628,6 +695,16 @@ def build_page(out: str | os.PathLike) -> str:
         "from one set of "
         f"{max(study.ms)} draws). Wall times are those of finished steps on the machine that ran them "
         "(2 CPU cores shared with other jobs here).",
+        "",
+    ]
+    if study.quick:
+        L += estimate_full_study(out, res)
+    L += [
+        "## CIFAR configurations",
+        "",
+        "`configs/paper/` holds the paper's CIFAR-10 ResNet-20 (CNI-W, 400 epochs, three fine-tunings) "
+        "and CIFAR-10/100 WRN-34-10 (PNI-W, PNI-W+TRADES) setups; see "
+        "[paper-cifar-configs.md](paper-cifar-configs.md) for the commands and GPU-hour estimates.",
         "",
     ]
     return "\n".join(L) + "\n"
