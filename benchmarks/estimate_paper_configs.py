@@ -10,7 +10,8 @@ takes max(step FLOPs / ``--tflops``, passes x ``--pass-ms``): an assumed sustain
 (default 100 TFLOP/s, TF32/bf16 convolutions on an H100) or, for small networks like ResNet-20
 whose kernels are too small to fill a GPU, an assumed floor per forward-backward pass (default
 2 ms: ~200 kernel launches); both are assumptions, so the hours are estimates. With
-``--measure`` one step at the config's batch size is timed on ``--device`` (after a warm-up) and the hours use that time.
+``--measure`` one step at the config's batch size is timed on ``--device`` (after a warm-up) and
+the hours use that time.
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ def main() -> None:
         measured = hours = "-"
         if args.measure:
             t = time_train_step(cfg, batch_size=cfg.batch_size, steps=2, device=args.device).seconds
-            measured, hours = f"{t:.3f}", f"{steps * t / 3600:.1f}"
+            measured, hours = f"{t:.3f}", f"{steps * t / 3600:.2f}"
         lines.append(
-            f"| {path.stem} | {cfg.model} | {cfg.epochs} | {passes} | {step_flops / 1e9:.0f} | {est_h:.1f} | "
+            f"| {path.stem} | {cfg.model} | {cfg.epochs} | {passes} | {step_flops / 1e9:.0f} | {est_h:.2f} | "
             f"{measured} | {hours} |"
         )
         print(lines[-1], flush=True)

@@ -618,6 +618,33 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
     _run_step(out, "convergence", fp, [path], work, log)
 
 
+def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
+    """Unit costs of a model at a full batch (``batch_size`` examples), for the report's estimate of
+    the full study's time: seconds per example-gradient (PGD-5) and per example-forward (8 draws)."""
+    path = out / "calibration" / f"{name}.json"
+    fp = fingerprint({"batch": study.batch_size, "device": study.device}, [ckpt])
+
+    def work():
+        device = resolve_device(study.device)
+        model, _ = load_checkpoint(ckpt, device=device)
+        model.eval()
+        n = study.batch_size
+        reps = -(-n // x.shape[0])
+        xs, ys = x.repeat(reps, 1, 1, 1)[:n].to(device), y.repeat(reps)[:n].to(device)
+        gen = _seeded(study.seed, "calibrate")
+        PGD(model, study.eps, steps=1)(xs[:8], ys[:8], gen)  # warm-up
+        t0 = time.time()
+        PGD(model, study.eps, steps=5)(xs, ys, gen)
+        grad_s = (time.time() - t0) / (n * (5 + 1))  # 5 steps + the best-point judging pass
+        t0 = time.time()
+        SmoothedClassifier(model, 0.1, 8, "hard").vote_counts(xs, gen)
+        fwd_s = (time.time() - t0) / (n * 8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"model": name, "batch": n, "gradient_s": grad_s, "forward_s": fwd_s}))
+
+    _run_step(out, f"calibrate/{name}", fp, [path], work, log)
+
+
 def _certify_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
     path = out / "certify" / f"{name}.json"
     ident = {
@@ -708,6 +735,7 @@ def run_study(
         x, y = splits["test"].tensors(max(study.examples, study.cert_examples))
         source = refs.get(study.transfer_source) if study.transfer_source else None
         for name in evaluated:
+            _calibrate_step(out, name, refs[name], study, x[: study.examples], y[: study.examples], log)
             _eval_step(out, name, refs[name], source, study, x[: study.examples], y[: study.examples], log)
         if stop_after != "eval":
             _convergence_step(out, study, refs, x[: study.examples], y[: study.examples], log)

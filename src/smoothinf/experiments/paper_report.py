@@ -426,6 +426,9 @@ def load_results(out: Path) -> dict:
         json.loads((out / "selection.json").read_text()) if (out / "selection.json").exists() else None
     )
     study_raw = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
+    calibration = {}
+    for p in sorted((out / "calibration").glob("*.json")) if (out / "calibration").exists() else []:
+        calibration[p.stem] = json.loads(p.read_text())
     training = {}
     for p in sorted((out / "models").glob("*/metrics.jsonl")) if (out / "models").exists() else []:
         recs = _read_jsonl(p)
@@ -439,6 +442,7 @@ def load_results(out: Path) -> dict:
         "study": StudyConfig(**study_raw) if study_raw else StudyConfig(models=["?"]),
         "convergence": _read_jsonl(out / "convergence.jsonl"),
         "training": training,
+        "calibration": calibration,
     }
 
 
@@ -491,7 +495,10 @@ def estimate_full_study(out: Path, res: dict) -> list[str]:
     rows_by_model = defaultdict(list)
     for r in res["rows"]:
         rows_by_model[r["model"]].append(r)
-    lines = ["| model | train h | eval h | certify h |", "|---|---|---|---|"]
+    lines = [
+        "| model | train h | eval h | certify h | us/gradient | us/forward |",
+        "|---|---|---|---|---|---|",
+    ]
     totals = [0.0, 0.0, 0.0]
     S, D, P, T = full.apgd_steps, full.draws, full.paper_steps, full.transfer_steps
     for name, spec in plan["train"].items():
@@ -509,14 +516,9 @@ def estimate_full_study(out: Path, res: dict) -> list[str]:
             unit = per / ((quick_cfg.max_train_examples or 50_000) * train_passes(quick_cfg))
             train_h = unit * spec["examples"] * spec["epochs"] * spec["passes"] / 3600
         rows = rows_by_model.get(name, [])
-        crafted = [r for r in rows if r.get("gradients") and not r.get("transfer_reused")]
-        if crafted:
-            craft_unit = sum(r["craft_seconds"] for r in crafted) / sum(
-                r["n"] * r["gradients"] for r in crafted
-            )
-            judge_unit = sum(r["judge_seconds"] for r in rows) / sum(
-                r["n"] * r.get("forwards", 1) for r in rows
-            )
+        calib = res["calibration"].get(name)
+        if rows and calib:
+            craft_unit, judge_unit = calib["gradient_s"], calib["forward_s"]
             noisy = any(r["setting"] == "smoothed" and r["sigma"] == 0 for r in rows)
             n_sig = len(full.sigmas) if noisy else len([x for x in full.sigmas if x > 0])
             base_g = 20 + (2 * S * D if noisy else 10 * S) + T
@@ -529,17 +531,24 @@ def estimate_full_study(out: Path, res: dict) -> list[str]:
                 judge_unit * len(full.cert_sigmas) * full.cert_examples * (full.cert_n0 + full.cert_n) / 3600
             )
         totals = [a + b for a, b in zip(totals, (train_h, eval_h, cert_h), strict=True)]
-        lines.append(f"| {name} | {train_h:.2f} | {eval_h:.2f} | {cert_h:.2f} |")
-    lines.append(f"| **total** | **{totals[0]:.2f}** | **{totals[1]:.2f}** | **{totals[2]:.2f}** |")
+        units = res["calibration"].get(name, {})
+        lines.append(
+            f"| {name} | {train_h:.2f} | {eval_h:.2f} | {cert_h:.2f} | "
+            f"{1e6 * units.get('gradient_s', float('nan')):.0f} | "
+            f"{1e6 * units.get('forward_s', float('nan')):.0f} |"
+        )
+    lines.append(f"| **total** | **{totals[0]:.2f}** | **{totals[1]:.2f}** | **{totals[2]:.2f}** | | |")
     return [
         "## Estimated wall time of the full study (an extrapolation)",
         "",
         f"The full study of `study.yaml` ({full.examples} images, {full.runs} runs, "
         f"{len(full.sigmas)} sigmas, "
-        f"m up to {max(full.ms)}, APGD {S} steps x {D} draws) extrapolated from this run's per-model unit "
-        "costs: seconds per example-gradient when crafting, per example-forward when judging and "
-        "certifying, per example-pass when training. Tiny runs carry fixed overheads, so treat this as "
-        f"an order of magnitude: **{sum(totals):.1f} h** in all (convergence step not included).",
+        f"m up to {max(full.ms)}, APGD {S} steps x {D} draws) extrapolated from unit costs measured in "
+        "this run: seconds per example-gradient (PGD on a batch of the study's batch_size) and per "
+        "example-forward (8 smoothing draws), both per model (`calibration/`), and seconds per "
+        "example-pass of its training epochs. Gradient and forward counts follow the study's attack "
+        "budgets; fixed overheads and machine load are not modelled, so treat this as an order of "
+        f"magnitude: **{sum(totals):.1f} h** in all (convergence step not included).",
         "",
         *lines,
         "",
