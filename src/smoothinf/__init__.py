@@ -31,6 +31,7 @@ from smoothinf.data import (  # noqa: E402
     load_splits,
 )
 from smoothinf.evaluation import EvalConfig, evaluate, write_report  # noqa: E402
+from smoothinf.experiments import StudyConfig, judge_grid, run_study  # noqa: E402
 from smoothinf.models import (  # noqa: E402
     Normalize,
     create_model,
@@ -77,6 +78,7 @@ __all__ = [
     "RobustResult",
     "SmoothAdv",
     "SmoothedClassifier",
+    "StudyConfig",
     "TrainConfig",
     "TransferAttack",
     "augment_crop_flip",
@@ -89,6 +91,7 @@ __all__ = [
     "exponential_rank",
     "get_dataset_info",
     "inject_noise",
+    "judge_grid",
     "list_attacks",
     "list_datasets",
     "list_models",
@@ -103,6 +106,7 @@ __all__ = [
     "preset_attacks",
     "reciprocal_rank",
     "robust_accuracy",
+    "run_study",
     "save_checkpoint",
     "set_noise",
     "top_k",

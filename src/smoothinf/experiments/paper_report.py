@@ -157,6 +157,7 @@ def claim1(table):
         "|---|---|---|---|---|---|---|---|",
     ]
     adaptive, paper = [], []
+    gains: dict[bool, list[float]] = {True: [], False: []}  # weight-noise model -> worst-case gains
     for model in _models(table):
         b, s, sp = (
             base_row(table, model),
@@ -167,6 +168,8 @@ def claim1(table):
             continue
         adaptive.append(_beats(s["worst"], b["worst"]))
         paper.append(_beats(sp["paper"], b["paper"]))
+        weight_noise = bool(_rows(table, model=model, setting="smoothed", sigma=0.0))
+        gains[weight_noise].append(s["worst"][0] - b["worst"][0])
         lines.append(
             f"| {model} | {_fmt(b['clean'])} | {_fmt(b['worst'])} | {s['key']} sigma {s['sigma']} | "
             f"{_fmt(s['clean'])} | {_fmt(s['worst'])} | {_fmt(b['paper'])} | {_fmt(sp['paper'])} |"
@@ -176,7 +179,12 @@ def claim1(table):
     verdict = VERDICTS[0] if _majority(adaptive) else VERDICTS[1] if _majority(paper) else VERDICTS[2]
     lines.append(
         f"\nSmoothing raised the worst case for {sum(adaptive)} of {len(adaptive)} models "
-        f"(paper's attacks: {sum(paper)} of {len(paper)})."
+        f"(paper's attacks: {sum(paper)} of {len(paper)}). Mean worst-case gain (best smoothed minus "
+        "base, points): weight-noise (PNI-W / CNI-W) models "
+        + (f"{100 * statistics.fmean(gains[True]):+.1f}" if gains[True] else "-")
+        + ", the others "
+        + (f"{100 * statistics.fmean(gains[False]):+.1f}" if gains[False] else "-")
+        + "."
     )
     return verdict, rule, lines
 
