@@ -312,3 +312,13 @@ def test_best_noise_selection_skips_collapsed_models():
     # "c" predicts one class: high val PGD, clean far below the others
     assert select_best_noise({"a": (0.60, 0.95), "b": (0.70, 0.90), "c": (0.11, 0.11)}) == "b"
     assert select_best_noise({"a": (0.60, 0.95), "b": (0.70, 0.80), "c": (0.10, 0.11)}) == "a"
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    from smoothinf.cli import main
+
+    assert main(["experiment", "paper-mnist", "--report-only", "--out", str(tmp_path / "none")]) == 2
+    assert main(["experiment", "paper-mnist", "--configs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "no study" in err[0] and "study.yaml not found" in err[1]
+    assert not (tmp_path / "o").exists()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smoothinf.errors import ConfigError
 from smoothinf.experiments.paper_mnist import CERT_RADII, PAPER_ATTACKS, StudyConfig, unbits
 
 MADRY_MNIST = 0.89  # Madry et al. (2018), MNIST, PGD at eps 0.3 (about 89%)
@@ -730,6 +731,8 @@ def build_page(out: str | os.PathLike) -> str:
 def write_paper_report(out: str | os.PathLike, doc: str | os.PathLike | None = None) -> Path:
     """Write ``out/paper-reproduction.md`` (and a copy at ``doc``); returns its path."""
     out = Path(out)
+    if not (out / "study.json").exists():
+        raise ConfigError(f"{out} holds no study (no study.json); run smoothinf experiment paper-mnist first")
     path = out / "paper-reproduction.md"
     path.write_text(build_page(out))
     if doc is not None:
