@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.smoothinf-installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install demo test lint bench clean-venv
+.PHONY: install demo test lint bench paper clean-venv
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/smoothinf quickstart --out runs/quickstart
+
+paper: install
+	$(BIN)/smoothinf experiment paper-mnist --out runs/paper_mnist --doc docs/paper-reproduction.md
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(("EvalConfig", "evaluate", "write_report"), "smoothinf.evaluation"),
     **dict.fromkeys(("ResultsStore", "evaluation_identity"), "smoothinf.evaluation.results"),
+    **dict.fromkeys(("StudyConfig", "judge_grid", "run_study"), "smoothinf.experiments"),
     **dict.fromkeys(
         (
             "Normalize",
@@ -89,7 +90,17 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("TrainConfig", "train"), "smoothinf.training.trainer"),
     "tune_cpu_allocator": "smoothinf.utils",
 }
-_SUBPACKAGES = ("attacks", "cli", "data", "evaluation", "models", "noise", "smoothing", "training")
+_SUBPACKAGES = (
+    "attacks",
+    "cli",
+    "data",
+    "evaluation",
+    "experiments",
+    "models",
+    "noise",
+    "smoothing",
+    "training",
+)
 
 __all__ = sorted(_EXPORTS)
 

@@ -13,7 +13,7 @@ import sys
 
 from smoothinf.errors import SmoothinfError
 
-SUBCOMMAND_MODULES = ("data", "models", "train", "smoothing", "attack", "evaluation")
+SUBCOMMAND_MODULES = ("data", "models", "train", "smoothing", "attack", "evaluation", "experiment")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -146,7 +146,9 @@ def trades(
         model.train(was_training)
 
         def kl_loss(logits: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
-            return (p_clean * (torch.log(p_clean + 1e-12) - F.log_softmax(logits, dim=1))).sum(1)
+            # The attack may score stacked copies of the batch (draws, best-point candidates).
+            p = p_clean.repeat(logits.shape[0] // p_clean.shape[0], 1)
+            return (p * (torch.log(p + 1e-12) - F.log_softmax(logits, dim=1))).sum(1)
 
         x_adv = make_attack(getattr(model, "module", model), kl_loss)(x, y, generator=generator).detach()
         logits = model(x)

@@ -1,0 +1,44 @@
+"""``smoothinf experiment paper-mnist``: the paper's claims re-measured on MNIST, resumable."""
+
+from __future__ import annotations
+
+import argparse
+
+from smoothinf.cli import add_common_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("experiment", help="run a whole study (resumable) and write its report")
+    sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    q = sub.add_parser("paper-mnist", help="the paper's seven claims on MNIST, one verdict each")
+    q.add_argument("--out", default="runs/paper_mnist", help="folder of every output (resumes there)")
+    q.add_argument(
+        "--configs", default="configs/paper_mnist", help="folder with study.yaml and the model YAMLs"
+    )
+    q.add_argument("--quick", action="store_true", help="minutes-long version (study.yaml's quick: block)")
+    q.add_argument(
+        "--report-only", action="store_true", help="rebuild the page from OUT's files; run nothing"
+    )
+    q.add_argument("--doc", default=None, help="also write the page here (e.g. docs/paper-reproduction.md)")
+    q.add_argument(
+        "--stop-after",
+        choices=("train", "eval", "convergence", "certify"),
+        default=None,
+        help="end after this stage (the page is written from what exists)",
+    )
+    add_common_args(q)
+    q.set_defaults(func=run_paper_mnist)
+
+
+def run_paper_mnist(args: argparse.Namespace) -> int:
+    from smoothinf.experiments.paper_mnist import run_study
+    from smoothinf.experiments.paper_report import write_paper_report
+
+    if args.report_only:
+        path = write_paper_report(args.out, args.doc)
+    else:
+        path = run_study(
+            args.out, args.configs, args.quick, args.doc, args.stop_after, seed=args.seed, device=args.device
+        )
+    print(f"report: {path}" + (f" (copied to {args.doc})" if args.doc else ""))
+    return 0

@@ -1,0 +1,751 @@
+"""The paper's claims re-measured on MNIST: one resumable pipeline (``smoothinf experiment paper-mnist``).
+
+Steps, in order, each skipped when its output exists under the same fingerprint (the step's
+config + the sha256 of every weight file it reads), so an interrupted study continues where it
+stopped (training resumes from its ``last.pt``; evaluation from its last appended row):
+
+1. ``train/<name>``: every model of ``study.yaml`` (configs/paper_mnist/<name>.yaml) and the
+   transfer source; ``@other`` in a config's ``init`` is another step's checkpoint.
+2. ``select``: the best noise model (highest val PGD accuracy of its selected checkpoint, the val
+   split, never test), then ``train/<finetune>`` from it (``@best_noise``).
+3. ``eval/<name>``: per run and sigma, each attack crafts its batch once and ``judge_grid`` judges
+   it with every vote and m from one set of max(m) draws (cost attacks x sigmas, not x votes x ms).
+4. ``convergence``: the best smoothed setting under doubled attack budgets, and claim 5's EPGD
+   k x m against PGD with k*m steps.
+5. ``certify/<name>``: Cohen et al.'s certified L2 accuracy.
+6. the report (``smoothinf.experiments.paper_report``), rebuilt from the files every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from smoothinf import __version__
+from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack, defended_predict
+from smoothinf.attacks.presets import preset_attacks
+from smoothinf.data import load_splits
+from smoothinf.errors import ConfigError
+from smoothinf.models import load_checkpoint
+from smoothinf.noise import noise_layers
+from smoothinf.smoothing import SmoothedClassifier, certify
+from smoothinf.smoothing.votes import accumulate_votes
+from smoothinf.training.trainer import TrainConfig, train
+from smoothinf.utils import resolve_device
+
+DEFAULT_CONFIGS = Path("configs/paper_mnist")
+PAPER_ATTACKS = ("pgd", "pgd-km", "epgd")  # the paper's attacks (a row's "paper" worst case)
+CERT_RADII = (0.0, 0.25, 0.5, 1.0)
+
+
+@dataclass
+class StudyConfig:
+    """What the study trains and how it evaluates (``configs/paper_mnist/study.yaml``)."""
+
+    models: list[str] = field(default_factory=list)
+    noise_models: list[str] = field(default_factory=list)
+    finetunes: list[str] = field(default_factory=list)
+    transfer_source: str | None = None
+    data: str = "mnist"
+    eps: float = 0.3
+    examples: int = 1000
+    runs: int = 3
+    sigmas: list[float] = field(default_factory=lambda: [0.0, 0.1])
+    ms: list[int] = field(default_factory=lambda: [1, 8])
+    votes: list[str] = field(default_factory=lambda: ["hard", "weighted", "soft"])
+    apgd_steps: int = 50
+    draws: int = 8
+    paper_steps: int = 20
+    transfer_steps: int = 40
+    autoattack_examples: int = 0
+    convergence_examples: int = 200
+    convergence_scales: list[int] = field(default_factory=lambda: [1, 2])
+    compute_pairs: list[list[int]] = field(default_factory=list)
+    cert_sigmas: list[float] = field(default_factory=lambda: [0.25])
+    cert_examples: int = 500
+    cert_n0: int = 100
+    cert_n: int = 10000
+    cert_alpha: float = 0.001
+    train: dict = field(default_factory=dict)  # overrides applied to every TrainConfig
+    batch_size: int = 250
+    seed: int = 0
+    device: str = "auto"
+    quick: bool = False
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("the study names no models")
+        missing = [n for n in self.noise_models if n not in self.models]
+        if missing:
+            raise ConfigError(f"noise_models {missing} are not among the study's models")
+        if self.finetunes and not self.noise_models:
+            raise ConfigError("fine-tunings need noise_models to pick @best_noise from")
+        if self.examples < 1 or self.runs < 1 or not self.ms or min(self.ms) < 1 or not self.votes:
+            raise ConfigError("examples, runs and every m must be >= 1; give at least one vote")
+        if any(s < 0 for s in self.sigmas) or not self.sigmas:
+            raise ConfigError("sigmas must be >= 0 (pixel units) and not empty")
+
+    def eval_identity(self) -> dict:
+        """The fields that define what an evaluation row means."""
+        keys = ("eps", "examples", "apgd_steps", "draws", "paper_steps", "transfer_steps")
+        keys += ("autoattack_examples", "seed", "votes", "ms", "data")
+        return {k: getattr(self, k) for k in keys}
+
+
+def load_study(configs: str | os.PathLike = DEFAULT_CONFIGS, quick: bool = False, **overrides) -> StudyConfig:
+    """The study of ``configs/study.yaml``, with its ``quick:`` overrides when ``quick``."""
+    import yaml
+
+    path = Path(configs) / "study.yaml"
+    if not path.exists():
+        raise ConfigError(f"{path} not found (the study's description)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    quick_over = raw.pop("quick", {}) or {}
+    names = {f.name for f in fields(StudyConfig)}
+    for where, block in ((path, raw), (f"{path} quick", quick_over)):
+        unknown = sorted(set(block) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    if quick:
+        raw.update(quick_over)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    study = StudyConfig(**raw, quick=quick)
+    study.validate()
+    return study
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints and step state
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(config: dict, inputs: Sequence[str | os.PathLike] = ()) -> str:
+    """sha256 over a JSON config and the contents of its input files (weights), 16 hex digits."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()[:16]
+
+
+class StepState:
+    """``out/state/<name>.json``: a step's fingerprint, status (running/done) and seconds spent."""
+
+    def __init__(self, out: Path, name: str, fp: str) -> None:
+        self.path = out / "state" / (name.replace("/", "__") + ".json")
+        self.name, self.fp = name, fp
+        self.record = json.loads(self.path.read_text()) if self.path.exists() else None
+
+    @property
+    def done(self) -> bool:
+        return bool(self.record) and self.record["fingerprint"] == self.fp and self.record["status"] == "done"
+
+    @property
+    def stale(self) -> bool:
+        """Started or finished under another fingerprint: its outputs must be discarded."""
+        return bool(self.record) and self.record["fingerprint"] != self.fp
+
+    def _write(self, **kw) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.record = {"step": self.name, "fingerprint": self.fp, **kw}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.record))
+        os.replace(tmp, self.path)
+
+    def begin(self) -> None:
+        """Mark the step running; seconds of earlier finished attempts under this fingerprint carry on."""
+        self._start = time.time()
+        self._before = float(self.record.get("seconds", 0.0)) if self.record and not self.stale else 0.0
+        self._write(status="running", seconds=self._before)
+
+    def finish(self, **extra) -> None:
+        self._write(status="done", seconds=round(self._before + time.time() - self._start, 3), **extra)
+
+
+def _run_step(
+    out: Path,
+    name: str,
+    fp: str,
+    outputs: Sequence[Path],
+    work: Callable[[], dict | None],
+    log: Callable[[str], None],
+    discard: bool = True,
+) -> bool:
+    """Run ``work`` unless the step is done under ``fp`` with its ``outputs`` present. A stale
+    step's outputs are removed first when ``discard``. Returns True when work ran."""
+    state = StepState(out, name, fp)
+    if state.done and all(p.exists() for p in outputs):
+        log(f"[skip] {name} (done, fingerprint {fp})")
+        return False
+    if state.stale:
+        log(f"[redo] {name}: its inputs or config changed")
+        for p in outputs if discard else ():
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        state.record = None
+    log(f"[run ] {name}")
+    state.begin()
+    extra = work() or {}
+    state.finish(**extra)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging every vote and m from one set of draws
+
+
+def _bits(mask: torch.Tensor) -> str:
+    return np.packbits(mask.cpu().numpy().astype(bool)).tobytes().hex()
+
+
+def unbits(hexstr: str, n: int) -> np.ndarray:
+    """(n,) bool from the hex of ``np.packbits`` (the per-example correctness stored in results)."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hexstr), dtype=np.uint8))[:n].astype(bool)
+
+
+@torch.no_grad()
+def judge_grid(
+    model: nn.Module,
+    sigma: float,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    votes: Sequence[str],
+    ms: Sequence[int],
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Correctness (N,) bool of the smoothed classifier for every ``"vote@m"``, x (N,C,H,W).
+
+    One set of max(ms) noise draws per example is shared: the estimate at m uses the first m
+    draws, each vote counts the same draws. The cost is max(ms) forwards per example, not
+    sum(ms) x len(votes); the estimates at different m of one example are therefore nested.
+    """
+    ms = sorted(set(int(m) for m in ms))
+    smoothed = SmoothedClassifier(model, sigma, ms[-1], "hard", batch_size=batch_size)
+    rows = smoothed.rows_per_forward(x)  # examples per chunk, as SmoothedClassifier chunks them
+    out: dict[str, list[torch.Tensor]] = {f"{v}@{m}": [] for v in votes for m in ms}
+    for start in range(0, x.shape[0], rows):
+        xc, yc = x[start : start + rows], y[start : start + rows]
+        totals: dict[str, torch.Tensor | None] = dict.fromkeys(votes)
+        done, k = 0, 0
+        for logits in smoothed.draw_logits(xc, ms[-1], generator):  # (d, n, K) per chunk of draws
+            first = 0
+            while first < logits.shape[0]:
+                take = min(logits.shape[0] - first, ms[k] - done)
+                for v in votes:
+                    totals[v] = accumulate_votes(totals[v], logits[first : first + take], v)
+                done, first = done + take, first + take
+                if done == ms[k]:
+                    for v in votes:
+                        out[f"{v}@{ms[k]}"].append(totals[v].argmax(1) == yc)
+                    k += 1
+    return {key: torch.cat(parts) for key, parts in out.items()}
+
+
+def _seeded(*parts) -> torch.Generator:
+    """A CPU generator seeded by a hash of ``parts``: a row's numbers do not depend on which rows
+    ran before it (an interrupted evaluation resumes to the same numbers)."""
+    seed = int(hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:15], 16)
+    return torch.Generator().manual_seed(seed)
+
+
+def attack_gradients(attack) -> int:
+    """Gradient evaluations per example of an attack (steps x draws x restarts x targets); AutoAttack
+    by its documented budget; 0 for the clean pseudo-attack."""
+    if isinstance(attack, TransferAttack):
+        attack = attack.source_attack
+    if isinstance(attack, AutoAttackAdapter):
+        return int(attack.budget().get("gradients", 0))
+    if attack is None:
+        return 0
+    steps, m = int(getattr(attack, "steps", 0)), int(getattr(attack, "m", 1) or 1)
+    return steps * m * int(getattr(attack, "restarts", 1)) * max(1, int(getattr(attack, "target_classes", 0)))
+
+
+def _craft(attack, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, batch: int) -> torch.Tensor:
+    return torch.cat([attack(x[i : i + batch], y[i : i + batch], gen) for i in range(0, len(x), batch)])
+
+
+def setting_attacks(
+    model: nn.Module, study: StudyConfig, sigma: float | None, source: nn.Module | None
+) -> dict[str, Callable]:
+    """The attacks of one row. ``sigma`` None: the unsmoothed base model; else smoothed at sigma.
+
+    Adaptive: the ``default`` preset (PGD-20 on the base model, APGD-CE on the expected softmax and
+    APGD-DLR on the expected loss through the noise, judged by a soft-vote smoothed classifier at
+    the largest m). The paper's: ``epgd`` (k = paper_steps, m = draws) and ``pgd-km`` (one draw
+    per step, k * draws steps), no best-point judge, as its code. Plus ``transfer`` from the
+    source and AutoAttack on the first ``autoattack_examples`` (rand for randomised rows).
+    """
+    eps = study.eps
+    if sigma is None:
+        attacks = dict(preset_attacks("default", model, eps, steps=study.apgd_steps, draws=study.draws))
+        randomised = bool(noise_layers(model))
+        aa_target = model
+    else:
+        judge = SmoothedClassifier(model, sigma, max(study.ms), "soft")
+        noise = sigma if sigma > 0 else None
+        attacks = dict(
+            preset_attacks(
+                "default", model, eps, noise=noise, judge=judge, steps=study.apgd_steps, draws=study.draws
+            )
+        )
+        attacks["epgd"] = EPGD(model, noise, study.draws, eps, steps=study.paper_steps)
+        attacks["pgd-km"] = EPGD(model, noise, 1, eps, steps=study.paper_steps * study.draws)
+        randomised = True
+        aa_target = SmoothedClassifier(model, sigma, 1, "soft") if sigma > 0 else model
+    if source is not None:
+        attacks["transfer"] = TransferAttack(PGD(source, eps, steps=study.transfer_steps))
+    if study.autoattack_examples > 0:
+        attacks["autoattack"] = AutoAttackAdapter(
+            aa_target, "linf", eps, "rand" if randomised else "standard", seed=study.seed
+        )
+    return attacks
+
+
+def evaluate_model(
+    model: nn.Module,
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    study: StudyConfig,
+    results: Path,
+    fp: str,
+    source: nn.Module | None = None,
+    log=print,
+) -> None:
+    """Append one row per (run, setting, sigma, attack) to ``results`` (JSONL), skipping rows done.
+
+    A row holds the per-example correctness of every ``vote@m`` (hex bits; an example counts as
+    correct only if the defence is right on it clean and on the attack's x_adv), the crafting and
+    judging seconds. The transfer batch is crafted once per run and reused for every sigma.
+    """
+    done = set()
+    if results.exists():
+        for line in results.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r.get("fingerprint") == fp:
+                    done.add((r["run"], r["setting"], r["sigma"], r["attack"]))
+    deterministic = not noise_layers(model)
+    settings: list[tuple[str, float]] = [("base", 0.0)]
+    settings += [("smoothed", float(s)) for s in study.sigmas if s > 0 or not deterministic]
+    transfer_cache: dict[int, torch.Tensor] = {}
+    model.eval()
+    for run in range(study.runs):
+        for setting, sigma in settings:
+            attacks = setting_attacks(model, study, None if setting == "base" else sigma, source)
+            for attack_name in ["clean", *attacks]:
+                key = (run, setting, sigma, attack_name)
+                if key in done:
+                    continue
+                gen = _seeded(study.seed, run, setting, sigma, attack_name)
+                t0 = time.time()
+                reused = attack_name == "transfer" and run in transfer_cache
+                if attack_name == "clean":
+                    x_adv = x
+                elif attack_name == "transfer":
+                    if not reused:  # crafted on the source once per run, judged at every sigma
+                        tgen = _seeded(study.seed, run, "transfer")
+                        transfer_cache[run] = _craft(attacks[attack_name], x, y, tgen, study.batch_size)
+                    x_adv = transfer_cache[run]
+                elif attack_name == "autoattack":  # on the first autoattack_examples only
+                    k = study.autoattack_examples
+                    x_adv = x.clone()
+                    x_adv[:k] = _craft(attacks[attack_name], x[:k], y[:k], gen, study.batch_size)
+                else:
+                    x_adv = _craft(attacks[attack_name], x, y, gen, study.batch_size)
+                craft = time.time() - t0
+                t1 = time.time()
+                jgen = _seeded(study.seed, run, setting, sigma, attack_name, "judge")
+                if setting == "base":
+                    correct = {"none@1": defended_predict(model, x_adv, jgen) == y}
+                else:
+                    correct = judge_grid(model, sigma, x_adv, y, study.votes, study.ms, jgen)
+                judge_seconds = time.time() - t1
+                row = {
+                    "fingerprint": fp,
+                    "model": name,
+                    "run": run,
+                    "setting": setting,
+                    "sigma": sigma,
+                    "eps": study.eps,
+                    "attack": attack_name,
+                    "budget": repr(attacks.get(attack_name, "clean")),
+                    "gradients": attack_gradients(attacks.get(attack_name)),
+                    "forwards": 1 if setting == "base" else max(study.ms),
+                    "n": int(x.shape[0]),
+                    "attacked": study.autoattack_examples if attack_name == "autoattack" else int(x.shape[0]),
+                    "craft_seconds": round(craft, 4),
+                    "judge_seconds": round(judge_seconds, 4),
+                    "transfer_reused": reused,
+                    "correct": {k: _bits(v) for k, v in correct.items()},
+                    "version": __version__,
+                }
+                with results.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                acc = {k: round(float(v.float().mean()), 3) for k, v in list(correct.items())[:2]}
+                log(
+                    f"  {name} run {run} {setting} sigma {sigma} {attack_name}: {acc} "
+                    f"({craft:.1f}+{judge_seconds:.1f} s)"
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def _train_config(
+    configs: Path, name: str, out: Path, study: StudyConfig, refs: dict[str, str]
+) -> TrainConfig:
+    path = configs / f"{name}.yaml"
+    cfg = TrainConfig.from_yaml(path)
+    for k, v in study.train.items():
+        if not hasattr(cfg, k):
+            raise ConfigError(f"study train override {k!r} is not a TrainConfig field")
+        setattr(cfg, k, v)
+    if cfg.init and cfg.init.startswith("@"):
+        ref = cfg.init[1:]
+        if ref not in refs:
+            raise ConfigError(f"{path}: init {cfg.init!r} names no earlier step of the study")
+        cfg.init = refs[ref]
+    cfg.out = str(out / "models" / name)
+    cfg.device = study.device
+    return cfg
+
+
+def _plan(configs: Path, study: StudyConfig, out: Path) -> dict:
+    """The full (non-quick) study and each model's training size, for the report's time estimate."""
+    train = {}
+    for name in study.models + study.finetunes + ([study.transfer_source] if study.transfer_source else []):
+        cfg = TrainConfig.from_yaml(configs / f"{name}.yaml")
+        train[name] = {
+            "epochs": cfg.epochs,
+            "passes": train_passes(cfg),
+            "examples": cfg.max_train_examples or 50_000,
+        }
+    return {"study": asdict(study), "train": train}
+
+
+def train_passes(cfg: TrainConfig) -> int:
+    """Forward-backward passes per training example and epoch: the inner attack's gradients plus
+    the clean and adversarial losses (EPGD-AT: steps x m_train draws)."""
+    inner = cfg.attack_steps * (cfg.m_train if cfg.objective in ("epgd", "smoothadv") else 1)
+    return 1 if cfg.objective in ("standard", "gaussian") else inner + 2
+
+
+def model_checkpoint(model_dir: Path) -> Path:
+    """The checkpoint the study uses: ``best.safetensors`` (selected on val) when present."""
+    best = model_dir / "best.safetensors"
+    return best if best.exists() else model_dir / "model.safetensors"
+
+
+def _train_step(configs: Path, name: str, out: Path, study: StudyConfig, refs: dict[str, str], log) -> str:
+    cfg = _train_config(configs, name, out, study, refs)
+    ident = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "init")}
+    fp = fingerprint(ident, [cfg.init] if cfg.init else [])
+    model_dir = Path(cfg.out)
+
+    def work():
+        metrics = train(cfg, resume=True)
+        return {"metrics": metrics}
+
+    _run_step(out, f"train/{name}", fp, [model_dir], work, log)
+    return str(model_checkpoint(model_dir))
+
+
+SELECT_CLEAN_MARGIN = 0.10
+
+
+def select_best_noise(scores: dict[str, tuple[float, float]]) -> str:
+    """The noise model to fine-tune from: the highest val PGD accuracy among the candidates whose val
+    clean accuracy is within ``SELECT_CLEAN_MARGIN`` of the best candidate's (a collapsed model
+    that predicts one class can score well under PGD). ``scores``: name -> (val_pgd, val_clean)."""
+    top_clean = max(clean for _, clean in scores.values())
+    eligible = [n for n, (_, clean) in scores.items() if clean >= top_clean - SELECT_CLEAN_MARGIN]
+    return max(eligible, key=lambda n: scores[n])
+
+
+def _select_best_noise(out: Path, study: StudyConfig, refs: dict[str, str], log) -> str:
+    """``select_best_noise`` on the metrics stored with each candidate's checkpoint (val split)."""
+    scores = {}
+    for name in study.noise_models:
+        metrics = json.loads(Path(refs[name] + ".json").read_text()).get("metrics", {})
+        scores[name] = (metrics.get("val_pgd", -1.0), metrics.get("val_clean", -1.0))
+    best = select_best_noise(scores)
+    path = out / "selection.json"
+    rule = f"max val_pgd among val_clean >= best val_clean - {SELECT_CLEAN_MARGIN}"
+    fp = fingerprint(
+        {"noise_models": study.noise_models, "rule": rule}, [refs[n] for n in study.noise_models]
+    )
+
+    def work():
+        path.write_text(json.dumps({"best_noise": best, "scores": scores, "rule": rule}))
+        log(f"  best noise model: {best} (val PGD, val clean: {scores[best]})")
+
+    _run_step(out, "select", fp, [path], work, log)
+    return best
+
+
+def _eval_step(out: Path, name: str, ckpt: str, source: str | None, study: StudyConfig, x, y, log) -> None:
+    results = out / "eval" / f"{name}.jsonl"
+    inputs = [ckpt] + ([source] if source else [])
+    fp = fingerprint({"eval": study.eval_identity(), "sigmas": study.sigmas, "runs": study.runs}, inputs)
+    row_fp = fingerprint({"eval": study.eval_identity()}, inputs)  # rows survive a larger grid
+
+    def work():
+        device = resolve_device(study.device)
+        model, _ = load_checkpoint(ckpt, device=device)
+        src = load_checkpoint(source, device=device)[0] if source else None
+        if results.exists():  # rows of another configuration are moved aside, never mixed in
+            rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+            if any(r.get("fingerprint") != row_fp for r in rows):
+                results.rename(results.with_suffix(".stale.jsonl"))
+        results.parent.mkdir(parents=True, exist_ok=True)
+        evaluate_model(model, name, x.to(device), y.to(device), study, results, row_fp, src, log)
+
+    _run_step(out, f"eval/{name}", fp, [results], work, log, discard=False)
+
+
+def _load_rows(out: Path) -> list[dict]:
+    rows = []
+    for path in sorted((out / "eval").glob("*.jsonl")):
+        if path.name.endswith(".stale.jsonl"):
+            continue
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y, log) -> None:
+    """The strongest smoothed setting (best adaptive worst case, hard vote, largest m, mean over
+    runs) attacked with the adaptive preset at each scale of ``convergence_scales`` and with claim
+    5's pairs (EPGD k x m vs PGD k*m), on the first ``convergence_examples`` examples."""
+    from smoothinf.experiments.paper_report import aggregate, best_smoothed
+
+    table = aggregate(_load_rows(out))
+    best = best_smoothed(table, study)
+    if best is None:
+        return
+    name, sigma = best["model"], best["sigma"]
+    path = out / "convergence.jsonl"
+    ident = {
+        "model": name,
+        "sigma": sigma,
+        "n": study.convergence_examples,
+        "scales": study.convergence_scales,
+        "pairs": study.compute_pairs,
+        "eval": study.eval_identity(),
+    }
+    fp = fingerprint(ident, [ckpts[name]])
+
+    def work():
+        device = resolve_device(study.device)
+        model, _ = load_checkpoint(ckpts[name], device=device)
+        model.eval()
+        n = study.convergence_examples
+        xs, ys = x[:n].to(device), y[:n].to(device)
+        jobs: list[tuple[str, dict, Callable]] = []
+        judge = SmoothedClassifier(model, sigma, max(study.ms), "soft")
+        noise = sigma if sigma > 0 else None
+        for scale in study.convergence_scales:
+            presets = preset_attacks(
+                "default",
+                model,
+                study.eps,
+                noise=noise,
+                judge=judge,
+                steps=study.apgd_steps,
+                draws=study.draws,
+                scale=scale,
+            )
+            for a in ("apgd-ce", "apgd-dlr"):
+                steps, draws = study.apgd_steps * scale, study.draws * scale
+                jobs.append(
+                    (a, {"kind": "convergence", "scale": scale, "steps": steps, "draws": draws}, presets[a])
+                )
+        for k, m in study.compute_pairs:
+            jobs.append(
+                ("epgd", {"kind": "compute", "k": k, "m": m}, EPGD(model, noise, m, study.eps, steps=k))
+            )
+            jobs.append(
+                ("pgd-km", {"kind": "compute", "k": k, "m": m}, EPGD(model, noise, 1, study.eps, steps=k * m))
+            )
+        with path.open("w") as f:
+            for attack, meta, fn in jobs:
+                gen = _seeded(study.seed, "convergence", attack, meta)
+                t0 = time.time()
+                x_adv = _craft(fn, xs, ys, gen, study.batch_size)
+                craft = time.time() - t0
+                correct = judge_grid(
+                    model, sigma, x_adv, ys, study.votes, study.ms, _seeded(attack, meta, "judge")
+                )
+                row = {
+                    "model": name,
+                    "sigma": sigma,
+                    "attack": attack,
+                    **meta,
+                    "n": n,
+                    "craft_seconds": round(craft, 4),
+                    "accuracy": {kk: float(v.float().mean()) for kk, v in correct.items()},
+                    "correct": {kk: _bits(v) for kk, v in correct.items()},
+                }
+                f.write(json.dumps(row) + "\n")
+                log(
+                    f"  convergence {attack} {meta}: hard@{max(study.ms)} "
+                    f"{row['accuracy'][f'hard@{max(study.ms)}']:.3f}"
+                )
+
+    _run_step(out, "convergence", fp, [path], work, log)
+
+
+def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
+    """Unit costs of a model at a full batch (``batch_size`` examples), for the report's estimate of
+    the full study's time: seconds per example-gradient (PGD-5) and per example-forward (8 draws)."""
+    path = out / "calibration" / f"{name}.json"
+    fp = fingerprint({"batch": study.batch_size, "device": study.device}, [ckpt])
+
+    def work():
+        device = resolve_device(study.device)
+        model, _ = load_checkpoint(ckpt, device=device)
+        model.eval()
+        n = study.batch_size
+        reps = -(-n // x.shape[0])
+        xs, ys = x.repeat(reps, 1, 1, 1)[:n].to(device), y.repeat(reps)[:n].to(device)
+        gen = _seeded(study.seed, "calibrate")
+        PGD(model, study.eps, steps=1)(xs[:8], ys[:8], gen)  # warm-up
+        t0 = time.time()
+        PGD(model, study.eps, steps=5)(xs, ys, gen)
+        grad_s = (time.time() - t0) / (n * (5 + 1))  # 5 steps + the best-point judging pass
+        t0 = time.time()
+        SmoothedClassifier(model, 0.1, 8, "hard").vote_counts(xs, gen)
+        fwd_s = (time.time() - t0) / (n * 8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"model": name, "batch": n, "gradient_s": grad_s, "forward_s": fwd_s}))
+
+    _run_step(out, f"calibrate/{name}", fp, [path], work, log)
+
+
+def _certify_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
+    path = out / "certify" / f"{name}.json"
+    ident = {
+        k: getattr(study, k)
+        for k in ("cert_sigmas", "cert_examples", "cert_n0", "cert_n", "cert_alpha", "seed")
+    }
+    fp = fingerprint(ident, [ckpt])
+
+    def work():
+        device = resolve_device(study.device)
+        model, _ = load_checkpoint(ckpt, device=device)
+        model.eval()
+        n = study.cert_examples
+        xs, ys = x[:n].to(device), y[:n].to(device)
+        rows = []
+        for sigma in study.cert_sigmas:
+            t0 = time.time()
+            pred, radius = certify(
+                model,
+                xs,
+                sigma,
+                study.cert_n0,
+                study.cert_n,
+                study.cert_alpha,
+                generator=_seeded(study.seed, "certify", sigma),
+            )
+            ok = (pred.cpu() == ys.cpu()).numpy()
+            r = radius.cpu().numpy()
+            rows.append(
+                {
+                    "sigma": sigma,
+                    "n": n,
+                    "seconds": round(time.time() - t0, 3),
+                    "certified": {str(rad): float(np.mean(ok & (r >= rad))) for rad in CERT_RADII},
+                }
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "model": name,
+                    "n0": study.cert_n0,
+                    "n_draws": study.cert_n,
+                    "alpha": study.cert_alpha,
+                    "rows": rows,
+                }
+            )
+        )
+
+    _run_step(out, f"certify/{name}", fp, [path], work, log)
+
+
+def run_study(
+    out: str | os.PathLike,
+    configs: str | os.PathLike = DEFAULT_CONFIGS,
+    quick: bool = False,
+    doc: str | os.PathLike | None = None,
+    stop_after: str | None = None,
+    log: Callable[[str], None] = print,
+    **overrides,
+) -> Path:
+    """Run (or resume) the whole study into ``out``; returns the path of the report it writes.
+
+    ``stop_after`` ("train", "eval", "convergence", "certify") ends the run after that stage
+    (the report is still written from what exists). ``doc`` also copies the report there.
+    """
+    out, configs = Path(out), Path(configs)
+    study = load_study(configs, quick, **overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
+    full = load_study(configs, False, **overrides)
+    (out / "study_full.json").write_text(json.dumps(_plan(configs, full, out), indent=1))
+    stages = ("train", "eval", "convergence", "certify")
+    if stop_after is not None and stop_after not in stages:
+        raise ConfigError(f"stop_after must be one of {', '.join(stages)}")
+    t_start = time.time()
+    refs: dict[str, str] = {}
+    for name in study.models + ([study.transfer_source] if study.transfer_source else []):
+        refs[name] = _train_step(configs, name, out, study, refs, log)
+    if study.finetunes:
+        best = _select_best_noise(out, study, refs, log)
+        refs["best_noise"] = refs[best]
+        for name in study.finetunes:
+            refs[name] = _train_step(configs, name, out, study, refs, log)
+    evaluated = study.models + study.finetunes
+    if stop_after != "train":
+        splits, _ = load_splits(study.data, ("test",))
+        x, y = splits["test"].tensors(max(study.examples, study.cert_examples))
+        source = refs.get(study.transfer_source) if study.transfer_source else None
+        for name in evaluated:
+            _calibrate_step(out, name, refs[name], study, x[: study.examples], y[: study.examples], log)
+            _eval_step(out, name, refs[name], source, study, x[: study.examples], y[: study.examples], log)
+        if stop_after != "eval":
+            _convergence_step(out, study, refs, x[: study.examples], y[: study.examples], log)
+            if stop_after != "convergence":
+                for name in evaluated:
+                    _certify_step(out, name, refs[name], study, x, y, log)
+    log(f"pipeline pass: {time.time() - t_start:.1f} s")
+    from smoothinf.experiments.paper_report import write_paper_report
+
+    return write_paper_report(out, doc)
+
+
+__all__ = ["StudyConfig", "judge_grid", "load_study", "run_study", "setting_attacks", "unbits"]

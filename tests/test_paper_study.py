@@ -1,0 +1,324 @@
+"""The paper study (issue 14): configs step, judging grid, resumable pipeline, verdict rules."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from smoothinf.data import get_dataset_info
+from smoothinf.experiments import judge_grid, run_study
+from smoothinf.experiments.paper_mnist import load_study, unbits
+from smoothinf.experiments.paper_report import aggregate, build_page, claim1, claim3
+from smoothinf.experiments.step_check import load_train_config, time_train_step, train_configs
+from smoothinf.models import create_model_for
+from smoothinf.noise import inject_noise
+from smoothinf.smoothing import SmoothedClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = train_configs(ROOT / "configs" / "paper") + train_configs(ROOT / "configs" / "paper_mnist")
+WIDE = ("wide_resnet34_10",)
+
+
+def test_config_folders_hold_every_model():
+    names = {p.stem for p in CONFIGS}
+    assert {"cifar10_resnet20_cniw", "cifar10_resnet20_cniw_ft_epgd", "cifar100_wrn34_10_pniw"} <= names
+    study = load_study(ROOT / "configs" / "paper_mnist")
+    for name in study.models + study.finetunes + [study.transfer_source]:
+        assert (ROOT / "configs" / "paper_mnist" / f"{name}.yaml").exists()
+    assert 0.0 in study.sigmas and max(study.ms) == 256 and study.runs == 3 and study.examples == 1000
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_runs_one_training_step(path):
+    """Every train YAML loads and takes one optimizer step on random data of its shape (the wide
+    ResNets step on resnet20 here, with their own objective/noise/optimizer; see the slow test)."""
+    cfg = load_train_config(path)
+    info = get_dataset_info(cfg.data)
+    if cfg.data.startswith("cifar"):
+        assert math.isclose(cfg.eps, 8 / 255, rel_tol=1e-4) and math.isclose(
+            cfg.alpha, cfg.eps / 4, rel_tol=1e-3
+        )
+        assert cfg.optimizer == "sgd" and cfg.lr in (0.1, 0.01) and cfg.weight_decay == 1e-4
+        assert cfg.batch_size == 256 and cfg.grad_clip == 0.05
+    else:
+        assert cfg.eps == 0.3 and info.input_shape == (1, 28, 28)
+    if cfg.model in WIDE:
+        cfg.model = "resnet20"
+    if cfg.objective in ("epgd", "cni-iw"):
+        assert cfg.sigma > 0  # noise inside the forward
+    cfg.attack_steps = min(cfg.attack_steps, 2)
+    timing = time_train_step(cfg, batch_size=2, steps=0)
+    assert math.isfinite(timing.loss) and timing.loss > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "wrn34" in p.name], ids=lambda p: p.stem)
+def test_wide_resnet_config_full_step(path):
+    timing = time_train_step(load_train_config(path), batch_size=2, steps=0)
+    assert math.isfinite(timing.loss) and timing.parameters > 40_000_000
+
+
+def _tiny_model(noise: str | None = None):
+    info = get_dataset_info("synthetic")
+    torch.manual_seed(0)
+    model = create_model_for("mnist_cnn_small", info)
+    if noise:
+        inject_noise(model, noise)
+    return model.eval()
+
+
+@pytest.mark.parametrize("noise", [None, "pni-w"])
+def test_judge_grid_equals_each_smoothed_classifier(noise):
+    """Every vote@m of judge_grid equals SmoothedClassifier(m, vote).predict with the same seed:
+    the first m of the shared draws are the m draws a separate classifier would take (with weight
+    noise, whose draws are sampled per chunk of draws, only at the largest m, chunked alike)."""
+    model = _tiny_model(noise)
+    x = torch.rand(7, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(7) % 4
+    grid = judge_grid(
+        model, 0.3, x, y, ["hard", "weighted", "soft"], [1, 3, 8], torch.Generator().manual_seed(5)
+    )
+    assert set(grid) == {f"{v}@{m}" for v in ("hard", "weighted", "soft") for m in (1, 3, 8)}
+    for key, correct in grid.items():
+        vote, m = key.split("@")
+        if noise and m != "8":
+            continue
+        pred = SmoothedClassifier(model, 0.3, int(m), vote).predict(x, torch.Generator().manual_seed(5))
+        assert torch.equal(correct, pred == y), key
+
+
+STUDY = """
+models: [plain, noisy]
+noise_models: [noisy]
+finetunes: [tuned]
+transfer_source: source
+data: synthetic
+eps: 0.1
+examples: 6
+runs: 2
+sigmas: [0.0, 0.2]
+ms: [1, 2]
+votes: [hard, soft]
+apgd_steps: 2
+draws: 2
+paper_steps: 1
+transfer_steps: 2
+convergence_examples: 4
+convergence_scales: [1, 2]
+compute_pairs: [[1, 2]]
+cert_sigmas: [0.25]
+cert_examples: 4
+cert_n0: 4
+cert_n: 16
+batch_size: 4
+"""
+MODEL = """
+data: synthetic
+model: {model}
+objective: {objective}
+eps: 0.1
+attack_steps: 1
+epochs: 1
+max_train_examples: 64
+eval_examples: 16
+eval_pgd_steps: 1
+batch_size: 32
+seed: {seed}
+"""
+
+
+def _write_study(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "study.yaml").write_text(STUDY)
+    (folder / "plain.yaml").write_text(MODEL.format(model="mnist_cnn_small", objective="adversarial", seed=0))
+    (folder / "noisy.yaml").write_text(
+        MODEL.format(model="mnist_cnn_small", objective="adversarial", seed=0) + "noise: pni-w\n"
+    )
+    (folder / "source.yaml").write_text(MODEL.format(model="mnist_cnn_small", objective="standard", seed=3))
+    (folder / "tuned.yaml").write_text(
+        MODEL.format(model="mnist_cnn_small", objective="cni-iw", seed=0)
+        + 'init: "@best_noise"\nsigma: 0.2\n'
+    )
+
+
+def test_pipeline_runs_skips_and_resumes(tmp_path):
+    """A tiny study on synthetic data: all stages write their files; a rerun trains nothing; a
+    torn evaluation resumes to the same rows; a changed config retrains that model and its
+    dependants only."""
+    configs, out = tmp_path / "configs", tmp_path / "out"
+    _write_study(configs)
+    logs: list[str] = []
+    page = run_study(out, configs, log=logs.append)
+    assert page.exists()
+    for name in ("plain", "noisy", "tuned"):
+        assert (out / "eval" / f"{name}.jsonl").exists() and (out / "certify" / f"{name}.json").exists()
+    assert json.loads((out / "selection.json").read_text())["best_noise"] == "noisy"
+    rows = [json.loads(line) for line in (out / "eval" / "plain.jsonl").read_text().splitlines()]
+    attacks = {r["attack"] for r in rows if r["setting"] == "smoothed"}
+    assert {"clean", "pgd", "apgd-ce", "apgd-dlr", "epgd", "pgd-km", "transfer"} <= attacks
+    assert {r["sigma"] for r in rows if r["setting"] == "smoothed"} == {
+        0.2
+    }  # sigma 0 = base for a plain model
+    noisy = [json.loads(line) for line in (out / "eval" / "noisy.jsonl").read_text().splitlines()]
+    assert {r["sigma"] for r in noisy if r["setting"] == "smoothed"} == {0.0, 0.2}  # weight noise votes at 0
+    transfer = [r for r in rows if r["attack"] == "transfer" and r["run"] == 0]
+    assert [r["transfer_reused"] for r in transfer] == [False, True]  # crafted once per run
+    for r in rows:  # judged with every vote x m (smoothed) or the base model alone
+        keys = {"none@1"} if r["setting"] == "base" else {"hard@1", "hard@2", "soft@1", "soft@2"}
+        assert set(r["correct"]) == keys
+    conv = [json.loads(line) for line in (out / "convergence.jsonl").read_text().splitlines()]
+    assert {(r["kind"], r["attack"]) for r in conv} >= {("convergence", "apgd-ce"), ("compute", "pgd-km")}
+
+    # rerun: every step skipped
+    logs.clear()
+    run_study(out, configs, log=logs.append)
+    assert not any(line.startswith("[run ]") for line in logs), logs
+
+    # torn evaluation: drop the last 3 rows and the done mark; the rerun recomputes them identically
+    path = out / "eval" / "noisy.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-3]) + "\n")
+    state = out / "state" / "eval__noisy.json"
+    rec = json.loads(state.read_text())
+    state.write_text(json.dumps({**rec, "status": "running"}))
+    logs.clear()
+    run_study(out, configs, log=logs.append)
+    assert [line for line in logs if line.startswith("[run ]")] == ["[run ] eval/noisy"]
+    redone = path.read_text().splitlines()
+
+    def strip(line):
+        r = json.loads(line)
+        return {k: v for k, v in r.items() if not k.endswith("seconds") and k != "transfer_reused"}
+
+    assert [strip(a) for a in redone] == [strip(b) for b in lines]
+
+    # a changed config: that model, the selection input, the fine-tuning and their evaluations rerun
+    (configs / "noisy.yaml").write_text((configs / "noisy.yaml").read_text().replace("seed: 0", "seed: 1"))
+    logs.clear()
+    run_study(out, configs, log=logs.append, stop_after="train")
+    ran = {line.split()[-1] for line in logs if line.startswith("[run ]")}
+    assert ran == {"train/noisy", "select", "train/tuned"}, logs
+
+
+def _eval_rows(model: str, base_ok: list[int], smooth_ok: list[int], paper_ok: list[int]) -> list[dict]:
+    """Rows for one model: base (pgd + apgd) and smoothed sigma 0.1 hard@1 (pgd-km + apgd-ce)."""
+    import numpy as np
+
+    def bits(v):
+        return np.packbits(np.array(v, dtype=bool)).tobytes().hex()
+
+    common = {"model": model, "run": 0, "n": len(base_ok), "eps": 0.3}
+    all_ok = bits([1] * len(base_ok))
+    return [
+        {**common, "setting": "base", "sigma": 0.0, "attack": "clean", "correct": {"none@1": all_ok}},
+        {**common, "setting": "base", "sigma": 0.0, "attack": "pgd", "correct": {"none@1": bits(base_ok)}},
+        {**common, "setting": "smoothed", "sigma": 0.1, "attack": "clean", "correct": {"hard@1": all_ok}},
+        {
+            **common,
+            "setting": "smoothed",
+            "sigma": 0.1,
+            "attack": "pgd-km",
+            "correct": {"hard@1": bits(paper_ok)},
+        },
+        {
+            **common,
+            "setting": "smoothed",
+            "sigma": 0.1,
+            "attack": "apgd-ce",
+            "correct": {"hard@1": bits(smooth_ok)},
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    "smooth_ok,paper_ok,verdict",
+    [
+        ([1] * 8 + [0] * 2, [1] * 10, "holds"),  # base 50% -> smoothed 80% worst case
+        ([1] * 3 + [0] * 7, [1] * 10, "holds only under the paper's attack"),  # 30% adaptive, 100% paper
+        ([1] * 3 + [0] * 7, [1] * 3 + [0] * 7, "does not hold"),
+    ],
+)
+def test_claim1_verdict_rule(smooth_ok, paper_ok, verdict):
+    table = aggregate(_eval_rows("m", [1] * 5 + [0] * 5, smooth_ok, paper_ok))
+    smoothed = [r for r in table if r["setting"] == "smoothed"][0]
+    assert smoothed["worst"][0] == pytest.approx(min(sum(smooth_ok), sum(paper_ok)) / 10)
+    assert smoothed["paper"][0] == pytest.approx(sum(paper_ok) / 10)  # apgd-ce is not the paper's
+    assert claim1(table)[0] == verdict
+
+
+def test_claim3_not_measurable_with_one_m():
+    from smoothinf.experiments.paper_mnist import StudyConfig
+
+    table = aggregate(_eval_rows("m", [1] * 10, [1] * 10, [1] * 10))
+    assert claim3(table, StudyConfig(models=["m"], ms=[1]))[0] == "not measurable here"
+
+
+def test_unbits_roundtrip():
+    import numpy as np
+
+    v = np.array([1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1], dtype=bool)
+    assert (unbits(np.packbits(v).tobytes().hex(), 11) == v).all()
+
+
+def test_report_marks_quick_runs(tmp_path):
+    from dataclasses import asdict
+
+    from smoothinf.experiments.paper_mnist import StudyConfig
+
+    (tmp_path / "study.json").write_text(json.dumps(asdict(StudyConfig(models=["m"], quick=True))))
+    page = build_page(tmp_path)
+    assert "QUICK RUN" in page and page.count("not measurable here") >= 7
+
+
+@pytest.mark.slow
+def test_quick_study_end_to_end_cli(tmp_path):
+    """`smoothinf experiment paper-mnist --quick` on the real configs (about 2-4 min on 2 cores)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "paper"
+    cmd = [
+        sys.executable,
+        "-m",
+        "smoothinf",
+        "experiment",
+        "paper-mnist",
+        "--quick",
+        "--out",
+        str(out),
+        "--configs",
+        str(ROOT / "configs" / "paper_mnist"),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (out / "paper-reproduction.md").read_text()
+    assert "QUICK RUN" in page
+    for claim in range(1, 8):
+        assert f"## Claim {claim}." in page
+    proc = subprocess.run(cmd + ["--report-only"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and (out / "paper-reproduction.md").read_text() == page
+
+
+def test_best_noise_selection_skips_collapsed_models():
+    from smoothinf.experiments.paper_mnist import select_best_noise
+
+    # "c" predicts one class: high val PGD, clean far below the others
+    assert select_best_noise({"a": (0.60, 0.95), "b": (0.70, 0.90), "c": (0.11, 0.11)}) == "b"
+    assert select_best_noise({"a": (0.60, 0.95), "b": (0.70, 0.80), "c": (0.10, 0.11)}) == "a"
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    from smoothinf.cli import main
+
+    assert main(["experiment", "paper-mnist", "--report-only", "--out", str(tmp_path / "none")]) == 2
+    assert main(["experiment", "paper-mnist", "--configs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "no study" in err[0] and "study.yaml not found" in err[1]
+    assert not (tmp_path / "o").exists()
