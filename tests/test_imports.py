@@ -27,9 +27,10 @@ LAYERS = {
     "attacks": 4,
     "training": 5,
     "evaluation": 5,
-    "cli": 6,
-    "__main__": 7,
-    "": 7,  # the package root re-exports everything (lazily)
+    "experiments": 6,  # studies built on training and evaluation
+    "cli": 7,
+    "__main__": 8,
+    "": 8,  # the package root re-exports everything (lazily)
 }
 
 

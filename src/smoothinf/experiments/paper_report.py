@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from smoothinf.errors import ConfigError
-from smoothinf.experiments.paper_mnist import CERT_RADII, PAPER_ATTACKS, StudyConfig, unbits
+from smoothinf.experiments.study import CERT_RADII, PAPER_ATTACKS, StudyConfig, unbits
 
 MADRY_MNIST = 0.89  # Madry et al. (2018), MNIST, PGD at eps 0.3 (about 89%)
 TARGET = 0.90
@@ -517,7 +517,7 @@ def estimate_full_study(out: Path, res: dict) -> list[str]:
         if recs and cfg_path.exists():
             import yaml
 
-            from smoothinf.experiments.paper_mnist import train_passes
+            from smoothinf.experiments.study import train_passes
             from smoothinf.training.trainer import TrainConfig
 
             quick_cfg = TrainConfig(**yaml.safe_load(cfg_path.read_text()))

@@ -1,0 +1,110 @@
+"""The paper-MNIST study's shared description: its config (``study.yaml``), constants, and the
+helpers that both the pipeline (``paper_mnist``) and the report (``paper_report``) read."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smoothinf.errors import ConfigError
+from smoothinf.training.trainer import TrainConfig
+
+DEFAULT_CONFIGS = Path("configs/paper_mnist")
+PAPER_ATTACKS = ("pgd", "pgd-km", "epgd")  # the paper's attacks (a row's "paper" worst case)
+CERT_RADII = (0.0, 0.25, 0.5, 1.0)
+
+
+@dataclass
+class StudyConfig:
+    """What the study trains and how it evaluates (``configs/paper_mnist/study.yaml``)."""
+
+    models: list[str] = field(default_factory=list)
+    noise_models: list[str] = field(default_factory=list)
+    finetunes: list[str] = field(default_factory=list)
+    transfer_source: str | None = None
+    data: str = "mnist"
+    eps: float = 0.3
+    examples: int = 1000
+    runs: int = 3
+    sigmas: list[float] = field(default_factory=lambda: [0.0, 0.1])
+    ms: list[int] = field(default_factory=lambda: [1, 8])
+    votes: list[str] = field(default_factory=lambda: ["hard", "weighted", "soft"])
+    apgd_steps: int = 50
+    draws: int = 8
+    paper_steps: int = 20
+    transfer_steps: int = 40
+    autoattack_examples: int = 0
+    convergence_examples: int = 200
+    convergence_scales: list[int] = field(default_factory=lambda: [1, 2])
+    compute_pairs: list[list[int]] = field(default_factory=list)
+    cert_sigmas: list[float] = field(default_factory=lambda: [0.25])
+    cert_examples: int = 500
+    cert_n0: int = 100
+    cert_n: int = 10000
+    cert_alpha: float = 0.001
+    train: dict = field(default_factory=dict)  # overrides applied to every TrainConfig
+    batch_size: int = 250
+    seed: int = 0
+    device: str = "auto"
+    quick: bool = False
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("the study names no models")
+        missing = [n for n in self.noise_models if n not in self.models]
+        if missing:
+            raise ConfigError(f"noise_models {missing} are not among the study's models")
+        if self.finetunes and not self.noise_models:
+            raise ConfigError("fine-tunings need noise_models to pick @best_noise from")
+        if self.examples < 1 or self.runs < 1 or not self.ms or min(self.ms) < 1 or not self.votes:
+            raise ConfigError("examples, runs and every m must be >= 1; give at least one vote")
+        if any(s < 0 for s in self.sigmas) or not self.sigmas:
+            raise ConfigError("sigmas must be >= 0 (pixel units) and not empty")
+
+    def eval_identity(self) -> dict:
+        """The fields that define what an evaluation row means."""
+        keys = ("eps", "examples", "apgd_steps", "draws", "paper_steps", "transfer_steps")
+        keys += ("autoattack_examples", "seed", "votes", "ms", "data")
+        return {k: getattr(self, k) for k in keys}
+
+
+def load_study(configs: str | os.PathLike = DEFAULT_CONFIGS, quick: bool = False, **overrides) -> StudyConfig:
+    """The study of ``configs/study.yaml``, with its ``quick:`` overrides when ``quick``."""
+    import yaml
+
+    path = Path(configs) / "study.yaml"
+    if not path.exists():
+        raise ConfigError(f"{path} not found (the study's description)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    quick_over = raw.pop("quick", {}) or {}
+    names = {f.name for f in fields(StudyConfig)}
+    for where, block in ((path, raw), (f"{path} quick", quick_over)):
+        unknown = sorted(set(block) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    if quick:
+        raw.update(quick_over)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    study = StudyConfig(**raw, quick=quick)
+    study.validate()
+    return study
+
+
+def _bits(mask: torch.Tensor) -> str:
+    return np.packbits(mask.cpu().numpy().astype(bool)).tobytes().hex()
+
+
+def unbits(hexstr: str, n: int) -> np.ndarray:
+    """(n,) bool from the hex of ``np.packbits`` (the per-example correctness stored in results)."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hexstr), dtype=np.uint8))[:n].astype(bool)
+
+
+def train_passes(cfg: TrainConfig) -> int:
+    """Forward-backward passes per training example and epoch: the inner attack's gradients plus
+    the clean and adversarial losses (EPGD-AT: steps x m_train draws)."""
+    inner = cfg.attack_steps * (cfg.m_train if cfg.objective in ("epgd", "smoothadv") else 1)
+    return 1 if cfg.objective in ("standard", "gaussian") else inner + 2
