@@ -18,6 +18,9 @@ _HELP = {
     "eps": "L_inf radius of the training attack (pixel units)",
     "sigma": "Gaussian input noise std for gaussian / cni-iw / epgd / smoothadv (pixel units)",
     "init": "fine-tune from this checkpoint",
+    "start_noise": "single-step uniform start radius in multiples of eps (fgsm-rs 1, n-fgsm 2)",
+    "grad_align": "GradAlign weight lambda for single-step objectives (0: off; ~3x a step's cost)",
+    "co_guard": "catastrophic-overfitting guard for single-step objectives: stop | shrink",
 }
 
 
@@ -38,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = type(default) if isinstance(default, int | float) and not isinstance(default, bool) else None
         if kind is None:
-            kind = {"alpha": float, "grad_clip": float, "max_train_examples": int}.get(f.name, str)
+            kind = {"alpha": float, "grad_clip": float, "max_train_examples": int, "start_noise": float}.get(f.name, str)
         p.add_argument(
             flag,
             type=kind,

@@ -4,6 +4,7 @@
 * gaussian_augmentation(sigma): CE(f(x + N(0, sigma^2)), y) (noise in pixel units, not clipped).
 * adversarial(attack, weight): (1 - w) CE(f(x), y) + w CE(f(x_adv), y) (paper eq. 6; w = 1 is Madry).
 * trades(attack_kwargs, beta): CE(f(x), y) + beta * KL(p(x) || p(x_adv)), x_adv maximising the KL.
+* fgsm / fgsm-rs / n-fgsm: single-step adversarial training (``training.single_step``), eq. 6.
 * cni_iw = adversarial training with Gaussian input noise (paper eq. 23), and epgd / smoothadv
   adversarial training: ``adversarial`` with an EPGD / SmoothAdv attack and/or input noise.
 The inner attack runs with the model in eval mode (batch-norm statistics) and noise on; the attack
@@ -23,7 +24,18 @@ from smoothinf.attacks import EPGD, PGD, SmoothAdv
 from smoothinf.errors import ConfigError
 from smoothinf.noise import NoiseDistribution
 
-OBJECTIVES = ("standard", "gaussian", "adversarial", "trades", "cni-iw", "epgd", "smoothadv")
+OBJECTIVES = (
+    "standard",
+    "gaussian",
+    "adversarial",
+    "trades",
+    "cni-iw",
+    "epgd",
+    "smoothadv",
+    "fgsm",
+    "fgsm-rs",
+    "n-fgsm",
+)
 
 
 @dataclass
@@ -121,8 +133,17 @@ def build_objective(
     beta: float = 6.0,
     sigma: float = 0.0,
     m_train: int = 8,
+    start_noise: float | None = None,
+    grad_align: float = 0.0,
 ) -> Objective:
-    """An objective by name: standard | gaussian | adversarial | trades | cni-iw | epgd | smoothadv."""
+    """An objective by name: standard | gaussian | adversarial | trades | cni-iw | epgd | smoothadv
+    | fgsm | fgsm-rs | n-fgsm. For the single-step ones alpha / start_noise None take the method's
+    defaults (fgsm-rs: 1.25 eps, start U[-eps, eps]; n-fgsm: eps, start U[-2 eps, 2 eps]) and
+    grad_align > 0 adds GradAlign with that weight."""
+    if name in ("fgsm", "fgsm-rs", "n-fgsm"):
+        from smoothinf.training.single_step import single_step, single_step_perturbation
+
+        return single_step(single_step_perturbation(name, eps, alpha, start_noise), weight, grad_align)
     alpha = 2.5 * eps / steps if alpha is None else alpha
     if name == "standard":
         return standard()
