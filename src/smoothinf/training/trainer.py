@@ -46,6 +46,7 @@ class TrainConfig:
     co_guard_every: int = 100
     co_guard_examples: int = 256
     co_guard_drop: float = 0.2
+    co_guard_gap: float = 0.5
     co_guard_pgd_steps: int = 10
     co_guard_shrink: float = 0.5
     optimizer: str = "adam"
@@ -118,6 +119,7 @@ class TrainConfig:
             examples=self.co_guard_examples,
             pgd_steps=self.co_guard_pgd_steps,
             drop=self.co_guard_drop,
+            gap=self.co_guard_gap,
             shrink=self.co_guard_shrink,
             seed=self.seed,
         )
