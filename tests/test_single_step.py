@@ -329,7 +329,9 @@ def test_cli_trains_single_step(tmp_path, objective, extra):
 
 def test_cli_rejects_guard_on_multi_step_objective(tmp_path):
     cmd = [sys.executable, "-m", "smoothinf", "train", "--objective", "adversarial", "--co-guard", "stop"]
-    proc = subprocess.run(cmd + ["--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        cmd + ["--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert proc.returncode == 2 and "single-step" in proc.stderr
 
 

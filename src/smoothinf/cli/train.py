@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = type(default) if isinstance(default, int | float) and not isinstance(default, bool) else None
         if kind is None:
-            kind = {"alpha": float, "grad_clip": float, "max_train_examples": int, "start_noise": float}.get(f.name, str)
+            kind = {"alpha": float, "grad_clip": float, "max_train_examples": int, "start_noise": float}.get(
+                f.name, str
+            )
         p.add_argument(
             flag,
             type=kind,

@@ -8,10 +8,10 @@ PGD-``pgd_steps`` accuracy and FGSM accuracy. A check is a *collapse* when the P
 more than ``drop`` below the last good check's while the FGSM accuracy did not fall, or when the FGSM
 accuracy exceeds the PGD accuracy by more than ``gap`` (CO that set in before the model ever became
 robust: from-scratch FGSM / FGSM-RS runs on MNIST at eps 0.3 never pass 3% PGD accuracy while their
-FGSM accuracy climbs to 60-90%); any other check is good and becomes the new restore point (weights and optimizer state, copied to CPU). On a
-collapse the guard logs it, restores the last good point and either asks the trainer to stop
-(``action="stop"``) or multiplies the single-step objective's step alpha by ``shrink`` and lets
-training go on (``action="shrink"``).
+FGSM accuracy climbs to 60-90%); any other check is good and becomes the new restore point
+(weights and optimizer state, copied to CPU). On a collapse the guard logs it, restores the last
+good point and either asks the trainer to stop (``action="stop"``) or multiplies the single-step
+objective's step alpha by ``shrink`` and lets training go on (``action="shrink"``).
 
 Cost of one check: (pgd_steps + 1) forward/backward passes plus one forward of ``examples`` images
 for PGD, two passes for FGSM, and the copies. With the defaults (256 examples, PGD-10, every 100 steps
@@ -108,7 +108,9 @@ class COGuard:
     def __post_init__(self) -> None:
         self.config.validate()
         if self.config.action == "shrink" and not hasattr(self.perturbation, "alpha"):
-            raise ConfigError("co_guard action 'shrink' needs a single-step objective (fgsm, fgsm-rs, n-fgsm)")
+            raise ConfigError(
+                "co_guard action 'shrink' needs a single-step objective (fgsm, fgsm-rs, n-fgsm)"
+            )
         self.x = self.x[: self.config.examples]
         self.y = self.y[: self.config.examples]
 
