@@ -55,7 +55,7 @@ from smoothinf.smoothing import (  # noqa: E402
     reciprocal_rank,
     top_k,
 )
-from smoothinf.training import build_objective  # noqa: E402
+from smoothinf.training import COGuard, COGuardConfig, SingleStep, build_objective  # noqa: E402
 from smoothinf.training.trainer import TrainConfig, train  # noqa: E402
 from smoothinf.utils import tune_cpu_allocator  # noqa: E402
 
@@ -65,6 +65,8 @@ __all__ = [
     "NOISE_KINDS",
     "PGD",
     "AutoAttackAdapter",
+    "COGuard",
+    "COGuardConfig",
     "DatasetInfo",
     "EvalConfig",
     "ImageDataset",
@@ -72,6 +74,7 @@ __all__ = [
     "NoiseDistribution",
     "Normalize",
     "RobustResult",
+    "SingleStep",
     "SmoothAdv",
     "SmoothedClassifier",
     "TrainConfig",
