@@ -75,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--eval", type=int, default=1000)
+    parser.add_argument("--adv-weight", type=float, default=0.5, help="w of eq. 6 (1: Madry / the papers)")
     parser.add_argument("--workdir", default="/tmp/bench_single_step")
     parser.add_argument("--train-examples", type=int, default=None, help="smoke runs only")
     parser.add_argument("--out", default=None)
@@ -86,7 +87,7 @@ def main() -> None:
         data="mnist",
         model="mnist_cnn_small",
         eps=0.3,
-        adv_weight=1.0,
+        adv_weight=args.adv_weight,
         optimizer="adam",
         lr=1e-3,
         batch_size=128,
@@ -96,7 +97,7 @@ def main() -> None:
         max_train_examples=args.train_examples,
     )
     runs = {
-        "PGD-AT (k = 10, step 0.075)": dict(objective="adversarial", attack_steps=10),
+        "PGD-AT (k = 10, step 0.05)": dict(objective="adversarial", attack_steps=10, alpha=0.05),
         "FGSM-RS (step 1.25 eps)": dict(objective="fgsm-rs"),
         "N-FGSM (k = 2, step eps)": dict(objective="n-fgsm"),
         "N-FGSM (k = 1, step eps)": dict(objective="n-fgsm", start_noise=1.0),
@@ -131,7 +132,7 @@ def main() -> None:
         ),
         "plain FGSM fine-tuning the PGD-AT model": TrainConfig(
             out=str(work / "co_finetune"),
-            init=str(Path(cfgs["PGD-AT (k = 10, step 0.075)"].out) / "model.safetensors"),
+            init=str(Path(cfgs["PGD-AT (k = 10, step 0.05)"].out) / "model.safetensors"),
             **{**common, "objective": "fgsm"},
             **guard_kw,
         ),
@@ -172,13 +173,14 @@ def main() -> None:
         ),
     }
 
-    pgd_name = "PGD-AT (k = 10, step 0.075)"
+    pgd_name = "PGD-AT (k = 10, step 0.05)"
     t_pgd = rows[pgd_name]["epoch_s"]
     a_pgd = rows[pgd_name]["worst"]
     lines = [
         f"Machine: {platform.machine()}, {torch.get_num_threads()} thread, torch {torch.__version__}, "
         "shared CPU; "
-        f"MNIST train 50000, mnist_cnn_small, eps 0.3, w = 1, Adam lr 1e-3, batch 128, {args.epochs} epochs "
+        f"MNIST train 50000, mnist_cnn_small, eps 0.3, w = {args.adv_weight}, Adam lr 1e-3, batch 128, "
+        f"{args.epochs} epochs "
         "each, the runs interleaved epoch by epoch in one process. Epoch time: median over epochs of the "
         f"training loop. Robust accuracy on the first {args.eval} test images: PGD-40 (5 restarts) and "
         "PGD-100 (2 restarts) with step 0.01, AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square); "
