@@ -355,3 +355,17 @@ def test_guard_gap_criterion_catches_co_from_the_start(monkeypatch):
     verdicts = [guard.check(_Masked(), None, s) for s in range(3)]
     assert [v.collapsed for v in verdicts] == [False, False, True]
     assert verdicts[-1].restored_to == 1
+
+
+def test_cyclic_schedule_is_a_triangle_over_epochs():
+    """lr factor 1 - |e + 0.5 - E/2| / (E/2) per epoch e: 0.25, 0.75, 0.75, 0.25 for E = 4."""
+    from smoothinf.training.trainer import _scheduler
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
+    sched = _scheduler(TrainConfig(schedule="cyclic", epochs=4), opt)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.05, 0.15, 0.15, 0.05])
