@@ -86,7 +86,7 @@ _EXPORTS: dict[str, str] = {
         ),
         "smoothinf.smoothing",
     ),
-    "build_objective": "smoothinf.training",
+    **dict.fromkeys(("COGuard", "COGuardConfig", "SingleStep", "build_objective"), "smoothinf.training"),
     **dict.fromkeys(("TrainConfig", "train"), "smoothinf.training.trainer"),
     "tune_cpu_allocator": "smoothinf.utils",
 }

@@ -20,6 +20,9 @@ _HELP = {
     " objectives or of the --noise cni-i layer",
     "noise_init": "init of the PNI/CNI weight-noise parameters (cni-i takes its std from --sigma)",
     "init": "fine-tune from this checkpoint",
+    "start_noise": "single-step uniform start radius in multiples of eps (fgsm-rs 1, n-fgsm 2)",
+    "grad_align": "GradAlign weight lambda for single-step objectives (0: off; ~3x a step's cost)",
+    "co_guard": "catastrophic-overfitting guard for single-step objectives: stop | shrink",
 }
 
 
@@ -43,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = type(default) if isinstance(default, int | float) and not isinstance(default, bool) else None
         if kind is None:
-            kind = {"alpha": float, "grad_clip": float, "max_train_examples": int}.get(f.name, str)
+            kind = {"alpha": float, "grad_clip": float, "max_train_examples": int, "start_noise": float}.get(
+                f.name, str
+            )
         p.add_argument(
             flag,
             type=kind,

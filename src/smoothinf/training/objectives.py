@@ -10,6 +10,7 @@
 * epgd / smoothadv (EPGD-AT, SmoothAdv-AT): x_adv from EPGD / SmoothAdv with m_train draws, and the
   loss is that of the smoothed classifier at x_adv (Salman et al. 2019): CE averaged over m_train
   noisy copies x_adv + n_j (and x + n_j for the clean term). They need sigma > 0.
+* fgsm / fgsm-rs / n-fgsm: single-step adversarial training (``training.single_step``), eq. 6.
 The inner attack runs with the model in eval mode (batch-norm statistics) and noise on; the attack
 restores the training mode afterwards. Batch-norm running statistics come only from the forwards
 the loss uses (with w = 1 the clean accuracy is measured in eval mode, without touching them).
@@ -30,7 +31,18 @@ from smoothinf.attacks import EPGD, PGD, SmoothAdv
 from smoothinf.errors import ConfigError
 from smoothinf.noise import NoiseDistribution
 
-OBJECTIVES = ("standard", "gaussian", "adversarial", "trades", "cni-iw", "epgd", "smoothadv")
+OBJECTIVES = (
+    "standard",
+    "gaussian",
+    "adversarial",
+    "trades",
+    "cni-iw",
+    "epgd",
+    "smoothadv",
+    "fgsm",
+    "fgsm-rs",
+    "n-fgsm",
+)
 # Objectives that add Gaussian input noise of std sigma themselves (they need sigma > 0).
 INPUT_NOISE_OBJECTIVES = ("gaussian", "cni-iw", "epgd", "smoothadv")
 
@@ -193,13 +205,23 @@ def build_objective(
     beta: float = 6.0,
     sigma: float = 0.0,
     m_train: int = 8,
+    start_noise: float | None = None,
+    grad_align: float = 0.0,
 ) -> Objective:
-    """An objective by name: standard | gaussian | adversarial | trades | cni-iw | epgd | smoothadv.
+    """An objective by name: standard | gaussian | adversarial | trades | cni-iw | epgd | smoothadv
+    | fgsm | fgsm-rs | n-fgsm.
 
     ``sigma`` (pixel units) is the Gaussian input noise the objective adds: gaussian, cni-iw, epgd
     and smoothadv need sigma > 0; adversarial with sigma > 0 is cni-iw. With input noise the
     attack sees it too (cni-iw / adversarial: one draw per PGD step; epgd / smoothadv: m_train).
+    For the single-step ones alpha / start_noise None take the method's defaults (fgsm-rs:
+    1.25 eps, start U[-eps, eps]; n-fgsm: eps, start U[-2 eps, 2 eps]) and grad_align > 0 adds
+    GradAlign with that weight.
     """
+    if name in ("fgsm", "fgsm-rs", "n-fgsm"):
+        from smoothinf.training.single_step import single_step, single_step_perturbation
+
+        return single_step(single_step_perturbation(name, eps, alpha, start_noise), weight, grad_align)
     alpha = 2.5 * eps / steps if alpha is None else alpha
     if name in INPUT_NOISE_OBJECTIVES and sigma <= 0:
         raise ConfigError(

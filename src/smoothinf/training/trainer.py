@@ -18,12 +18,14 @@ from smoothinf.models import create_model_for, list_models, load_checkpoint, sav
 from smoothinf.models.inputs import check_model_input
 from smoothinf.models.state import apply_state_dict
 from smoothinf.noise import NOISE_KINDS, inject_noise, input_noise_std, mean_noise_level, param_groups
+from smoothinf.training.co_guard import COGuard, COGuardConfig
 from smoothinf.training.objectives import (
     INPUT_NOISE_OBJECTIVES,
     OBJECTIVES,
     build_objective,
     check_input_noise,
 )
+from smoothinf.training.single_step import SINGLE_STEP_OBJECTIVES
 from smoothinf.utils import check_dataclass_types, dataclass_from_yaml, resolve_device, seed_everything
 
 
@@ -52,6 +54,15 @@ class TrainConfig:
     beta: float = 6.0
     sigma: float = 0.0
     m_train: int = 8
+    start_noise: float | None = None
+    grad_align: float = 0.0
+    co_guard: str | None = None
+    co_guard_every: int = 100
+    co_guard_examples: int = 256
+    co_guard_drop: float = 0.2
+    co_guard_gap: float = 0.5
+    co_guard_pgd_steps: int = 10
+    co_guard_shrink: float = 0.5
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
@@ -89,8 +100,10 @@ class TrainConfig:
             raise ConfigError(f"unknown noise {self.noise!r}; choose one of {', '.join(NOISE_KINDS)}")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
-        if self.schedule not in ("constant", "multistep", "cosine"):
-            raise ConfigError(f"unknown schedule {self.schedule!r}; use constant, multistep or cosine")
+        if self.schedule not in ("constant", "multistep", "cosine", "cyclic"):
+            raise ConfigError(
+                f"unknown schedule {self.schedule!r}; use constant, multistep, cosine or cyclic"
+            )
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.select_by not in ("clean", "robust", "last"):
@@ -114,8 +127,33 @@ class TrainConfig:
             )
         if self.noise == "cni-i" and self.init is None and self.sigma <= 0:
             raise ConfigError("--noise cni-i takes its input-noise std from --sigma: pass --sigma > 0")
+        single = self.objective in SINGLE_STEP_OBJECTIVES
+        if not single and (self.start_noise is not None or self.grad_align or self.co_guard):
+            raise ConfigError(
+                "start_noise, grad_align and co_guard apply to the single-step objectives only "
+                f"({', '.join(SINGLE_STEP_OBJECTIVES)}), not {self.objective!r}"
+            )
+        if self.start_noise is not None and self.start_noise < 0:
+            raise ConfigError(f"start_noise must be >= 0 (multiples of eps), got {self.start_noise}")
+        if self.grad_align < 0:
+            raise ConfigError(f"grad_align must be >= 0, got {self.grad_align}")
+        if self.co_guard is not None:
+            self.guard_config().validate()
         if self.init is not None and not Path(self.init).exists():
             raise ConfigError(f"--init checkpoint {self.init} not found")
+
+    def guard_config(self) -> COGuardConfig:
+        """The CO guard's settings (``co_guard`` is its action: stop | shrink)."""
+        return COGuardConfig(
+            action=self.co_guard or "stop",
+            every=self.co_guard_every,
+            examples=self.co_guard_examples,
+            pgd_steps=self.co_guard_pgd_steps,
+            drop=self.co_guard_drop,
+            gap=self.co_guard_gap,
+            shrink=self.co_guard_shrink,
+            seed=self.seed,
+        )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
@@ -261,6 +299,9 @@ def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones, 0.1)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    if cfg.schedule == "cyclic":  # triangle over the run, peak lr at its middle (stepped per epoch)
+        half = cfg.epochs / 2
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: max(0.0, 1 - abs(e + 0.5 - half) / half))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
@@ -365,6 +406,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         cfg.beta,
         objective_sigma,
         cfg.m_train,
+        start_noise=cfg.start_noise,
+        grad_align=cfg.grad_align,
     )
     out = Path(cfg.out)
     state_path, log_path = out / "last.pt", out / "metrics.jsonl"
@@ -396,7 +439,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             )
     barrier(info_dist)
     start = time.time()
+    guard, stopped = None, False
+    batches = -(-x.shape[0] // cfg.batch_size)
+    global_step = start_epoch * batches
+    if cfg.co_guard:  # every rank runs the same deterministic checks on the same weights
+        xg, yg = splits["val"].tensors(cfg.co_guard_examples)
+        perturbation = getattr(objective, "perturbation", None)
+        guard = COGuard(cfg.guard_config(), xg, yg, cfg.eps, perturbation)
+        guard.check(base_model, opt, global_step)  # the first restore point
     for epoch in range(start_epoch, cfg.epochs):
+        guard_start = guard.seconds if guard else 0.0
+        checks_start = len(guard.history) if guard else 0
         model.train()
         batch_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         attack_gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch + 7)
@@ -431,6 +484,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 post["adv"] = f"{totals['adv'] / totals['n']:.3f}"
             post.update({k: f"{v:.3g}" for k, v in mean_noise_level(base_model).items()})
             bar.set_postfix(post)
+            global_step += 1
+            if guard is not None and guard.due(global_step):
+                stopped = guard.check(base_model, opt, global_step).collapsed and cfg.co_guard == "stop"
+                if stopped:
+                    break
+        if guard is not None and not stopped and not guard.due(global_step):  # epoch-end check
+            stopped = guard.check(base_model, opt, global_step).collapsed and cfg.co_guard == "stop"
         loop_seconds = time.time() - epoch_start
         sched.step()
         model.eval()
@@ -455,8 +515,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         if evaluate_now and cfg.eps > 0:
             record["val_pgd"] = robust_accuracy_pgd(base_model, xv, yv, cfg.eps, cfg.eval_pgd_steps, cfg.seed)
         record.update(mean_noise_level(base_model))
+        if guard is not None:
+            record["co_guard_seconds"] = guard.seconds - guard_start
+            record["co_guard_checks"] = len(guard.history) - checks_start
+            record["co_guard_collapses"] = [asdict(c) for c in guard.history[checks_start:] if c.collapsed]
+            record["co_guard_stopped"] = stopped
         if not info_dist.is_main:
             barrier(info_dist)
+            if stopped:
+                break
             continue
         save_checkpoint(
             out / "model.safetensors",
@@ -483,10 +550,18 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             flush=True,
         )
         barrier(info_dist)
+        if stopped:
+            break
     xt, yt = splits["test"].tensors(cfg.eval_examples)
     metrics = {
         "test_clean": accuracy(base_model, xt, yt),
         "train_seconds": time.time() - start,
         "checkpoint": str(out / "model.safetensors"),
     }
+    if guard is not None:
+        metrics["co_guard"] = guard.records()
+        metrics["co_guard_seconds"] = guard.seconds
+        metrics["co_guard_stopped"] = stopped
+        if info_dist.is_main:
+            (out / "co_guard.jsonl").write_text("".join(json.dumps(r) + "\n" for r in guard.records()))
     return metrics
