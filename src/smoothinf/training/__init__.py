@@ -9,6 +9,7 @@ from smoothinf.training.objectives import (
     adversarial,
     build_objective,
     check_input_noise,
+    single_step,
     standard,
     trades,
 )
@@ -16,7 +17,6 @@ from smoothinf.training.single_step import (
     SINGLE_STEP_OBJECTIVES,
     SingleStep,
     grad_align_penalty,
-    single_step,
     single_step_perturbation,
 )
 

@@ -20,6 +20,7 @@ Input noise has one source: the objective's sigma, or a cni-i layer inside the m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from torch import nn
 from smoothinf.attacks import EPGD, PGD, SmoothAdv
 from smoothinf.errors import ConfigError
 from smoothinf.noise import NoiseDistribution
+from smoothinf.training.single_step import SingleStep, grad_align_penalty, single_step_perturbation
 
 OBJECTIVES = (
     "standard",
@@ -219,8 +221,6 @@ def build_objective(
     GradAlign with that weight.
     """
     if name in ("fgsm", "fgsm-rs", "n-fgsm"):
-        from smoothinf.training.single_step import single_step, single_step_perturbation
-
         return single_step(single_step_perturbation(name, eps, alpha, start_noise), weight, grad_align)
     alpha = 2.5 * eps / steps if alpha is None else alpha
     if name in INPUT_NOISE_OBJECTIVES and sigma <= 0:
@@ -243,3 +243,23 @@ def build_objective(
         make = lambda model: cls(model, noise, m_train, eps, alpha, steps)  # noqa: E731
         return adversarial(make, weight, sigma, draws=m_train)
     raise ConfigError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+def single_step(perturb: SingleStep, weight: float = 1.0, grad_align: float = 0.0) -> Objective:
+    """Eq. 6 with x_adv from ``perturb``, plus ``grad_align`` * GradAlign when > 0.
+
+    The returned objective carries ``objective.perturbation = perturb`` (the CO guard shrinks its
+    step through it).
+    """
+    if grad_align < 0:
+        raise ConfigError(f"grad_align must be >= 0, got {grad_align}")
+    base = adversarial(lambda model: functools.partial(perturb, model), weight)
+
+    def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator=None) -> Step:
+        out = base(model, x, y, generator)
+        if grad_align > 0:
+            out.loss = out.loss + grad_align * grad_align_penalty(model, x, y, perturb.eps, generator)
+        return out
+
+    step.perturbation = perturb  # type: ignore[attr-defined]
+    return step

@@ -27,7 +27,6 @@ the model in train mode for the attack.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -47,7 +46,6 @@ from smoothinf.attacks.base import (
 )
 from smoothinf.errors import ConfigError
 from smoothinf.noise.draws import noise_layers
-from smoothinf.training.objectives import Objective, Step, adversarial
 
 SINGLE_STEP_OBJECTIVES = ("fgsm", "fgsm-rs", "n-fgsm")
 # (start radius in multiples of eps, step in multiples of eps, projected to the eps-ball)
@@ -140,23 +138,3 @@ def grad_align_penalty(
     nonzero = (g1.norm(dim=1) > 0) & (g2.norm(dim=1) > 0)
     cos = F.cosine_similarity(g1, g2, dim=1)
     return torch.where(nonzero, 1.0 - cos, torch.zeros_like(cos)).mean()
-
-
-def single_step(perturb: SingleStep, weight: float = 1.0, grad_align: float = 0.0) -> Objective:
-    """Eq. 6 with x_adv from ``perturb``, plus ``grad_align`` * GradAlign when > 0.
-
-    The returned objective carries ``objective.perturbation = perturb`` (the CO guard shrinks its
-    step through it).
-    """
-    if grad_align < 0:
-        raise ConfigError(f"grad_align must be >= 0, got {grad_align}")
-    base = adversarial(lambda model: functools.partial(perturb, model), weight)
-
-    def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator=None) -> Step:
-        out = base(model, x, y, generator)
-        if grad_align > 0:
-            out.loss = out.loss + grad_align * grad_align_penalty(model, x, y, perturb.eps, generator)
-        return out
-
-    step.perturbation = perturb  # type: ignore[attr-defined]
-    return step
