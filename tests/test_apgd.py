@@ -187,10 +187,10 @@ def test_default_preset_by_row_kind():
     smoothed = preset_attacks("default", model, 0.3, noise=0.1, judge=g)
     assert set(smoothed) == {"pgd", "apgd-ce", "apgd-dlr"}
     assert smoothed["apgd-ce"].reduce == "softmax" and smoothed["apgd-dlr"].reduce == "loss"
-    assert smoothed["apgd-ce"].budget() == {"steps": 100, "draws": 8, "restarts": 1, "gradients": 800}
+    assert smoothed["apgd-ce"].budget() == {"steps": 200, "draws": 16, "restarts": 1, "gradients": 3200}
     assert smoothed["apgd-dlr"].judge is g
     doubled = preset_attacks("default", model, 0.3, noise=0.1, judge=g, scale=2)
-    assert doubled["apgd-ce"].budget()["gradients"] == 4 * 800
+    assert doubled["apgd-ce"].budget()["gradients"] == 4 * 3200
     plain = preset_attacks("default", model, 0.3)
     assert set(plain) == {"pgd", "apgd-ce", "apgd-t"}
     assert plain["apgd-t"].budget()["restarts"] == 9

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ms", type=count(1), nargs="+", default=None)
     p.add_argument("--steps", type=count(1), default=None)
     p.add_argument("--attack-m", type=count(1), default=None, help="noise draws per attack step")
-    p.add_argument("--apgd-steps", type=count(1), default=None, help="APGD iterations (default 100)")
+    p.add_argument("--apgd-steps", type=count(1), default=None, help="APGD iterations (default 200)")
     p.add_argument(
         "--check-examples",
         type=count(0),

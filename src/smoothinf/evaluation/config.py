@@ -68,9 +68,9 @@ class EvalConfig:
     ms: list[int] = field(default_factory=lambda: [32])
     attacks: list[str] = field(default_factory=lambda: ["default"])
     steps: int = 20
-    apgd_steps: int = 100
+    apgd_steps: int = 200
     restarts: int = 1
-    attack_m: int = 8
+    attack_m: int = 16
     transfer_source: str | None = None
     nattack_population: int = 50
     nattack_queries: int = 2000

@@ -31,7 +31,8 @@ class QuickstartConfig:
     certify_examples: int = 200
     certify_n: int = 1000
     runs: int = 3
-    apgd_steps: int = 100
+    apgd_steps: int = 200
+    attack_m: int = 16
     check_examples: int = 50
     full: bool = False
     seed: int = 0
@@ -81,7 +82,7 @@ def run_quickstart(qc: QuickstartConfig) -> Path:
         attacks=["default"],
         steps=20,
         apgd_steps=qc.apgd_steps,
-        attack_m=8,
+        attack_m=qc.attack_m,
         check_examples=min(qc.check_examples, x.shape[0]),
         runs=qc.runs,
         seed=qc.seed,
