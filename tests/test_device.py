@@ -31,6 +31,7 @@ from smoothinf.noise import (
 from smoothinf.smoothing import SmoothedClassifier, certify, predict_with_abstain, top_k
 from smoothinf.training.objectives import build_objective
 from smoothinf.training.trainer import TrainConfig, train
+from test_smoothing import Linear2  # the same binary linear classifier
 
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
 
@@ -43,19 +44,6 @@ def exact_float32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-class Linear2(torch.nn.Module):
-    """Binary linear classifier: logits (0, w.x + b); class 1 iff w.x + b > 0."""
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.w = torch.nn.Parameter(w.clone())
-        self.b = b
-
-    def forward(self, x):
-        z = x.flatten(1) @ self.w.flatten() + self.b
-        return torch.stack([torch.zeros_like(z), z], 1)
 
 
 def linear_at_margins(device, margins_in_sigma, sigma, shape=(3, 8, 8)):
