@@ -133,3 +133,25 @@ def test_cascade_runs_later_attacks_only_on_robust_examples_with_the_same_worst_
     assert torch.equal(casc.robust, full.robust)
     assert casc.accuracy["a2"] == casc.worst_case_accuracy == full.worst_case_accuracy
     assert casc.accuracy["a1"] == full.accuracy["a1"]
+
+
+def test_cascade_skips_an_attack_once_nothing_is_left_robust():
+    from smoothinf.attacks import robust_accuracy
+
+    class Half(nn.Module):  # class 1 iff the mean pixel exceeds 0.5
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            v = x.flatten(1).mean(1, keepdim=True)
+            return torch.cat([0.5 - v, v - 0.5], 1)
+
+    x, y = torch.full((6, 1, 4, 4), 0.25), torch.zeros(6, dtype=torch.long)
+    calls = []
+
+    def fool_all(xb, yb, generator=None):
+        calls.append(xb.shape[0])
+        return torch.full_like(xb, 0.75)
+
+    def must_not_run(xb, yb, generator=None):
+        raise AssertionError(f"called with {xb.shape[0]} examples")
+
+    res = robust_accuracy(Half(), x, y, {"first": fool_all, "second": must_not_run}, cascade=True)
+    assert calls == [6] and res.accuracy == {"first": 0.0, "second": 0.0} and res.worst_case_accuracy == 0.0

@@ -101,7 +101,8 @@ def robust_accuracy(
                 idx = robust.nonzero().squeeze(1)
             ok = robust.clone() if cascade else torch.zeros_like(clean)
             x_adv_all = x.clone() if keep_adversarial else None
-            for ib in idx.split(batch_size):
+            # (split() of an empty index yields one empty batch: skip it)
+            for ib in idx.split(batch_size) if idx.numel() else ():
                 xb, yb = x[ib], y[ib]
                 x_adv = attack(xb, yb, generator)
                 if x_adv.shape != xb.shape:
