@@ -146,6 +146,26 @@ def _majority(flags: list[bool]) -> bool:
     return bool(flags) and sum(flags) * 2 >= len(flags)
 
 
+def _worst_paper_header(labels: list[str]) -> list[str]:
+    """Header lines of a per-model table with a worst-case and a paper-attack column per label."""
+    cells = [f"{x} worst" for x in labels] + [f"{x} paper" for x in labels]
+    return ["| model | sigma | " + " | ".join(cells) + " |", "|---" * (2 + 2 * len(labels)) + "|"]
+
+
+def _worst_paper_line(model: str, sigma: float, rows: dict, keys: list) -> str:
+    """One table line: the worst case, then the paper-attack accuracy, of ``rows[k]`` for each key."""
+    cells = [_fmt(rows[k]["worst"]) for k in keys] + [_fmt(rows[k]["paper"]) for k in keys]
+    return f"| {model} | {sigma} | " + " | ".join(cells) + " |"
+
+
+def _claim_verdict(flags: list[bool], flags_p: list[bool]) -> str:
+    """holds (majority under the adaptive worst case) / holds only under the paper's attack /
+    does not hold / not measurable (no model measured)."""
+    if not flags:
+        return VERDICTS[3]
+    return VERDICTS[0] if _majority(flags) else VERDICTS[1] if _majority(flags_p) else VERDICTS[2]
+
+
 def claim1(table):
     rule = (
         "holds if, for at least half of the models, the best smoothed classifier (sigma > 0) has a "
@@ -175,9 +195,9 @@ def claim1(table):
             f"| {model} | {_fmt(b['clean'])} | {_fmt(b['worst'])} | {s['key']} sigma {s['sigma']} | "
             f"{_fmt(s['clean'])} | {_fmt(s['worst'])} | {_fmt(b['paper'])} | {_fmt(sp['paper'])} |"
         )
+    verdict = _claim_verdict(adaptive, paper)
     if not adaptive:
-        return VERDICTS[3], rule, lines
-    verdict = VERDICTS[0] if _majority(adaptive) else VERDICTS[1] if _majority(paper) else VERDICTS[2]
+        return verdict, rule, lines
     lines.append(
         f"\nSmoothing raised the worst case for {sum(adaptive)} of {len(adaptive)} models "
         f"(paper's attacks: {sum(paper)} of {len(paper)}). Mean worst-case gain (best smoothed minus "
@@ -247,14 +267,7 @@ def claim3(table, study):
         "model's best sigma > 0). " + RULE_THRESHOLD
     )
     ms = sorted(study.ms)
-    lines = [
-        "| model | sigma | "
-        + " | ".join(f"m={m} worst" for m in ms)
-        + " | "
-        + " | ".join(f"m={m} paper" for m in ms)
-        + " |",
-        "|---" * (2 + 2 * len(ms)) + "|",
-    ]
+    lines = _worst_paper_header([f"m={m}" for m in ms])
     flags, flags_p = [], []
     for model in _models(table):
         s = best_smoothed(table, model=model)
@@ -270,17 +283,8 @@ def claim3(table, study):
             out.append(
                 _beats(seq[-1], seq[0]) and not any(_beats(a, b) for a, b in zip(seq, seq[1:], strict=False))
             )
-        lines.append(
-            f"| {model} | {s['sigma']} | "
-            + " | ".join(_fmt(rows[m]["worst"]) for m in ms)
-            + " | "
-            + " | ".join(_fmt(rows[m]["paper"]) for m in ms)
-            + " |"
-        )
-    if not flags:
-        return VERDICTS[3], rule, lines
-    verdict = VERDICTS[0] if _majority(flags) else VERDICTS[1] if _majority(flags_p) else VERDICTS[2]
-    return verdict, rule, lines
+        lines.append(_worst_paper_line(model, s["sigma"], rows, ms))
+    return _claim_verdict(flags, flags_p), rule, lines
 
 
 def claim4(table, study):
@@ -290,14 +294,7 @@ def claim4(table, study):
         + RULE_THRESHOLD
     )
     m = max(study.ms)
-    lines = [
-        "| model | sigma | "
-        + " | ".join(f"{v} worst" for v in study.votes)
-        + " | "
-        + " | ".join(f"{v} paper" for v in study.votes)
-        + " |",
-        "|---" * (2 + 2 * len(study.votes)) + "|",
-    ]
+    lines = _worst_paper_header(list(study.votes))
     flags, flags_p = [], []
     if "hard" not in study.votes or len(study.votes) < 2:
         return VERDICTS[3], rule, lines
@@ -308,17 +305,8 @@ def claim4(table, study):
         rows = {r["vote"]: r for r in _rows(table, model=model, setting="smoothed", sigma=s["sigma"], m=m)}
         for metric, out in (("worst", flags), ("paper", flags_p)):
             out.append(all(_beats(rows["hard"][metric], rows[v][metric]) for v in rows if v != "hard"))
-        lines.append(
-            f"| {model} | {s['sigma']} | "
-            + " | ".join(_fmt(rows[v]["worst"]) for v in study.votes)
-            + " | "
-            + " | ".join(_fmt(rows[v]["paper"]) for v in study.votes)
-            + " |"
-        )
-    if not flags:
-        return VERDICTS[3], rule, lines
-    verdict = VERDICTS[0] if _majority(flags) else VERDICTS[1] if _majority(flags_p) else VERDICTS[2]
-    return verdict, rule, lines
+        lines.append(_worst_paper_line(model, s["sigma"], rows, list(study.votes)))
+    return _claim_verdict(flags, flags_p), rule, lines
 
 
 def claim5(conv, study):
