@@ -134,7 +134,6 @@ class APGD(ExpectationPGD):
         self.target_classes = target_classes
         self.rho = float(rho)
         self.momentum = float(momentum)
-        self._untargeted_loss = self.loss_fn
 
     def __repr__(self) -> str:
         sigma = self.noise.sigma if self.noise is not None else 0.0
@@ -148,23 +147,19 @@ class APGD(ExpectationPGD):
         return max(1, self.target_classes)
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, run: int) -> list[torch.Tensor]:
-        labels = y
-        self.loss_fn = self._untargeted_loss
-        if self.target_classes:
-            k = self._num_classes or 0
-            with torch.no_grad():  # targets: the wrong classes by the surrogate's probabilities at x
-                probs = self._expected(x, y, gen, False)[2]
-            order = probs.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-            target = order[:, min(run % self.target_classes, k - 2)]
-            labels = y * k + target
-            self.loss_fn = targeted_loss(self.loss_name, k)
-        try:
-            return self._apgd(x, y, labels, gen)
-        finally:
-            self.loss_fn = self._untargeted_loss
+        if not self.target_classes:
+            return self._apgd(x, y, y, self.loss_fn, gen)
+        k = self._num_classes or 0
+        with torch.no_grad():  # targets: the wrong classes by the surrogate's probabilities at x
+            probs = self._expected(x, y, gen, False)[2]
+        order = probs.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+        target = order[:, min(run % self.target_classes, k - 2)]
+        return self._apgd(x, y, y * k + target, targeted_loss(self.loss_name, k), gen)
 
-    def _apgd(self, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
-        """One APGD run from a random start; ``labels`` go to the loss, ``y`` judges success."""
+    def _apgd(
+        self, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn, gen: torch.Generator
+    ) -> list[torch.Tensor]:
+        """One APGD run from a random start maximising ``loss_fn(logits, labels)``; ``y`` judges success."""
         n = x.shape[0]
         shape = (n,) + (1,) * (x.dim() - 1)
         sign = -1.0 if self.targeted else 1.0  # the loss to maximise is sign * loss
@@ -173,7 +168,7 @@ class APGD(ExpectationPGD):
         adv = random_start(x, self.eps, self.norm, gen)
 
         def evaluate(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            grad, loss, probs = self._expected(point, labels, gen, True)
+            grad, loss, probs = self._expected(point, labels, gen, True, loss_fn=loss_fn)
             hit = probs.argmax(1) == y
             visited.update(point, sign * loss, hit if self.targeted else ~hit)
             return sign * grad, sign * loss

@@ -116,8 +116,15 @@ class PGD(Attack):
         }
 
     def _expected(
-        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, need_grad: bool, need_probs: bool = True
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        gen: torch.Generator,
+        need_grad: bool,
+        need_probs: bool = True,
+        loss_fn: LossFn | None = None,
     ):
+        """``expected_loss`` of ``loss_fn`` (default: the attack's loss) at ``x``."""
         rows = chunk_rows(x, None, self.batch_size, weight_values=self._weight_values)
         if need_grad and self._grad_rows is not None:
             rows = min(rows, self._grad_rows)  # saved activations must fit the GPU's memory
@@ -125,7 +132,7 @@ class PGD(Attack):
             self.model,
             x,
             y,
-            self.loss_fn,
+            self.loss_fn if loss_fn is None else loss_fn,
             noise=self.noise,
             m=self.m,
             reduce=self.reduce,
