@@ -3,8 +3,8 @@
 For each checkpoint, sigma and vote (m draws): the preset (PGD-20 on the base model, APGD-CE on the
 expected softmax and APGD-DLR on the expected loss through the noise, judged by the smoothed
 classifier; a cascade, as AutoAttack runs), the same preset with twice the steps and draws, and
-AutoAttack ``rand`` (APGD-CE +
-APGD-DLR, EOT 20, on a one-draw soft surrogate: crafted once per sigma, judged with every vote).
+AutoAttack ``rand`` (APGD-CE + APGD-DLR, EOT 20, on a one-draw soft surrogate: crafted once per
+sigma, judged with every vote).
 Every accuracy is judged by the defended classifier with fresh noise (m draws). Targets (issue 11):
 preset worst case <= AutoAttack rand + 1 image, in <= half its wall time; doubling moves < 1 point.
 
