@@ -32,7 +32,8 @@ def test_config_folders_hold_every_model():
     study = load_study(ROOT / "configs" / "paper_mnist")
     for name in study.models + study.finetunes + [study.transfer_source]:
         assert (ROOT / "configs" / "paper_mnist" / f"{name}.yaml").exists()
-    assert 0.0 in study.sigmas and max(study.ms) == 256 and study.runs == 3 and study.examples == 1000
+    assert 0.0 in study.sigmas and 0.1 in study.sigmas and study.runs == 3 and study.examples == 1000
+    assert max(study.ms) >= 64 and max(study.headline_ms) == 256
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")

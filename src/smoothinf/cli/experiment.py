@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from smoothinf.cli import add_common_args
+from smoothinf.cli import add_common_args, count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="end after this stage (the page is written from what exists)",
     )
+    q.add_argument(
+        "--jobs",
+        type=count(1),
+        default=None,
+        help="steps run at once, each in its own process (default: study.yaml's jobs)",
+    )
     add_common_args(q)
     q.set_defaults(func=run_paper_mnist)
 
@@ -38,7 +44,14 @@ def run_paper_mnist(args: argparse.Namespace) -> int:
         path = write_paper_report(args.out, args.doc)
     else:
         path = run_study(
-            args.out, args.configs, args.quick, args.doc, args.stop_after, seed=args.seed, device=args.device
+            args.out,
+            args.configs,
+            args.quick,
+            args.doc,
+            args.stop_after,
+            seed=args.seed,
+            device=args.device,
+            jobs=args.jobs,
         )
     print(f"report: {path}" + (f" (copied to {args.doc})" if args.doc else ""))
     return 0

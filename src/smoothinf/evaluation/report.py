@@ -36,7 +36,9 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
             "strongest": (
                 statistics.mode([r["strongest"] for r in rs])
                 if cascade
-                else min(attacks, key=lambda a: attacks[a][0]) if attacks else "-"
+                else min(attacks, key=lambda a: attacks[a][0])
+                if attacks
+                else "-"
             ),
             "budget": rs[0].get("budget", {}),
             "checks": _merge_checks([r.get("checks", {}) for r in rs]),

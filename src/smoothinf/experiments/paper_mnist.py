@@ -241,6 +241,15 @@ def setting_attacks(
     return attacks
 
 
+CASCADED = ("apgd-ce", "apgd-dlr", "apgd-t", "autoattack")  # run last, on the examples still alive
+
+
+def _attack_order(names) -> list[str]:
+    """The paper's and the cheap attacks first (on every example), then the cascaded ones."""
+    names = list(names)
+    return ["clean"] + [a for a in names if a not in CASCADED] + [a for a in CASCADED if a in names]
+
+
 def evaluate_model(
     model: nn.Module,
     name: str,
@@ -257,27 +266,49 @@ def evaluate_model(
     A row holds the per-example correctness of every ``vote@m`` (hex bits; an example counts as
     correct only if the defence is right on it clean and on the attack's x_adv), the crafting and
     judging seconds. The transfer batch is crafted once per run and reused for every sigma.
+
+    With ``study.cascade`` the adaptive attacks (``CASCADED``) craft only on the examples that at
+    least one vote@m still gets right after every earlier attack (as AutoAttack does); the others
+    are stored as not correct, which is exact for the worst case (they are already lost under
+    every vote and m), so a cascaded attack's own column is cumulative. AutoAttack runs on the
+    first ``autoattack_examples`` of the first ``autoattack_runs`` runs.
     """
-    done = set()
+    done: dict[tuple, dict] = {}
     if results.exists():
         for line in results.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
                 if r.get("fingerprint") == fp:
-                    done.add((r["run"], r["setting"], r["sigma"], r["attack"]))
+                    done[(r["run"], r["setting"], r["sigma"], r["attack"])] = r
     deterministic = not noise_layers(model)
     settings: list[tuple[str, float]] = [("base", 0.0)]
     settings += [("smoothed", float(s)) for s in study.sigmas if s > 0 or not deterministic]
     transfer_cache: dict[int, torch.Tensor] = {}
+    n = int(x.shape[0])
     model.eval()
     for run in range(study.runs):
         for setting, sigma in settings:
             attacks = setting_attacks(model, study, None if setting == "base" else sigma, source)
-            for attack_name in ["clean", *attacks]:
+            if run >= study.autoattack_runs:
+                attacks.pop("autoattack", None)
+            alive: dict[str, torch.Tensor] = {}  # per vote@m: right on clean and every attack so far
+            for attack_name in _attack_order(attacks):
                 key = (run, setting, sigma, attack_name)
                 if key in done:
+                    r = done[key]
+                    for k, bits in r["correct"].items():
+                        ok = torch.from_numpy(unbits(bits, n)).to(y.device)
+                        alive[k] = ok if k not in alive else alive[k] & ok
                     continue
                 gen = _seeded(study.seed, run, setting, sigma, attack_name)
+                cascaded = study.cascade and attack_name in CASCADED and bool(alive)
+                target = torch.ones(n, dtype=torch.bool, device=y.device)
+                if attack_name == "autoattack":  # on the first autoattack_examples only
+                    target[study.autoattack_examples :] = False
+                if cascaded:
+                    alive_any = torch.stack(list(alive.values())).any(0)
+                    target &= alive_any
+                idx = target.nonzero().squeeze(1)
                 t0 = time.time()
                 reused = attack_name == "transfer" and run in transfer_cache
                 if attack_name == "clean":
@@ -287,12 +318,10 @@ def evaluate_model(
                         tgen = _seeded(study.seed, run, "transfer")
                         transfer_cache[run] = _craft(attacks[attack_name], x, y, tgen, study.batch_size)
                     x_adv = transfer_cache[run]
-                elif attack_name == "autoattack":  # on the first autoattack_examples only
-                    k = study.autoattack_examples
-                    x_adv = x.clone()
-                    x_adv[:k] = _craft(attacks[attack_name], x[:k], y[:k], gen, study.batch_size)
                 else:
-                    x_adv = _craft(attacks[attack_name], x, y, gen, study.batch_size)
+                    x_adv = x.clone()
+                    if len(idx):
+                        x_adv[idx] = _craft(attacks[attack_name], x[idx], y[idx], gen, study.batch_size)
                 craft = time.time() - t0
                 t1 = time.time()
                 jgen = _seeded(study.seed, run, setting, sigma, attack_name, "judge")
@@ -301,6 +330,10 @@ def evaluate_model(
                 else:
                     correct = judge_grid(model, sigma, x_adv, y, study.votes, study.ms, jgen)
                 judge_seconds = time.time() - t1
+                if cascaded:  # the skipped examples are lost under every vote@m already
+                    correct = {k: v & alive_any for k, v in correct.items()}
+                for k, v in correct.items():
+                    alive[k] = v if k not in alive else alive[k] & v
                 row = {
                     "fingerprint": fp,
                     "model": name,
@@ -312,8 +345,9 @@ def evaluate_model(
                     "budget": repr(attacks.get(attack_name, "clean")),
                     "gradients": attack_gradients(attacks.get(attack_name)),
                     "forwards": 1 if setting == "base" else max(study.ms),
-                    "n": int(x.shape[0]),
-                    "attacked": study.autoattack_examples if attack_name == "autoattack" else int(x.shape[0]),
+                    "n": n,
+                    "attacked": int(len(idx)) if attack_name != "clean" else 0,
+                    "cascaded": cascaded,
                     "craft_seconds": round(craft, 4),
                     "judge_seconds": round(judge_seconds, 4),
                     "transfer_reused": reused,
@@ -327,7 +361,7 @@ def evaluate_model(
                 acc = {k: round(float(v.float().mean()), 3) for k, v in list(correct.items())[:2]}
                 log(
                     f"  {name} run {run} {setting} sigma {sigma} {attack_name}: {acc} "
-                    f"({craft:.1f}+{judge_seconds:.1f} s)"
+                    f"({craft:.1f}+{judge_seconds:.1f} s, {len(idx)} attacked)"
                 )
 
 
@@ -468,6 +502,7 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
         "scales": study.convergence_scales,
         "pairs": study.compute_pairs,
         "eval": study.eval_identity(),
+        "headline_ms": study.headline_ms,
     }
     fp = fingerprint(ident, [ckpts[name]])
 
@@ -509,9 +544,8 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
                 t0 = time.time()
                 x_adv = _craft(fn, xs, ys, gen, study.batch_size)
                 craft = time.time() - t0
-                correct = judge_grid(
-                    model, sigma, x_adv, ys, study.votes, study.ms, _seeded(attack, meta, "judge")
-                )
+                ms = sorted(set(study.ms) | set(study.headline_ms))
+                correct = judge_grid(model, sigma, x_adv, ys, study.votes, ms, _seeded(attack, meta, "judge"))
                 row = {
                     "model": name,
                     "sigma": sigma,
@@ -610,6 +644,71 @@ def _certify_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log
     _run_step(out, f"certify/{name}", fp, [path], work, log)
 
 
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _schedule(tasks: dict[str, tuple[list[str], Callable, tuple]], jobs: int, log) -> dict[str, object]:
+    """Run ``tasks`` (name -> (deps, fn, args)), each once every dep has finished, as
+    ``fn(*args, results_so_far, log)``; returns name -> fn's result. ``jobs`` > 1 runs up to that
+    many at once, each in a spawned process with the parent's torch threads split between them
+    (``print`` is their log). Insertion order is the priority; a failure stops the schedule."""
+    results: dict[str, object] = {}
+    pending = dict(tasks)
+    if jobs <= 1:
+        while pending:
+            name = next(n for n, (deps, _, _) in pending.items() if all(d in results for d in deps))
+            _, fn, args = pending.pop(name)
+            results[name] = fn(*args, dict(results), log)
+        return results
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+        running: dict = {}
+        while pending or running:
+            for name in [n for n, (deps, _, _) in pending.items() if all(d in results for d in deps)]:
+                if len(running) >= jobs:
+                    break
+                _, fn, args = pending.pop(name)
+                running[pool.submit(fn, *args, dict(results), print)] = name
+            if not running:
+                raise ConfigError(f"steps {sorted(pending)} wait on steps that never run")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                results[running.pop(fut)] = fut.result()  # re-raises a worker's error
+    return results
+
+
+def _train_job(configs: Path, name: str, out: Path, study: StudyConfig, refs: dict, log) -> str:
+    return _train_step(configs, name, out, study, refs, log)
+
+
+def _test_data(study: StudyConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    splits, _ = load_splits(study.data, ("test",))
+    return splits["test"].tensors(max(study.examples, study.cert_examples))
+
+
+def _eval_job(out: Path, name: str, ckpt: str, source: str | None, study: StudyConfig, _refs, log) -> None:
+    x, y = _test_data(study)
+    mine = study.for_model(name)
+    n = mine.examples
+    _calibrate_step(out, name, ckpt, mine, x[:n], y[:n], log)
+    _eval_step(out, name, ckpt, source, mine, x[:n], y[:n], log)
+
+
+def _certify_job(out: Path, name: str, ckpt: str, study: StudyConfig, _refs, log) -> None:
+    x, y = _test_data(study)
+    _certify_step(out, name, ckpt, study, x, y, log)
+
+
+def _init_ref(configs: Path, name: str) -> list[str]:
+    init = TrainConfig.from_yaml(configs / f"{name}.yaml").init
+    return [init[1:]] if init and init.startswith("@") else []
+
+
 def run_study(
     out: str | os.PathLike,
     configs: str | os.PathLike = DEFAULT_CONFIGS,
@@ -623,6 +722,7 @@ def run_study(
 
     ``stop_after`` ("train", "eval", "convergence", "certify") ends the run after that stage
     (the report is still written from what exists). ``doc`` also copies the report there.
+    ``overrides`` replace study.yaml fields (``jobs=2`` runs two steps at once).
     """
     out, configs = Path(out), Path(configs)
     study = load_study(configs, quick, **overrides)
@@ -634,31 +734,38 @@ def run_study(
     if stop_after is not None and stop_after not in stages:
         raise ConfigError(f"stop_after must be one of {', '.join(stages)}")
     t_start = time.time()
-    refs: dict[str, str] = {}
-    for name in study.models + ([study.transfer_source] if study.transfer_source else []):
-        refs[name] = _train_step(configs, name, out, study, refs, log)
+    base = study.models + ([study.transfer_source] if study.transfer_source else [])
+    train_tasks = {n: (_init_ref(configs, n), _train_job, (configs, n, out, study)) for n in base}
+    refs: dict[str, str] = dict(_schedule(train_tasks, study.jobs, log))  # type: ignore[arg-type]
     if study.finetunes:
         best = _select_best_noise(out, study, refs, log)
         refs["best_noise"] = refs[best]
-        for name in study.finetunes:
-            refs[name] = _train_step(configs, name, out, study, refs, log)
+        ft_refs = {"best_noise": refs["best_noise"]}  # what a fine-tune's "@best_noise" names
+        ft_tasks = {n: ([], _finetune_job, (configs, n, out, study, ft_refs)) for n in study.finetunes}
+        refs.update(_schedule(ft_tasks, study.jobs, log))  # type: ignore[arg-type]
     evaluated = study.models + study.finetunes
     if stop_after != "train":
-        splits, _ = load_splits(study.data, ("test",))
-        x, y = splits["test"].tensors(max(study.examples, study.cert_examples))
         source = refs.get(study.transfer_source) if study.transfer_source else None
-        for name in evaluated:
-            _calibrate_step(out, name, refs[name], study, x[: study.examples], y[: study.examples], log)
-            _eval_step(out, name, refs[name], source, study, x[: study.examples], y[: study.examples], log)
+        # the costliest models first (checkpoint size as the proxy), so parallel steps end together
+        order = sorted(evaluated, key=lambda n: -os.path.getsize(refs[n]))
+        _schedule({n: ([], _eval_job, (out, n, refs[n], source, study)) for n in order}, study.jobs, log)
         if stop_after != "eval":
+            x, y = _test_data(study)
             _convergence_step(out, study, refs, x[: study.examples], y[: study.examples], log)
             if stop_after != "convergence":
-                for name in evaluated:
-                    _certify_step(out, name, refs[name], study, x, y, log)
-    log(f"pipeline pass: {time.time() - t_start:.1f} s")
+                tasks = {n: ([], _certify_job, (out, n, refs[n], study)) for n in order}
+                _schedule(tasks, study.jobs, log)
+    wall = time.time() - t_start
+    log(f"pipeline pass: {wall:.1f} s")
+    with (out / "passes.jsonl").open("a") as f:
+        f.write(json.dumps({"seconds": round(wall, 1), "jobs": study.jobs, "quick": study.quick}) + "\n")
     from smoothinf.experiments.paper_report import write_paper_report
 
     return write_paper_report(out, doc)
+
+
+def _finetune_job(configs: Path, name: str, out: Path, study: StudyConfig, ft_refs: dict, _refs, log) -> str:
+    return _train_step(configs, name, out, study, ft_refs, log)
 
 
 __all__ = ["StudyConfig", "judge_grid", "load_study", "run_study", "setting_attacks", "unbits"]

@@ -32,12 +32,16 @@ class StudyConfig:
     runs: int = 3
     sigmas: list[float] = field(default_factory=lambda: [0.0, 0.1])
     ms: list[int] = field(default_factory=lambda: [1, 8])
+    headline_ms: list[int] = field(default_factory=list)  # the convergence step's m (default: ms)
     votes: list[str] = field(default_factory=lambda: ["hard", "weighted", "soft"])
     apgd_steps: int = 50
     draws: int = 8
     paper_steps: int = 20
     transfer_steps: int = 40
     autoattack_examples: int = 0
+    autoattack_runs: int = 1  # AutoAttack on the first autoattack_examples of the first N runs only
+    cascade: bool = True  # adaptive attacks only craft on examples some vote@m still gets right
+    model_eval: dict = field(default_factory=dict)  # per-model overrides: {name: {runs:, sigmas:}}
     convergence_examples: int = 200
     convergence_scales: list[int] = field(default_factory=lambda: [1, 2])
     compute_pairs: list[list[int]] = field(default_factory=list)
@@ -50,6 +54,7 @@ class StudyConfig:
     batch_size: int = 250
     seed: int = 0
     device: str = "auto"
+    jobs: int = 1  # steps run in parallel, each in its own process (threads split between them)
     quick: bool = False
 
     def validate(self) -> None:
@@ -64,11 +69,26 @@ class StudyConfig:
             raise ConfigError("examples, runs and every m must be >= 1; give at least one vote")
         if any(s < 0 for s in self.sigmas) or not self.sigmas:
             raise ConfigError("sigmas must be >= 0 (pixel units) and not empty")
+        if self.jobs < 1:
+            raise ConfigError("jobs must be >= 1")
+        allowed = {"runs", "sigmas"}
+        for name, over in self.model_eval.items():
+            if name not in self.models + self.finetunes:
+                raise ConfigError(f"model_eval names {name!r}, which is not among the study's models")
+            if not isinstance(over, dict) or set(over) - allowed:
+                raise ConfigError(f"model_eval[{name!r}] may only set {', '.join(sorted(allowed))}")
+
+    def for_model(self, name: str) -> StudyConfig:
+        """This study with ``model_eval[name]``'s overrides (fewer runs or sigmas for a costly model)."""
+        from dataclasses import replace
+
+        over = self.model_eval.get(name, {})
+        return replace(self, **over) if over else self
 
     def eval_identity(self) -> dict:
         """The fields that define what an evaluation row means."""
         keys = ("eps", "examples", "apgd_steps", "draws", "paper_steps", "transfer_steps")
-        keys += ("autoattack_examples", "seed", "votes", "ms", "data")
+        keys += ("autoattack_examples", "autoattack_runs", "cascade", "seed", "votes", "ms", "data")
         return {k: getattr(self, k) for k in keys}
 
 
