@@ -503,6 +503,7 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
         "pairs": study.compute_pairs,
         "eval": study.eval_identity(),
         "headline_ms": study.headline_ms,
+        "square_queries": study.square_queries,
     }
     fp = fingerprint(ident, [ckpts[name]])
 
@@ -538,6 +539,18 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
             jobs.append(
                 ("pgd-km", {"kind": "compute", "k": k, "m": m}, EPGD(model, noise, 1, study.eps, steps=k * m))
             )
+        if study.square_queries > 0:  # black-box: beating APGD here would mean masked gradients
+            surrogate = SmoothedClassifier(model, sigma, study.draws, "soft") if sigma > 0 else model
+            square = AutoAttackAdapter(
+                surrogate,
+                "linf",
+                study.eps,
+                "custom",
+                attacks=["square"],
+                seed=study.seed,
+                square_queries=study.square_queries,
+            )
+            jobs.append(("square", {"kind": "blackbox", "queries": study.square_queries}, square))
         with path.open("w") as f:
             for attack, meta, fn in jobs:
                 gen = _seeded(study.seed, "convergence", attack, meta)
@@ -657,7 +670,10 @@ def _schedule(tasks: dict[str, tuple[list[str], Callable, tuple]], jobs: int, lo
     pending = dict(tasks)
     if jobs <= 1:
         while pending:
-            name = next(n for n, (deps, _, _) in pending.items() if all(d in results for d in deps))
+            ready = [n for n, (deps, _, _) in pending.items() if all(d in results for d in deps)]
+            if not ready:
+                raise ConfigError(f"steps {sorted(pending)} wait on steps that never run")
+            name = ready[0]
             _, fn, args = pending.pop(name)
             results[name] = fn(*args, dict(results), log)
         return results

@@ -444,6 +444,8 @@ def load_results(out: Path) -> dict:
 
 
 def _convergence_lines(conv, study):
+    """The convergence step's tables: APGD's worst case per budget scale, the black-box check and
+    the headline setting's accuracy at every m judged there. Returns (lines, change on doubling)."""
     m = max(study.ms)
     by_scale = defaultdict(dict)
     for r in conv:
@@ -454,18 +456,19 @@ def _convergence_lines(conv, study):
     first = next(iter(conv))
     lines = [
         f"Setting: {first['model']} smoothed at sigma {first['sigma']}, first {first['n']} test images, "
-        f"judged by the hard vote at m {m}. Worst case over APGD-CE and APGD-DLR:",
+        f"judged by the hard vote at m {m}. Worst case over APGD-CE and APGD-DLR, each run on every "
+        "image (no cascade):",
         "",
         "| scale | steps x draws | APGD-CE | APGD-DLR | worst of the two | craft s |",
         "|---|---|---|---|---|---|",
     ]
-    worst = {}
+    worst, masks = {}, {}
     for scale, d in sorted(by_scale.items()):
         n = next(iter(d.values()))["n"]
         ok = np.ones(n, dtype=bool)
         for r in d.values():
             ok &= unbits(r["correct"][f"hard@{m}"], n)
-        worst[scale] = float(ok.mean())
+        worst[scale], masks[scale] = float(ok.mean()), ok
         any_r = next(iter(d.values()))
         lines.append(
             f"| {scale} | {any_r['steps']} x {any_r['draws']} | "
@@ -476,8 +479,97 @@ def _convergence_lines(conv, study):
             + f" | {100 * worst[scale]:.1f} | {sum(r['craft_seconds'] for r in d.values()):.1f} |"
         )
     scales = sorted(worst)
-    delta = abs(worst[scales[-1]] - worst[scales[0]]) if len(scales) > 1 else None
+    delta = abs(worst[scales[1]] - worst[scales[0]]) if len(scales) > 1 else None
+    if len(scales) > 2:
+        lines += [
+            "",
+            f"From scale {scales[0]} to {scales[-1]} ({scales[-1]}x the steps and the draws) the worst case "
+            f"moved {100 * (worst[scales[-1]] - worst[scales[0]]):+.1f} points.",
+        ]
+    square = [r for r in conv if r.get("kind") == "blackbox"]
+    if square:
+        r = square[0]
+        sq_ok = unbits(r["correct"][f"hard@{m}"], r["n"])
+        beyond = int((masks[scales[0]] & ~sq_ok).sum())
+        lines += [
+            "",
+            f"Black-box check: Square ({r['queries']} queries, on the soft smoothed scores over "
+            f"{study.draws} draws) leaves {100 * r['accuracy'][f'hard@{m}']:.1f}% "
+            f"({r['craft_seconds']:.0f} s); it fools {beyond} image(s) that APGD at scale {scales[0]} "
+            "left robust"
+            + (
+                " — more than none: gradient masking suspected on this setting."
+                if beyond
+                else ", so no sign of gradient masking on this setting."
+            ),
+        ]
+    ms_all = sorted(int(k.split("@")[1]) for k in first["accuracy"] if k.startswith("hard@"))
+    if len(ms_all) > len(study.ms):
+        row = by_scale[scales[0]]
+        n = next(iter(row.values()))["n"]
+        cells = []
+        for mm in ms_all:
+            ok = np.ones(n, dtype=bool)
+            for r in row.values():
+                ok &= unbits(r["correct"][f"hard@{mm}"], n)
+            cells.append(f"{100 * ok.mean():.1f}")
+        lines += [
+            "",
+            f"Claim 3 beyond the grid, on this setting (APGD worst case at scale {scales[0]}, hard vote):",
+            "",
+            "| " + " | ".join(f"m={mm}" for mm in ms_all) + " |",
+            "|---" * len(ms_all) + "|",
+            "| " + " | ".join(cells) + " |",
+        ]
     return lines, delta
+
+
+def autoattack_lines(rows: list[dict], study: StudyConfig) -> list[str]:
+    """Per row with an AutoAttack run (the first ``autoattack_runs`` runs): the images of its subset
+    (the first ``autoattack_examples``) that AutoAttack fooled although every other attack of the
+    row had left them robust, judged by the hard vote at the largest m (``none@1`` unsmoothed)."""
+    groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        groups[(r["model"], r["setting"], r["sigma"], r["run"])][r["attack"]] = r
+    lines = [
+        "| model | setting | sigma | run | version | robust before (of subset) | found by AutoAttack only |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    flagged = total = 0
+    for (model, setting, sigma, run), attacks in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        aa = attacks.get("autoattack")
+        if aa is None:
+            continue
+        key = max(
+            (k for k in aa["correct"] if k.startswith(("hard@", "none@"))), key=lambda k: int(k.split("@")[1])
+        )
+        n = aa["n"]
+        subset = np.zeros(n, dtype=bool)
+        subset[: min(study.autoattack_examples, n)] = True
+        before = subset.copy()
+        for name, r in attacks.items():
+            if name != "autoattack" and key in r["correct"]:
+                before &= unbits(r["correct"][key], n)
+        only = before & ~unbits(aa["correct"][key], n)
+        version = "rand" if "rand" in aa["budget"] else "standard"
+        total += 1
+        flagged += bool(only.any())
+        lines.append(
+            f"| {model} | {setting} | {sigma} | {run} | {version} | "
+            f"{int(before.sum())} of {int(subset.sum())} | {int(only.sum())} |"
+        )
+    if total == 0:
+        return []
+    return [
+        "## AutoAttack cross-check",
+        "",
+        f"The official AutoAttack (`rand` for randomised rows, `standard` otherwise) ran after the "
+        f"study's attacks on the images of its subset they left robust; it found more on {flagged} of "
+        f"{total} rows. Its successes count in those rows' worst case.",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def estimate_full_study(out: Path, res: dict) -> list[str]:
@@ -580,6 +672,36 @@ def build_page(out: str | os.PathLike) -> str:
         f"(mean ± std), sigma grid {study.sigmas} (pixel units), m {study.ms}, votes {study.votes}.",
         "",
     ]
+    if study.model_eval:
+        L += [
+            "Costly models evaluated on less: "
+            + "; ".join(
+                f"{name}: " + ", ".join(f"{k} {v}" for k, v in over.items())
+                for name, over in study.model_eval.items()
+            )
+            + ".",
+            "",
+        ]
+    L += [
+        "Attacks per row: the clean images; PGD-20 on the base model, the paper's EPGD "
+        f"({study.paper_steps} steps x {study.draws} draws) and PGD with {study.paper_steps * study.draws} "
+        "one-draw steps (the paper's attacks); "
+        f"PGD-{study.transfer_steps} examples transferred from an independently "
+        f"trained model; then the adaptive preset, APGD-CE on the expected softmax and APGD-DLR on the "
+        f"expected loss through the noise ({study.apgd_steps} steps x {study.draws} draws; unsmoothed "
+        "deterministic rows: APGD-CE and APGD-T)"
+        + (
+            ", as a cascade: on the images that at least one vote and m still got right after the "
+            "earlier attacks (AutoAttack's practice; exact for the worst case, so these columns are "
+            "cumulative)"
+            if study.cascade
+            else ""
+        )
+        + f"; AutoAttack on the first {study.autoattack_examples} images of the first "
+        f"{study.autoattack_runs} run(s). A row's worst case is per image over all of them; its "
+        "'paper' column over the paper's attacks only.",
+        "",
+    ]
     # headline
     best = best_smoothed(table, study, positive_sigma=False)
     L += ["## Headline", ""]
@@ -643,7 +765,7 @@ def build_page(out: str | os.PathLike) -> str:
     L += ["## Attack convergence", ""] + conv_lines + [""]
     if delta is not None:
         L += [
-            f"Doubling steps and draws changed the worst case by {100 * delta:.1f} points "
+            f"Doubling steps and draws (scale 1 to 2) changed the worst case by {100 * delta:.1f} points "
             + (
                 "(converged: < 1 point)."
                 if delta < 0.01
@@ -651,6 +773,7 @@ def build_page(out: str | os.PathLike) -> str:
             ),
             "",
         ]
+    L += autoattack_lines(res["rows"], study)
     # certification
     L += ["## Certified L2 accuracy (Cohen et al.)", ""]
     if res["certs"]:
@@ -691,10 +814,16 @@ def build_page(out: str | os.PathLike) -> str:
         )
     L += [""]
     # compute
-    L += ["## Compute", "", "| stage | wall s |", "|---|---|"]
+    passes = _read_jsonl(out / "passes.jsonl")
+    wall = sum(r["seconds"] for r in passes)
+    L += ["## Compute", "", "| stage | step seconds |", "|---|---|"]
     L += [f"| {k} | {v:.0f} |" for k, v in sorted(seconds.items())]
     L += [
         f"| **total** | **{total:.0f}** ({total / 3600:.2f} h) |",
+        "",
+        f"Wall time of the whole study on this machine: **{wall:.0f} s ({wall / 3600:.2f} h)** over "
+        f"{len(passes)} pipeline pass(es), with up to {max((r['jobs'] for r in passes), default=1)} "
+        "steps at once (step seconds add up the parallel steps, so they exceed the wall time).",
         "",
         f"Evaluation: crafting {craft:.0f} s, judging {judge:.0f} s (each adversarial batch crafted once per "
         f"(run, sigma, eps, attack) and judged with all {len(study.votes)} votes x {len(study.ms)} m "

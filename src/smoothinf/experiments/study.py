@@ -45,6 +45,7 @@ class StudyConfig:
     convergence_examples: int = 200
     convergence_scales: list[int] = field(default_factory=lambda: [1, 2])
     compute_pairs: list[list[int]] = field(default_factory=list)
+    square_queries: int = 0  # black-box Square on the convergence step's setting (0: off)
     cert_sigmas: list[float] = field(default_factory=lambda: [0.25])
     cert_examples: int = 500
     cert_n0: int = 100
