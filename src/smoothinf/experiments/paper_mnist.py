@@ -484,13 +484,14 @@ def _load_rows(out: Path) -> list[dict]:
 
 
 def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y, log) -> None:
-    """The strongest smoothed setting (best adaptive worst case, hard vote, largest m, mean over
-    runs) attacked with the adaptive preset at each scale of ``convergence_scales`` and with claim
-    5's pairs (EPGD k x m vs PGD k*m), on the first ``convergence_examples`` examples."""
+    """The headline setting (the smoothed row with the best mean worst case over runs, any sigma,
+    vote and m) attacked with the adaptive preset at each scale of ``convergence_scales``, with
+    claim 5's pairs (EPGD k x m vs PGD k*m) and with black-box Square, on the first
+    ``convergence_examples`` examples, judged with every vote and m of ``ms`` + ``headline_ms``."""
     from smoothinf.experiments.paper_report import aggregate, best_smoothed
 
     table = aggregate(_load_rows(out))
-    best = best_smoothed(table, study)
+    best = best_smoothed(table, study, positive_sigma=False)  # the headline row
     if best is None:
         return
     name, sigma = best["model"], best["sigma"]
