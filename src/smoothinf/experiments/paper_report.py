@@ -403,6 +403,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     )
 
 
+def _in_grid(row: dict, study: StudyConfig) -> bool:
+    """A row of the study's current grid (rows of runs or sigmas since dropped stay on disk)."""
+    return row["run"] < study.runs and (row["setting"] == "base" or row["sigma"] in study.sigmas)
+
+
 def load_results(out: Path) -> dict:
     """Everything the page needs, read from the study's folder."""
     rows = []
@@ -423,6 +428,8 @@ def load_results(out: Path) -> dict:
         json.loads((out / "selection.json").read_text()) if (out / "selection.json").exists() else None
     )
     study_raw = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
+    study = StudyConfig(**study_raw) if study_raw else StudyConfig(models=["?"])
+    rows = [r for r in rows if _in_grid(r, study.for_model(r["model"]))]
     calibration = {}
     for p in sorted((out / "calibration").glob("*.json")) if (out / "calibration").exists() else []:
         calibration[p.stem] = json.loads(p.read_text())
@@ -436,7 +443,7 @@ def load_results(out: Path) -> dict:
         "states": states,
         "certs": certs,
         "selection": selection,
-        "study": StudyConfig(**study_raw) if study_raw else StudyConfig(models=["?"]),
+        "study": study,
         "convergence": _read_jsonl(out / "convergence.jsonl"),
         "training": training,
         "calibration": calibration,
