@@ -770,7 +770,8 @@ def run_study(
             x, y = _test_data(study)
             _convergence_step(out, study, refs, x[: study.examples], y[: study.examples], log)
             if stop_after != "convergence":
-                tasks = {n: ([], _certify_job, (out, n, refs[n], study)) for n in order}
+                certified = [n for n in order if study.for_model(n).certify]
+                tasks = {n: ([], _certify_job, (out, n, refs[n], study)) for n in certified}
                 _schedule(tasks, study.jobs, log)
     wall = time.time() - t_start
     log(f"pipeline pass: {wall:.1f} s")

@@ -51,6 +51,7 @@ class StudyConfig:
     cert_n0: int = 100
     cert_n: int = 10000
     cert_alpha: float = 0.001
+    certify: bool = True  # False (in model_eval): no certification step for that model
     train: dict = field(default_factory=dict)  # overrides applied to every TrainConfig
     batch_size: int = 250
     seed: int = 0
@@ -72,7 +73,7 @@ class StudyConfig:
             raise ConfigError("sigmas must be >= 0 (pixel units) and not empty")
         if self.jobs < 1:
             raise ConfigError("jobs must be >= 1")
-        allowed = {"runs", "sigmas"}
+        allowed = {"runs", "sigmas", "certify"}
         for name, over in self.model_eval.items():
             if name not in self.models + self.finetunes:
                 raise ConfigError(f"model_eval names {name!r}, which is not among the study's models")
