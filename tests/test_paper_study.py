@@ -34,8 +34,19 @@ def test_config_folders_hold_every_model():
     study = load_study(ROOT / "configs" / "paper_mnist")
     for name in study.models + study.finetunes + [study.transfer_source]:
         assert (ROOT / "configs" / "paper_mnist" / f"{name}.yaml").exists()
-    assert 0.0 in study.sigmas and 0.1 in study.sigmas and study.runs == 3 and study.examples == 1000
+    assert 0.0 in study.sigmas and 0.1 in study.sigmas and study.runs >= 2 and study.examples == 1000
+    big = study.for_model("mnist_cnn_pni_w_pgd_at")
+    assert big.runs == 1 and not big.certify and study.for_model("pgd_at") is study
     assert max(study.ms) >= 64 and max(study.headline_ms) == 256
+
+
+def test_model_eval_overrides_are_checked(tmp_path):
+    (tmp_path / "study.yaml").write_text("models: [a]\nmodel_eval:\n  b: {runs: 1}\n")
+    with pytest.raises(ConfigError, match="not among the study's models"):
+        load_study(tmp_path)
+    (tmp_path / "study.yaml").write_text("models: [a]\nmodel_eval:\n  a: {eps: 0.1}\n")
+    with pytest.raises(ConfigError, match="may only set"):
+        load_study(tmp_path)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
