@@ -733,6 +733,19 @@ def build_page(out: str | os.PathLike) -> str:
             if base_row(table, mm)
         )
         reach = "reaches" if best["worst"][0] >= TARGET else "does not reach"
+        if best["sigma"] == 0:
+            pos = best_smoothed(table, study)
+            L += [
+                "Its sigma is 0: the vote is over the model's own weight noise only, no input noise. "
+                + (
+                    f"The best row with Gaussian input noise (sigma > 0) is {pos['model']}, {pos['key']}, "
+                    f"sigma {pos['sigma']}: {_fmt(pos['clean'])} clean, {_fmt(pos['worst'])} worst case "
+                    f"(its base model: {_fmt(base_row(table, pos['model'])['worst'])})."
+                    if pos is not None and base_row(table, pos["model"])
+                    else ""
+                ),
+                "",
+            ]
         L += [
             f"The best smoothed classifier {reach} the {100 * TARGET:.0f}% target. "
             + (
