@@ -127,6 +127,7 @@ transfer_steps: 2
 convergence_examples: 4
 convergence_scales: [1, 2]
 compute_pairs: [[1, 2]]
+square_queries: 4
 cert_sigmas: [0.25]
 cert_examples: 4
 cert_n0: 4
@@ -189,6 +190,8 @@ def test_pipeline_runs_skips_and_resumes(tmp_path):
         assert set(r["correct"]) == keys
     conv = [json.loads(line) for line in (out / "convergence.jsonl").read_text().splitlines()]
     assert {(r["kind"], r["attack"]) for r in conv} >= {("convergence", "apgd-ce"), ("compute", "pgd-km")}
+    square = [json.loads(line) for line in (out / "blackbox.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["attack"], r["queries"]) for r in square] == [("blackbox", "square", 4)]
 
     # the adaptive attacks ran as a cascade: only on images some vote@m still got right, and the
     # images they skipped are stored as lost under every vote@m

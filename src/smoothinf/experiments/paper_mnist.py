@@ -483,11 +483,15 @@ def _load_rows(out: Path) -> list[dict]:
     return rows
 
 
-def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y, log) -> None:
+def _headline_step(
+    out: Path, study: StudyConfig, ckpts: dict[str, str], x, y, log, kind: str = "convergence"
+) -> None:
     """The headline setting (the smoothed row with the best mean worst case over runs, any sigma,
-    vote and m) attacked with the adaptive preset at each scale of ``convergence_scales``, with
-    claim 5's pairs (EPGD k x m vs PGD k*m) and with black-box Square, on the first
-    ``convergence_examples`` examples, judged with every vote and m of ``ms`` + ``headline_ms``."""
+    vote and m) on the first ``convergence_examples`` examples, judged with every vote and m of
+    ``ms`` + ``headline_ms``, into ``out/<kind>.jsonl``. ``kind`` "convergence": the adaptive
+    preset at each scale of ``convergence_scales`` and claim 5's pairs (EPGD k x m vs PGD k*m);
+    "blackbox": Square (``square_queries``) on the soft smoothed scores over ``draws`` draws of
+    the input and weight noise (beating APGD would mean masked gradients)."""
     from smoothinf.experiments.paper_report import aggregate, best_smoothed
 
     table = aggregate(_load_rows(out))
@@ -495,17 +499,19 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
     if best is None:
         return
     name, sigma = best["model"], best["sigma"]
-    path = out / "convergence.jsonl"
+    path = out / f"{kind}.jsonl"
     ident = {
         "model": name,
         "sigma": sigma,
         "n": study.convergence_examples,
-        "scales": study.convergence_scales,
-        "pairs": study.compute_pairs,
         "eval": study.eval_identity(),
         "headline_ms": study.headline_ms,
         "square_queries": study.square_queries,
     }
+    if kind == "convergence":
+        ident.update(scales=study.convergence_scales, pairs=study.compute_pairs)
+    else:
+        ident.update(kind=kind, surrogate=f"soft@{study.draws}")
     fp = fingerprint(ident, [ckpts[name]])
 
     def work():
@@ -517,7 +523,7 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
         jobs: list[tuple[str, dict, Callable]] = []
         judge = SmoothedClassifier(model, sigma, max(study.ms), "soft")
         noise = sigma if sigma > 0 else None
-        for scale in study.convergence_scales:
+        for scale in study.convergence_scales if kind == "convergence" else ():
             presets = preset_attacks(
                 "default",
                 model,
@@ -533,15 +539,15 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
                 jobs.append(
                     (a, {"kind": "convergence", "scale": scale, "steps": steps, "draws": draws}, presets[a])
                 )
-        for k, m in study.compute_pairs:
+        for k, m in study.compute_pairs if kind == "convergence" else ():
             jobs.append(
                 ("epgd", {"kind": "compute", "k": k, "m": m}, EPGD(model, noise, m, study.eps, steps=k))
             )
             jobs.append(
                 ("pgd-km", {"kind": "compute", "k": k, "m": m}, EPGD(model, noise, 1, study.eps, steps=k * m))
             )
-        if study.square_queries > 0:  # black-box: beating APGD here would mean masked gradients
-            surrogate = SmoothedClassifier(model, sigma, study.draws, "soft") if sigma > 0 else model
+        if kind == "blackbox" and study.square_queries > 0:
+            surrogate = SmoothedClassifier(model, sigma, study.draws, "soft")  # sigma 0: weight noise
             square = AutoAttackAdapter(
                 surrogate,
                 "linf",
@@ -572,11 +578,11 @@ def _convergence_step(out: Path, study: StudyConfig, ckpts: dict[str, str], x, y
                 }
                 f.write(json.dumps(row) + "\n")
                 log(
-                    f"  convergence {attack} {meta}: hard@{max(study.ms)} "
+                    f"  {kind} {attack} {meta}: hard@{max(study.ms)} "
                     f"{row['accuracy'][f'hard@{max(study.ms)}']:.3f}"
                 )
 
-    _run_step(out, "convergence", fp, [path], work, log)
+    _run_step(out, kind, fp, [path], work, log)
 
 
 def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
@@ -768,7 +774,8 @@ def run_study(
         _schedule({n: ([], _eval_job, (out, n, refs[n], source, study)) for n in order}, study.jobs, log)
         if stop_after != "eval":
             x, y = _test_data(study)
-            _convergence_step(out, study, refs, x[: study.examples], y[: study.examples], log)
+            for kind in ("convergence", "blackbox"):
+                _headline_step(out, study, refs, x[: study.examples], y[: study.examples], log, kind)
             if stop_after != "convergence":
                 certified = [n for n in order if study.for_model(n).certify]
                 tasks = {n: ([], _certify_job, (out, n, refs[n], study)) for n in certified}
