@@ -685,6 +685,23 @@ def estimate_full_study(out: Path, res: dict) -> list[str]:
     ]
 
 
+def _study_span_seconds(out: Path) -> float | None:
+    """Seconds from the creation of ``study_full.json`` (written first, rewritten in place by every
+    pass) to the newest output file; None where the file system keeps no creation time."""
+    import subprocess
+
+    first = out / "study_full.json"
+    try:
+        born = float(subprocess.run(["stat", "-c", "%W", str(first)], capture_output=True, text=True).stdout)
+    except (OSError, ValueError):
+        return None
+    if born <= 0:
+        return None
+    outputs = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json", ".safetensors")]
+    outputs = [p for p in outputs if p.name not in ("study.json", "study_full.json")]
+    return max((p.stat().st_mtime for p in outputs), default=born) - born
+
+
 def build_page(out: str | os.PathLike) -> str:
     """The markdown of the reproduction page from the study in ``out``."""
     out = Path(out)
@@ -870,15 +887,20 @@ def build_page(out: str | os.PathLike) -> str:
     L += [""]
     # compute
     passes = _read_jsonl(out / "passes.jsonl")
-    wall = sum(r["seconds"] for r in passes)
+    span = _study_span_seconds(out)
     L += ["## Compute", "", "| stage | step seconds |", "|---|---|"]
     L += [f"| {k} | {v:.0f} |" for k, v in sorted(seconds.items())]
     L += [
         f"| **total** | **{total:.0f}** ({total / 3600:.2f} h) |",
         "",
-        f"Wall time of the whole study on this machine: **{wall:.0f} s ({wall / 3600:.2f} h)** over "
-        f"{len(passes)} pipeline pass(es), with up to {max((r['jobs'] for r in passes), default=1)} "
-        "steps at once (step seconds add up the parallel steps, so they exceed the wall time).",
+        (
+            f"Wall time of the whole study on this machine: **{span / 3600:.2f} h** from the creation of "
+            "its first file to its last output, interrupted passes and restarts included "
+            if span is not None
+            else "Wall time of the whole study: not known (no file creation times on this system) "
+        )
+        + f"(up to {max((r['jobs'] for r in passes), default=study.jobs)} steps at once; step seconds "
+        "add up the parallel steps, so they can exceed the wall time).",
         "",
         f"Evaluation: crafting {craft:.0f} s, judging {judge:.0f} s (each adversarial batch crafted once per "
         f"(run, sigma, eps, attack) and judged with all {len(study.votes)} votes x {len(study.ms)} m "
