@@ -508,7 +508,8 @@ def _convergence_lines(conv, study):
             + (
                 " — more than none: gradient masking suspected on this setting."
                 if beyond
-                else ", so no sign of gradient masking on this setting."
+                else ", so no sign of gradient masking on this setting (weak evidence: Square follows "
+                "score changes, which the noise in randomised scores hides)."
             ),
         ]
     ms_all = sorted(int(k.split("@")[1]) for k in first["accuracy"] if k.startswith("hard@"))
@@ -804,6 +805,15 @@ def build_page(out: str | os.PathLike) -> str:
                 "row beats its base model by the threshold)."
                 if lowered
                 else "Smoothing raised the worst case of at least one recipe."
+            ),
+            *(
+                [
+                    f"**The attack budget is not converged:** doubling APGD's steps and draws moved the "
+                    f"headline setting's worst case by {100 * delta:.1f} points (see 'Attack convergence'), "
+                    "so every worst case here is an upper bound."
+                ]
+                if (delta := _convergence_lines(res["convergence"], study)[1]) is not None and delta >= 0.01
+                else []
             ),
             "The best row is a maximum over the grid on the test images (sigma, vote and m were not "
             "selected on a validation split), so it is biased upward; the per-claim tables give every row.",
