@@ -688,9 +688,12 @@ def estimate_full_study(out: Path, res: dict) -> list[str]:
 
 def _study_span_seconds(out: Path) -> float | None:
     """Seconds from the creation of ``study_full.json`` (written first, rewritten in place by every
-    pass) to the newest output file; None where the file system keeps no creation time."""
+    pass) to the newest output file, or ``wall.json``'s record in a copy of the results; None where
+    the file system keeps no creation time."""
     import subprocess
 
+    if (out / "wall.json").exists():  # recorded when the results were copied out of the run folder
+        return float(json.loads((out / "wall.json").read_text())["seconds"])
     first = out / "study_full.json"
     try:
         born = float(subprocess.run(["stat", "-c", "%W", str(first)], capture_output=True, text=True).stdout)
