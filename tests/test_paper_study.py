@@ -384,3 +384,12 @@ def test_schedule_runs_steps_after_their_dependencies(jobs):
         _schedule({"x": ([], _failing_job, ())}, jobs, print)
     with pytest.raises(ConfigError, match="never run"):
         _schedule({"y": (["missing"], _job, (1,))}, jobs, print)
+
+
+def test_committed_page_is_rebuilt_from_the_committed_results(monkeypatch):
+    """docs/paper-reproduction.md is exactly what the report makes of results/paper_mnist: no
+    number on the page that the committed results files do not hold."""
+    monkeypatch.chdir(ROOT)
+    page = build_page("results/paper_mnist")
+    assert page == (ROOT / "docs" / "paper-reproduction.md").read_text()
+    assert "QUICK RUN" not in page and "## Claim 7." in page
