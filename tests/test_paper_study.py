@@ -172,6 +172,9 @@ def test_pipeline_runs_skips_and_resumes(tmp_path):
     logs: list[str] = []
     page = run_study(out, configs, log=logs.append)
     assert page.exists()
+    assert (
+        out / "started.json"
+    ).exists() and "Wall time of the whole study on this machine" in page.read_text()
     for name in ("plain", "noisy", "tuned"):
         assert (out / "eval" / f"{name}.jsonl").exists() and (out / "certify" / f"{name}.json").exists()
     assert json.loads((out / "selection.json").read_text())["best_noise"] == "noisy"

@@ -705,8 +705,10 @@ def _schedule(tasks: dict[str, tuple[list[str], Callable, tuple]], jobs: int, lo
     return results
 
 
-def _train_job(configs: Path, name: str, out: Path, study: StudyConfig, refs: dict, log) -> str:
-    return _train_step(configs, name, out, study, refs, log)
+def _train_job(configs: Path, name: str, out: Path, study: StudyConfig, fixed: dict, refs: dict, log) -> str:
+    """Train one model; its ``@name`` init resolves in ``fixed`` (e.g. ``best_noise``) or in the
+    checkpoints of the steps finished before it (``refs``)."""
+    return _train_step(configs, name, out, study, {**refs, **fixed}, log)
 
 
 def _test_data(study: StudyConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -753,18 +755,20 @@ def run_study(
     (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
     full = load_study(configs, False, **overrides)
     (out / "study_full.json").write_text(json.dumps(_plan(configs, full, out), indent=1))
+    if not (out / "started.json").exists():  # the study's first pass: its wall time counts from here
+        (out / "started.json").write_text(json.dumps({"time": time.time()}))
     stages = ("train", "eval", "convergence", "certify")
     if stop_after is not None and stop_after not in stages:
         raise ConfigError(f"stop_after must be one of {', '.join(stages)}")
     t_start = time.time()
     base = study.models + ([study.transfer_source] if study.transfer_source else [])
-    train_tasks = {n: (_init_ref(configs, n), _train_job, (configs, n, out, study)) for n in base}
+    train_tasks = {n: (_init_ref(configs, n), _train_job, (configs, n, out, study, {})) for n in base}
     refs: dict[str, str] = dict(_schedule(train_tasks, study.jobs, log))  # type: ignore[arg-type]
     if study.finetunes:
         best = _select_best_noise(out, study, refs, log)
         refs["best_noise"] = refs[best]
         ft_refs = {"best_noise": refs["best_noise"]}  # what a fine-tune's "@best_noise" names
-        ft_tasks = {n: ([], _finetune_job, (configs, n, out, study, ft_refs)) for n in study.finetunes}
+        ft_tasks = {n: ([], _train_job, (configs, n, out, study, ft_refs)) for n in study.finetunes}
         refs.update(_schedule(ft_tasks, study.jobs, log))  # type: ignore[arg-type]
     evaluated = study.models + study.finetunes
     if stop_after != "train":
@@ -787,10 +791,6 @@ def run_study(
     from smoothinf.experiments.paper_report import write_paper_report
 
     return write_paper_report(out, doc)
-
-
-def _finetune_job(configs: Path, name: str, out: Path, study: StudyConfig, ft_refs: dict, _refs, log) -> str:
-    return _train_step(configs, name, out, study, ft_refs, log)
 
 
 __all__ = ["StudyConfig", "judge_grid", "load_study", "run_study", "setting_attacks", "unbits"]

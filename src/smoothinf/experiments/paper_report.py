@@ -687,23 +687,18 @@ def estimate_full_study(out: Path, res: dict) -> list[str]:
 
 
 def _study_span_seconds(out: Path) -> float | None:
-    """Seconds from the creation of ``study_full.json`` (written first, rewritten in place by every
-    pass) to the newest output file, or ``wall.json``'s record in a copy of the results; None where
-    the file system keeps no creation time."""
-    import subprocess
-
+    """Seconds from the study's first pass (``started.json``) to its newest output file, or
+    ``wall.json``'s record in a copy of the results; None when neither is there."""
     if (out / "wall.json").exists():  # recorded when the results were copied out of the run folder
         return float(json.loads((out / "wall.json").read_text())["seconds"])
-    first = out / "study_full.json"
-    try:
-        born = float(subprocess.run(["stat", "-c", "%W", str(first)], capture_output=True, text=True).stdout)
-    except (OSError, ValueError):
+    if not (out / "started.json").exists():
         return None
-    if born <= 0:
-        return None
-    outputs = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json", ".safetensors")]
-    outputs = [p for p in outputs if p.name not in ("study.json", "study_full.json")]
-    return max((p.stat().st_mtime for p in outputs), default=born) - born
+    start = float(json.loads((out / "started.json").read_text())["time"])
+    skip = ("study.json", "study_full.json", "started.json")
+    outputs = [
+        p for p in out.rglob("*") if p.suffix in (".jsonl", ".json", ".safetensors") and p.name not in skip
+    ]
+    return max((p.stat().st_mtime for p in outputs), default=start) - start
 
 
 def build_page(out: str | os.PathLike) -> str:
@@ -910,7 +905,7 @@ def build_page(out: str | os.PathLike) -> str:
             f"Wall time of the whole study on this machine: **{span / 3600:.2f} h** from the creation of "
             "its first file to its last output, interrupted passes and restarts included "
             if span is not None
-            else "Wall time of the whole study: not known (no file creation times on this system) "
+            else "Wall time of the whole study: not recorded (no started.json) "
         )
         + f"(up to {max((r['jobs'] for r in passes), default=study.jobs)} steps at once; step seconds "
         "add up the parallel steps, so they can exceed the wall time).",
