@@ -235,9 +235,49 @@ def setting_attacks(
     if source is not None:
         attacks["transfer"] = TransferAttack(PGD(source, eps, steps=study.transfer_steps))
     if study.autoattack_examples > 0:
-        attacks["autoattack"] = AutoAttackAdapter(
-            aa_target, "linf", eps, "rand" if randomised else "standard", seed=study.seed
+        attacks["autoattack"] = _autoattack(aa_target, study, randomised)
+    return attacks
+
+
+def _autoattack(target: nn.Module, study: StudyConfig, randomised: bool) -> AutoAttackAdapter:
+    """The official AutoAttack at the study's eps: ``rand`` (EOT) for a randomised target."""
+    return AutoAttackAdapter(target, "linf", study.eps, "rand" if randomised else "standard", seed=study.seed)
+
+
+def headline_attacks(
+    model: nn.Module, study: StudyConfig, sigma: float | None, check: bool
+) -> dict[str, Callable]:
+    """The headline ladder of one row (``sigma`` None: the base model): APGD-CE / APGD-DLR of the
+    adaptive preset at each ``headline_scales`` below the largest (``apgd-ce@x2`` ...), AutoAttack,
+    then with ``check`` the largest scale (the doubling check of the budget below it)."""
+    scales = sorted(set(int(k) for k in study.headline_scales))
+    if sigma is None:
+        judge, noise, randomised = None, None, bool(noise_layers(model))
+        aa_target = model
+    else:
+        judge = SmoothedClassifier(model, sigma, max(study.ms), "soft")
+        noise, randomised = (sigma if sigma > 0 else None), True
+        aa_target = SmoothedClassifier(model, sigma, 1, "soft") if sigma > 0 else model
+
+    def ladder(scale: int) -> dict[str, Callable]:
+        presets = preset_attacks(
+            "default",
+            model,
+            study.eps,
+            noise=noise,
+            judge=judge,
+            steps=study.apgd_steps,
+            draws=study.draws,
+            scale=scale,
         )
+        return {f"{a}@x{scale}": fn for a, fn in presets.items() if a != "pgd"}
+
+    attacks: dict[str, Callable] = {}
+    for scale in scales[:-1]:
+        attacks.update(ladder(scale))
+    attacks["autoattack"] = _autoattack(aa_target, study, randomised)
+    if check and scales:
+        attacks.update(ladder(scales[-1]))
     return attacks
 
 
@@ -248,6 +288,133 @@ def _attack_order(names) -> list[str]:
     """The paper's and the cheap attacks first (on every example), then the cascaded ones."""
     names = list(names)
     return ["clean"] + [a for a in names if a not in CASCADED] + [a for a in CASCADED if a in names]
+
+
+def _done_rows(results: Path, fp: str) -> dict[tuple, dict]:
+    """The rows of ``results`` (JSONL) written under fingerprint ``fp``, keyed (run, setting, sigma,
+    attack)."""
+    done: dict[tuple, dict] = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r.get("fingerprint") == fp:
+                    done[(r["run"], r["setting"], r["sigma"], r["attack"])] = r
+    return done
+
+
+def _alive_from(rows: Sequence[dict], n: int, device) -> dict[str, torch.Tensor]:
+    """Per vote@m: the examples right on every row of ``rows`` (one (run, setting, sigma))."""
+    alive: dict[str, torch.Tensor] = {}
+    for r in rows:
+        for k, bits in r["correct"].items():
+            ok = torch.from_numpy(unbits(bits, n)).to(device)
+            alive[k] = ok if k not in alive else alive[k] & ok
+    return alive
+
+
+def evaluate_setting(
+    model: nn.Module,
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    study: StudyConfig,
+    attacks: dict[str, Callable],
+    key: tuple[int, str, float],
+    results: Path,
+    fp: str,
+    done: dict[tuple, dict],
+    alive: dict[str, torch.Tensor] | None = None,
+    cascade: Sequence[str] = CASCADED,
+    first: dict[str, int] | None = None,
+    source_batches: dict[int, torch.Tensor] | None = None,
+    log=print,
+) -> dict[str, torch.Tensor]:
+    """Run ``attacks`` (in order) on one ``key`` = (run, setting, sigma) and append a row per attack
+    to ``results``, skipping those in ``done``; returns per vote@m the examples still right.
+
+    ``alive`` starts the cascade from earlier attacks' survivors (e.g. the evaluation rows of the
+    same key); with ``study.cascade`` the attacks named in ``cascade`` craft only on the examples
+    that some vote@m still gets right (the others are stored as lost, exact for the worst case).
+    ``first`` limits an attack to the first N examples (AutoAttack's subset). ``source_batches``
+    caches the transfer batch per run (crafted on the source once, judged at every sigma).
+    """
+    run, setting, sigma = key
+    n = int(x.shape[0])
+    alive = dict(alive or {})
+    first = first or {}
+    for attack_name in attacks:
+        if (run, setting, sigma, attack_name) in done:
+            r = done[(run, setting, sigma, attack_name)]
+            for k, v in _alive_from([r], n, y.device).items():
+                alive[k] = v if k not in alive else alive[k] & v
+            continue
+        gen = _seeded(study.seed, run, setting, sigma, attack_name)
+        cascaded = study.cascade and attack_name in cascade and bool(alive)
+        target = torch.ones(n, dtype=torch.bool, device=y.device)
+        if attack_name in first:
+            target[first[attack_name] :] = False
+        if cascaded:
+            alive_any = torch.stack(list(alive.values())).any(0)
+            target &= alive_any
+        idx = target.nonzero().squeeze(1)
+        t0 = time.time()
+        reused = attack_name == "transfer" and source_batches is not None and run in source_batches
+        if attack_name == "clean":
+            x_adv = x
+        elif attack_name == "transfer":
+            if not reused:
+                tgen = _seeded(study.seed, run, "transfer")
+                batch = _craft(attacks[attack_name], x, y, tgen, study.batch_size)
+                if source_batches is not None:
+                    source_batches[run] = batch
+            x_adv = source_batches[run] if source_batches is not None else batch
+        else:
+            x_adv = x.clone()
+            if len(idx):
+                x_adv[idx] = _craft(attacks[attack_name], x[idx], y[idx], gen, study.batch_size)
+        craft = time.time() - t0
+        t1 = time.time()
+        jgen = _seeded(study.seed, run, setting, sigma, attack_name, "judge")
+        if setting == "base":
+            correct = {"none@1": defended_predict(model, x_adv, jgen) == y}
+        else:
+            correct = judge_grid(model, sigma, x_adv, y, study.votes, study.ms, jgen)
+        judge_seconds = time.time() - t1
+        if cascaded:  # the skipped examples are lost under every vote@m already
+            correct = {k: v & alive_any for k, v in correct.items()}
+        for k, v in correct.items():
+            alive[k] = v if k not in alive else alive[k] & v
+        row = {
+            "fingerprint": fp,
+            "model": name,
+            "run": run,
+            "setting": setting,
+            "sigma": sigma,
+            "eps": study.eps,
+            "attack": attack_name,
+            "budget": repr(attacks.get(attack_name) or "clean"),
+            "gradients": attack_gradients(attacks.get(attack_name)),
+            "forwards": 1 if setting == "base" else max(study.ms),
+            "n": n,
+            "attacked": int(len(idx)) if attack_name != "clean" else 0,
+            "cascaded": cascaded,
+            "craft_seconds": round(craft, 4),
+            "judge_seconds": round(judge_seconds, 4),
+            "transfer_reused": reused,
+            "correct": {k: _bits(v) for k, v in correct.items()},
+            "version": __version__,
+        }
+        with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        acc = {k: round(float(v.float().mean()), 3) for k, v in list(correct.items())[:2]}
+        log(
+            f"  {name} run {run} {setting} sigma {sigma} {attack_name}: {acc} "
+            f"({craft:.1f}+{judge_seconds:.1f} s, {len(idx)} attacked)"
+        )
+    return alive
 
 
 def evaluate_model(
@@ -273,96 +440,33 @@ def evaluate_model(
     every vote and m), so a cascaded attack's own column is cumulative. AutoAttack runs on the
     first ``autoattack_examples`` of the first ``autoattack_runs`` runs.
     """
-    done: dict[tuple, dict] = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if r.get("fingerprint") == fp:
-                    done[(r["run"], r["setting"], r["sigma"], r["attack"])] = r
+    done = _done_rows(results, fp)
     deterministic = not noise_layers(model)
     settings: list[tuple[str, float]] = [("base", 0.0)]
     settings += [("smoothed", float(s)) for s in study.sigmas if s > 0 or not deterministic]
     transfer_cache: dict[int, torch.Tensor] = {}
-    n = int(x.shape[0])
     model.eval()
     for run in range(study.runs):
         for setting, sigma in settings:
             attacks = setting_attacks(model, study, None if setting == "base" else sigma, source)
             if run >= study.autoattack_runs:
                 attacks.pop("autoattack", None)
-            alive: dict[str, torch.Tensor] = {}  # per vote@m: right on clean and every attack so far
-            for attack_name in _attack_order(attacks):
-                key = (run, setting, sigma, attack_name)
-                if key in done:
-                    r = done[key]
-                    for k, bits in r["correct"].items():
-                        ok = torch.from_numpy(unbits(bits, n)).to(y.device)
-                        alive[k] = ok if k not in alive else alive[k] & ok
-                    continue
-                gen = _seeded(study.seed, run, setting, sigma, attack_name)
-                cascaded = study.cascade and attack_name in CASCADED and bool(alive)
-                target = torch.ones(n, dtype=torch.bool, device=y.device)
-                if attack_name == "autoattack":  # on the first autoattack_examples only
-                    target[study.autoattack_examples :] = False
-                if cascaded:
-                    alive_any = torch.stack(list(alive.values())).any(0)
-                    target &= alive_any
-                idx = target.nonzero().squeeze(1)
-                t0 = time.time()
-                reused = attack_name == "transfer" and run in transfer_cache
-                if attack_name == "clean":
-                    x_adv = x
-                elif attack_name == "transfer":
-                    if not reused:  # crafted on the source once per run, judged at every sigma
-                        tgen = _seeded(study.seed, run, "transfer")
-                        transfer_cache[run] = _craft(attacks[attack_name], x, y, tgen, study.batch_size)
-                    x_adv = transfer_cache[run]
-                else:
-                    x_adv = x.clone()
-                    if len(idx):
-                        x_adv[idx] = _craft(attacks[attack_name], x[idx], y[idx], gen, study.batch_size)
-                craft = time.time() - t0
-                t1 = time.time()
-                jgen = _seeded(study.seed, run, setting, sigma, attack_name, "judge")
-                if setting == "base":
-                    correct = {"none@1": defended_predict(model, x_adv, jgen) == y}
-                else:
-                    correct = judge_grid(model, sigma, x_adv, y, study.votes, study.ms, jgen)
-                judge_seconds = time.time() - t1
-                if cascaded:  # the skipped examples are lost under every vote@m already
-                    correct = {k: v & alive_any for k, v in correct.items()}
-                for k, v in correct.items():
-                    alive[k] = v if k not in alive else alive[k] & v
-                row = {
-                    "fingerprint": fp,
-                    "model": name,
-                    "run": run,
-                    "setting": setting,
-                    "sigma": sigma,
-                    "eps": study.eps,
-                    "attack": attack_name,
-                    "budget": repr(attacks.get(attack_name, "clean")),
-                    "gradients": attack_gradients(attacks.get(attack_name)),
-                    "forwards": 1 if setting == "base" else max(study.ms),
-                    "n": n,
-                    "attacked": int(len(idx)) if attack_name != "clean" else 0,
-                    "cascaded": cascaded,
-                    "craft_seconds": round(craft, 4),
-                    "judge_seconds": round(judge_seconds, 4),
-                    "transfer_reused": reused,
-                    "correct": {k: _bits(v) for k, v in correct.items()},
-                    "version": __version__,
-                }
-                with results.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                acc = {k: round(float(v.float().mean()), 3) for k, v in list(correct.items())[:2]}
-                log(
-                    f"  {name} run {run} {setting} sigma {sigma} {attack_name}: {acc} "
-                    f"({craft:.1f}+{judge_seconds:.1f} s, {len(idx)} attacked)"
-                )
+            ordered = {a: attacks.get(a) for a in _attack_order(attacks)}
+            evaluate_setting(
+                model,
+                name,
+                x,
+                y,
+                study,
+                ordered,
+                (run, setting, sigma),
+                results,
+                fp,
+                done,
+                first={"autoattack": study.autoattack_examples},
+                source_batches=transfer_cache,
+                log=log,
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,6 +689,74 @@ def _headline_step(
     _run_step(out, kind, fp, [path], work, log)
 
 
+def headline_rows(out: Path, study: StudyConfig) -> list[tuple[str, str, float]]:
+    """The headline's (model, setting, sigma) rows: the best smoothed row (any sigma, vote and m)
+    and its base model; [] before the evaluation has rows."""
+    from smoothinf.experiments.paper_report import aggregate, best_smoothed
+
+    best = best_smoothed(aggregate(_load_rows(out)), study, positive_sigma=False)
+    if best is None:
+        return []
+    return [(best["model"], "smoothed", float(best["sigma"])), (best["model"], "base", 0.0)]
+
+
+def _headline_ladder_job(
+    out: Path, ckpt: str, row: tuple[str, str, float], run: int, study: StudyConfig, _refs, log
+) -> None:
+    """One headline row and run: ``headline_attacks`` cascaded on the examples that survived the
+    evaluation's attacks of the same (run, setting, sigma), into ``out/headline/<...>.jsonl``
+    (rows resume one attack at a time; rows of another configuration are moved aside)."""
+    name, setting, sigma = row
+    check = run < study.headline_check_runs
+    results = out / "headline" / f"{name}-{setting}-{sigma}-run{run}.jsonl"
+    ident = {
+        "eval": study.eval_identity(),
+        "row": list(row),
+        "run": run,
+        "scales": study.headline_scales,
+        "check": check,
+    }
+    fp = fingerprint(ident, [ckpt])
+    x, y = _test_data(study)
+    n = study.examples
+    device = resolve_device(study.device)
+    x, y = x[:n].to(device), y[:n].to(device)
+
+    def work():
+        model, _ = load_checkpoint(ckpt, device=device)
+        model.eval()
+        prior = [
+            r
+            for r in _load_rows(out)
+            if (r["model"], r["run"], r["setting"], r["sigma"]) == (name, run, setting, sigma)
+        ]
+        if results.exists() and any(r.get("fingerprint") != fp for r in _read_rows(results)):
+            results.rename(results.with_suffix(".stale.jsonl"))
+        results.parent.mkdir(parents=True, exist_ok=True)
+        attacks = headline_attacks(model, study, None if setting == "base" else sigma, check)
+        evaluate_setting(
+            model,
+            name,
+            x,
+            y,
+            study,
+            attacks,
+            (run, setting, sigma),
+            results,
+            fp,
+            _done_rows(results, fp),
+            alive=_alive_from(prior, n, device),
+            cascade=tuple(attacks),
+            log=log,
+        )
+
+    _run_step(out, f"headline/{results.stem}", fp, [results], work, log, discard=False)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
     """Unit costs of a model at a full batch (``batch_size`` examples), for the report's estimate of
     the full study's time: seconds per example-gradient (PGD-5) and per example-forward (8 draws)."""
@@ -780,6 +952,16 @@ def run_study(
             x, y = _test_data(study)
             for kind in ("convergence", "blackbox"):
                 _headline_step(out, study, refs, x[: study.examples], y[: study.examples], log, kind)
+            rows = headline_rows(out, study) if study.headline_scales else []
+            if rows:
+                check = study.headline_check_runs
+                runs = sorted(range(study.for_model(rows[0][0]).runs), key=lambda r: r >= check)
+                ladder = {  # the long doubling checks first, so the parallel jobs end together
+                    f"{row}-{run}": ([], _headline_ladder_job, (out, refs[row[0]], row, run, study))
+                    for run in runs
+                    for row in rows
+                }
+                _schedule(ladder, study.jobs, log)
             if stop_after != "convergence":
                 certified = [n for n in order if study.for_model(n).certify]
                 tasks = {n: ([], _certify_job, (out, n, refs[n], study)) for n in certified}

@@ -46,6 +46,11 @@ class StudyConfig:
     convergence_scales: list[int] = field(default_factory=lambda: [1, 2])
     compute_pairs: list[list[int]] = field(default_factory=list)
     square_queries: int = 0  # black-box Square on the convergence step's setting (0: off)
+    # the headline rows (best smoothed and its base) on every example and run: the adaptive preset
+    # at each scale (x apgd_steps and x draws), then AutoAttack, cascaded after the evaluation's
+    # attacks; the largest scale (the doubling check) only on the first headline_check_runs runs
+    headline_scales: list[int] = field(default_factory=list)
+    headline_check_runs: int = 1
     cert_sigmas: list[float] = field(default_factory=lambda: [0.25])
     cert_examples: int = 500
     cert_n0: int = 100
@@ -73,6 +78,8 @@ class StudyConfig:
             raise ConfigError("sigmas must be >= 0 (pixel units) and not empty")
         if self.jobs < 1:
             raise ConfigError("jobs must be >= 1")
+        if any(int(k) < 1 for k in self.headline_scales) or self.headline_check_runs < 0:
+            raise ConfigError("headline_scales must be >= 1 and headline_check_runs >= 0")
         allowed = {"runs", "sigmas", "certify"}
         for name, over in self.model_eval.items():
             if name not in self.models + self.finetunes:
