@@ -128,6 +128,7 @@ convergence_examples: 4
 convergence_scales: [1, 2]
 compute_pairs: [[1, 2]]
 square_queries: 4
+headline_scales: [1, 2]
 cert_sigmas: [0.25]
 cert_examples: 4
 cert_n0: 4
@@ -212,6 +213,27 @@ def test_pipeline_runs_skips_and_resumes(tmp_path):
                     assert r["cascaded"] and r["attacked"] == int(alive.any(0).sum())
                     assert not (ok & ~alive.any(0)).any()
                 alive = ok if alive is None else alive & ok
+
+    # the headline ladder: both headline rows, every run; the doubling check (x2) on run 0 only;
+    # each ladder attack cascaded on the survivors of the grid's attacks and the earlier levels
+    ladder = {
+        p.name: [json.loads(line) for line in p.read_text().splitlines()]
+        for p in (out / "headline").iterdir()
+    }
+    assert len(ladder) == 4 and {r["setting"] for v in ladder.values() for r in v} == {"base", "smoothed"}
+    for rows_ in ladder.values():
+        model, run, setting, sigma = (rows_[0][k] for k in ("model", "run", "setting", "sigma"))
+        names = [r["attack"] for r in rows_]
+        assert names[-1] == ("apgd-dlr@x2" if run == 0 else "autoattack") and "apgd-ce@x1" in names
+        assert all(r["cascaded"] for r in rows_)
+        grid = [json.loads(line) for line in (out / "eval" / f"{model}.jsonl").read_text().splitlines()]
+        alive = None
+        for r in [g for g in grid if (g["run"], g["setting"], g["sigma"]) == (run, setting, sigma)] + rows_:
+            ok = np.stack([unbits(b, r["n"]) for b in r["correct"].values()])
+            if r in rows_:
+                assert r["attacked"] == int(alive.any(0).sum()) and not (ok & ~alive.any(0)).any()
+            alive = ok if alive is None else alive & ok
+    assert "## The headline under stronger attacks" in page.read_text()
 
     # rerun: every step skipped, also by a parallel pass (steps in spawned processes)
     logs.clear()
@@ -396,3 +418,57 @@ def test_committed_page_is_rebuilt_from_the_committed_results(monkeypatch):
     page = build_page("results/paper_mnist")
     assert page == (ROOT / "docs" / "paper-reproduction.md").read_text()
     assert "QUICK RUN" not in page and "## Claim 7." in page
+
+
+def test_headline_ladder_levels_are_cumulative_and_the_check_is_reported():
+    """Synthetic grid and ladder rows with known per-image bits: each level's accuracy is the
+    per-image worst case so far; the reported level is the one before the doubling check; the
+    check's and AutoAttack's increments are what they removed."""
+    from smoothinf.experiments.paper_report import (
+        headline_ladder,
+        headline_ladder_lines,
+        headline_ladder_summary,
+    )
+    from smoothinf.experiments.study import StudyConfig
+
+    def bits(ok):
+        return np.packbits(np.array(ok, dtype=bool)).tobytes().hex()
+
+    def row(setting, run, attack, ok):
+        key = "soft@8" if setting == "smoothed" else "none@1"
+        sigma = 0.0
+        return {
+            "model": "m",
+            "setting": setting,
+            "sigma": sigma,
+            "run": run,
+            "attack": attack,
+            "n": 10,
+            "correct": {key: bits(ok)},
+        }
+
+    first = lambda k: [1] * k + [0] * (10 - k)  # noqa: E731
+    grid = [row(s, r, "clean", [1] * 10) for s in ("smoothed", "base") for r in (0, 1)]
+    grid += [row("smoothed", r, "apgd-ce", first(8)) for r in (0, 1)]
+    grid += [row("base", r, "apgd-ce", first(6)) for r in (0, 1)]
+    ladder = [
+        row("smoothed", 0, "apgd-ce@x2", first(7)),
+        row("smoothed", 0, "autoattack", first(7)),
+        row("smoothed", 0, "apgd-ce@x4", first(6)),  # the check finds one more: not converged
+        row("smoothed", 1, "apgd-ce@x2", first(8)),
+        row("smoothed", 1, "autoattack", first(6)),  # AutoAttack finds two more on run 1
+        row("base", 0, "apgd-ce@x2", first(6)),
+        row("base", 0, "autoattack", first(6)),
+        row("base", 0, "apgd-ce@x4", first(6)),
+    ]
+    best = {"model": "m", "key": "soft@8", "sigma": 0.0}
+    lad = headline_ladder({"rows": grid, "headline": ladder}, best)
+    assert lad["levels"] == ["grid", "x2", "autoattack", "x4"] and lad["check"] == "x4"
+    assert lad["acc"]["smoothed"][0] == pytest.approx({"grid": 0.8, "x2": 0.7, "autoattack": 0.7, "x4": 0.6})
+    assert lad["acc"]["smoothed"][1] == pytest.approx({"grid": 0.8, "x2": 0.8, "autoattack": 0.6})
+    summ = headline_ladder_summary(lad)
+    assert summ["smoothed"][0] == pytest.approx(0.65) and summ["base"][0] == pytest.approx(0.6)
+    assert summ["delta"] == pytest.approx({"smoothed": 0.1, "base": 0.0})
+    assert summ["aa"] == pytest.approx({"smoothed": 0.2, "base": 0.0})
+    text = "\n".join(headline_ladder_lines(lad, best, StudyConfig(models=["m"], apgd_steps=50, draws=8)))
+    assert "+ APGD-CE/DLR 200 x 32 (the doubling check)" in text and "NOT converged" in text
