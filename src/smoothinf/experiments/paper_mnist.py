@@ -204,63 +204,17 @@ def _craft(attack, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, batch
     return torch.cat([attack(x[i : i + batch], y[i : i + batch], gen) for i in range(0, len(x), batch)])
 
 
-def setting_attacks(
-    model: nn.Module, study: StudyConfig, sigma: float | None, source: nn.Module | None
+def adaptive_preset(
+    model: nn.Module, study: StudyConfig, sigma: float | None, scale: int = 1
 ) -> dict[str, Callable]:
-    """The attacks of one row. ``sigma`` None: the unsmoothed base model; else smoothed at sigma.
-
-    Adaptive: the ``default`` preset (PGD-20 on the base model, APGD-CE on the expected softmax and
-    APGD-DLR on the expected loss through the noise, judged by a soft-vote smoothed classifier at
-    the largest m). The paper's: ``epgd`` (k = paper_steps, m = draws) and ``pgd-km`` (one draw
-    per step, k * draws steps), no best-point judge, as its code. Plus ``transfer`` from the
-    source and AutoAttack on the first ``autoattack_examples`` (rand for randomised rows).
-    """
-    eps = study.eps
-    if sigma is None:
-        attacks = dict(preset_attacks("default", model, eps, steps=study.apgd_steps, draws=study.draws))
-        randomised = bool(noise_layers(model))
-        aa_target = model
-    else:
-        judge = SmoothedClassifier(model, sigma, max(study.ms), "soft")
-        noise = sigma if sigma > 0 else None
-        attacks = dict(
-            preset_attacks(
-                "default", model, eps, noise=noise, judge=judge, steps=study.apgd_steps, draws=study.draws
-            )
-        )
-        attacks["epgd"] = EPGD(model, noise, study.draws, eps, steps=study.paper_steps)
-        attacks["pgd-km"] = EPGD(model, noise, 1, eps, steps=study.paper_steps * study.draws)
-        randomised = True
-        aa_target = SmoothedClassifier(model, sigma, 1, "soft") if sigma > 0 else model
-    if source is not None:
-        attacks["transfer"] = TransferAttack(PGD(source, eps, steps=study.transfer_steps))
-    if study.autoattack_examples > 0:
-        attacks["autoattack"] = _autoattack(aa_target, study, randomised)
-    return attacks
-
-
-def _autoattack(target: nn.Module, study: StudyConfig, randomised: bool) -> AutoAttackAdapter:
-    """The official AutoAttack at the study's eps: ``rand`` (EOT) for a randomised target."""
-    return AutoAttackAdapter(target, "linf", study.eps, "rand" if randomised else "standard", seed=study.seed)
-
-
-def headline_attacks(
-    model: nn.Module, study: StudyConfig, sigma: float | None, check: bool
-) -> dict[str, Callable]:
-    """The headline ladder of one row (``sigma`` None: the base model): APGD-CE / APGD-DLR of the
-    adaptive preset at each ``headline_scales`` below the largest (``apgd-ce@x2`` ...), AutoAttack,
-    then with ``check`` the largest scale (the doubling check of the budget below it)."""
-    scales = sorted(set(int(k) for k in study.headline_scales))
-    if sigma is None:
-        judge, noise, randomised = None, None, bool(noise_layers(model))
-        aa_target = model
-    else:
-        judge = SmoothedClassifier(model, sigma, max(study.ms), "soft")
-        noise, randomised = (sigma if sigma > 0 else None), True
-        aa_target = SmoothedClassifier(model, sigma, 1, "soft") if sigma > 0 else model
-
-    def ladder(scale: int) -> dict[str, Callable]:
-        presets = preset_attacks(
+    """The ``default`` preset of one row at ``scale`` x (apgd_steps, draws): PGD-20 on the base
+    model, APGD-CE on the expected softmax and APGD-DLR on the expected loss through the noise,
+    judged by a soft-vote smoothed classifier at the largest m. ``sigma`` None: the unsmoothed
+    base model (its own weight noise only, no judge); sigma 0: the weight-noise vote."""
+    judge = None if sigma is None else SmoothedClassifier(model, sigma, max(study.ms), "soft")
+    noise = sigma if sigma else None
+    return dict(
+        preset_attacks(
             "default",
             model,
             study.eps,
@@ -270,12 +224,54 @@ def headline_attacks(
             draws=study.draws,
             scale=scale,
         )
+    )
+
+
+def _autoattack(model: nn.Module, study: StudyConfig, sigma: float | None) -> AutoAttackAdapter:
+    """The official AutoAttack of one row at the study's eps: ``rand`` (EOT) for a randomised row
+    (input noise, attacked through one draw of it, or weight noise), ``standard`` otherwise."""
+    randomised = sigma is not None or bool(noise_layers(model))
+    target = SmoothedClassifier(model, sigma, 1, "soft") if sigma else model
+    return AutoAttackAdapter(target, "linf", study.eps, "rand" if randomised else "standard", seed=study.seed)
+
+
+def setting_attacks(
+    model: nn.Module, study: StudyConfig, sigma: float | None, source: nn.Module | None
+) -> dict[str, Callable]:
+    """The attacks of one row. ``sigma`` None: the unsmoothed base model; else smoothed at sigma.
+
+    Adaptive: ``adaptive_preset``. The paper's: ``epgd`` (k = paper_steps, m = draws) and
+    ``pgd-km`` (one draw per step, k * draws steps), no best-point judge, as its code. Plus
+    ``transfer`` from the source and AutoAttack on the first ``autoattack_examples``.
+    """
+    attacks = adaptive_preset(model, study, sigma)
+    if sigma is not None:
+        noise = sigma if sigma > 0 else None
+        attacks["epgd"] = EPGD(model, noise, study.draws, study.eps, steps=study.paper_steps)
+        attacks["pgd-km"] = EPGD(model, noise, 1, study.eps, steps=study.paper_steps * study.draws)
+    if source is not None:
+        attacks["transfer"] = TransferAttack(PGD(source, study.eps, steps=study.transfer_steps))
+    if study.autoattack_examples > 0:
+        attacks["autoattack"] = _autoattack(model, study, sigma)
+    return attacks
+
+
+def headline_attacks(
+    model: nn.Module, study: StudyConfig, sigma: float | None, check: bool
+) -> dict[str, Callable]:
+    """The headline ladder of one row (``sigma`` None: the base model): APGD-CE / APGD-DLR of the
+    adaptive preset at each ``headline_scales`` below the largest (``apgd-ce@x2`` ...), AutoAttack,
+    then with ``check`` the largest scale (the doubling check of the budget below it)."""
+    scales = sorted(set(int(k) for k in study.headline_scales))
+
+    def ladder(scale: int) -> dict[str, Callable]:
+        presets = adaptive_preset(model, study, sigma, scale)
         return {f"{a}@x{scale}": fn for a, fn in presets.items() if a != "pgd"}
 
     attacks: dict[str, Callable] = {}
     for scale in scales[:-1]:
         attacks.update(ladder(scale))
-    attacks["autoattack"] = _autoattack(aa_target, study, randomised)
+    attacks["autoattack"] = _autoattack(model, study, sigma)
     if check and scales:
         attacks.update(ladder(scales[-1]))
     return attacks
@@ -625,19 +621,9 @@ def _headline_step(
         n = study.convergence_examples
         xs, ys = x[:n].to(device), y[:n].to(device)
         jobs: list[tuple[str, dict, Callable]] = []
-        judge = SmoothedClassifier(model, sigma, max(study.ms), "soft")
         noise = sigma if sigma > 0 else None
         for scale in study.convergence_scales if kind == "convergence" else ():
-            presets = preset_attacks(
-                "default",
-                model,
-                study.eps,
-                noise=noise,
-                judge=judge,
-                steps=study.apgd_steps,
-                draws=study.draws,
-                scale=scale,
-            )
+            presets = adaptive_preset(model, study, sigma, scale)
             for a in ("apgd-ce", "apgd-dlr"):
                 steps, draws = study.apgd_steps * scale, study.draws * scale
                 jobs.append(
