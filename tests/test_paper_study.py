@@ -472,3 +472,22 @@ def test_headline_ladder_levels_are_cumulative_and_the_check_is_reported():
     assert summ["aa"] == pytest.approx({"smoothed": 0.2, "base": 0.0})
     text = "\n".join(headline_ladder_lines(lad, best, StudyConfig(models=["m"], apgd_steps=50, draws=8)))
     assert "+ APGD-CE/DLR 200 x 32 (the doubling check)" in text and "NOT converged" in text
+
+
+@pytest.mark.parametrize("sigma", [None, 0.0, 0.1])
+def test_headline_ladder_attacks_scale_the_grid_budget(sigma):
+    """The ladder's APGD attacks are the grid's at k x the steps and k x the draws; AutoAttack
+    comes after the lower levels (rand on a randomised row); the largest scale only with check."""
+    from smoothinf.experiments.paper_mnist import AutoAttackAdapter, StudyConfig, headline_attacks
+
+    model = _tiny_model("pni-w")
+    study = StudyConfig(models=["m"], apgd_steps=5, draws=3, ms=[1, 4], headline_scales=[2, 4])
+    checked = headline_attacks(model, study, sigma, check=True)
+    assert list(checked) == ["apgd-ce@x2", "apgd-dlr@x2", "autoattack", "apgd-ce@x4", "apgd-dlr@x4"]
+    assert list(headline_attacks(model, study, sigma, check=False)) == list(checked)[:3]
+    for name, attack in checked.items():
+        if name.startswith("apgd"):
+            k = int(name.split("@x")[1])
+            assert (attack.steps, attack.m) == (5 * k, 3 * k)
+    aa = checked["autoattack"]
+    assert isinstance(aa, AutoAttackAdapter) and "rand" in repr(aa)

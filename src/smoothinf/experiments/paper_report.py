@@ -666,8 +666,10 @@ def headline_ladder_lines(lad: dict | None, best: dict | None, study: StudyConfi
         "and AutoAttack on every image still robust, cascaded (the accuracy after each level is "
         "cumulative, per image). The last level doubles the steps and the draws of the one before it.",
         "",
-        "| level | " + " | ".join(f"{s} run {run}" for s in lad["acc"] for run in runs) + " |",
-        "|---" * (1 + len(lad["acc"]) * len(runs)) + "|",
+        "| level | gradients per image and attack | "
+        + " | ".join(f"{s} run {run}" for s in lad["acc"] for run in runs)
+        + " |",
+        "|---" * (2 + len(lad["acc"]) * len(runs)) + "|",
     ]
     for lv in lad["levels"]:
         cells = [
@@ -675,7 +677,13 @@ def headline_ladder_lines(lad: dict | None, best: dict | None, study: StudyConfi
             for s in lad["acc"]
             for run in runs
         ]
-        L.append(f"| {names.get(lv, lv)} | " + " | ".join(cells) + " |")
+        k = 1 if lv == "grid" else int(lv[1:]) if lv.startswith("x") else None
+        grads = (
+            f"{k * k * study.apgd_steps * study.draws}"
+            if k
+            else "AutoAttack's own (rand: 100 steps x 20 EOT)"
+        )
+        L.append(f"| {names.get(lv, lv)} | {grads} | " + " | ".join(cells) + " |")
     summ = headline_ladder_summary(lad)
     L.append("")
     for setting in lad["acc"]:
@@ -943,6 +951,7 @@ def build_page(out: str | os.PathLike) -> str:
                 + (
                     f"The best row with Gaussian input noise (sigma > 0) is {pos['model']}, {pos['key']}, "
                     f"sigma {pos['sigma']}: {_fmt(pos['clean'])} clean, {_fmt(pos['worst'])} worst case "
+                    "at the grid budget "
                     f"(its base model: {_fmt(base_row(table, pos['model'])['worst'])})."
                     if pos is not None and base_row(table, pos["model"])
                     else ""
