@@ -675,25 +675,42 @@ def _headline_step(
     _run_step(out, kind, fp, [path], work, log)
 
 
-def headline_rows(out: Path, study: StudyConfig) -> list[tuple[str, str, float]]:
-    """The headline's (model, setting, sigma) rows: the best smoothed row (any sigma, vote and m)
-    and its base model; [] before the evaluation has rows."""
+def headline_rows(out: Path, study: StudyConfig) -> list[tuple[tuple[str, str, float], bool]]:
+    """The headline's ((model, setting, sigma), checked) rows: the best smoothed row (any sigma,
+    vote and m) and its base model, with the doubling check; when that row's sigma is 0 (a
+    weight-noise vote), also the best row with input noise (sigma > 0) and its base, without the
+    check. [] before the evaluation has rows."""
     from smoothinf.experiments.paper_report import aggregate, best_smoothed
 
-    best = best_smoothed(aggregate(_load_rows(out)), study, positive_sigma=False)
+    table = aggregate(_load_rows(out))
+    best = best_smoothed(table, study, positive_sigma=False)
     if best is None:
         return []
-    return [(best["model"], "smoothed", float(best["sigma"])), (best["model"], "base", 0.0)]
+    rows = [((best["model"], "smoothed", float(best["sigma"])), True), ((best["model"], "base", 0.0), True)]
+    pos = best_smoothed(table, study) if best["sigma"] == 0 else None
+    if pos is not None:
+        for row in ((pos["model"], "smoothed", float(pos["sigma"])), (pos["model"], "base", 0.0)):
+            if row not in [r for r, _ in rows]:
+                rows.append((row, False))
+    return rows
 
 
 def _headline_ladder_job(
-    out: Path, ckpt: str, row: tuple[str, str, float], run: int, study: StudyConfig, _refs, log
+    out: Path,
+    ckpt: str,
+    row: tuple[str, str, float],
+    checked: bool,
+    run: int,
+    study: StudyConfig,
+    _refs,
+    log,
 ) -> None:
     """One headline row and run: ``headline_attacks`` cascaded on the examples that survived the
     evaluation's attacks of the same (run, setting, sigma), into ``out/headline/<...>.jsonl``
-    (rows resume one attack at a time; rows of another configuration are moved aside)."""
+    (rows resume one attack at a time; rows of another configuration are moved aside). The
+    doubling check runs on the first ``headline_check_runs`` runs of a ``checked`` row."""
     name, setting, sigma = row
-    check = run < study.headline_check_runs
+    check = checked and run < study.headline_check_runs
     results = out / "headline" / f"{name}-{setting}-{sigma}-run{run}.jsonl"
     ident = {
         "eval": study.eval_identity(),
@@ -941,11 +958,13 @@ def run_study(
             rows = headline_rows(out, study) if study.headline_scales else []
             if rows:
                 check = study.headline_check_runs
-                runs = sorted(range(study.for_model(rows[0][0]).runs), key=lambda r: r >= check)
+                runs = sorted(range(study.for_model(rows[0][0][0]).runs), key=lambda r: r >= check)
                 ladder = {  # the long doubling checks first, so the parallel jobs end together
-                    f"{row}-{run}": ([], _headline_ladder_job, (out, refs[row[0]], row, run, study))
+                    f"{row}-{run}": ([], _headline_ladder_job, (out, refs[row[0]], row, checked, run, study))
+                    for checked in (True, False)
                     for run in runs
-                    for row in rows
+                    for row, c in rows
+                    if c == checked
                 }
                 _schedule(ladder, study.jobs, log)
             if stop_after != "convergence":
