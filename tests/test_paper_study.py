@@ -470,6 +470,8 @@ def test_headline_ladder_levels_are_cumulative_and_the_check_is_reported():
     assert summ["smoothed"][0] == pytest.approx(0.65) and summ["base"][0] == pytest.approx(0.6)
     assert summ["delta"] == pytest.approx({"smoothed": 0.1, "base": 0.0})
     assert summ["aa"] == pytest.approx({"smoothed": 0.2, "base": 0.0})
+    only = headline_ladder({"rows": grid, "headline": ladder}, best, settings=("smoothed",))
+    assert list(only["acc"]) == ["smoothed"] and only["acc"]["smoothed"] == lad["acc"]["smoothed"]
     text = "\n".join(headline_ladder_lines(lad, best, StudyConfig(models=["m"], apgd_steps=50, draws=8)))
     assert "+ APGD-CE/DLR 200 x 32 (the doubling check)" in text and "NOT converged" in text
 

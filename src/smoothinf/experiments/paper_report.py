@@ -578,7 +578,9 @@ def _ladder_level(attack: str) -> str:
     return attack.split("@")[1] if "@" in attack else attack
 
 
-def headline_ladder(res: dict, best: dict | None) -> dict | None:
+def headline_ladder(
+    res: dict, best: dict | None, settings: tuple[str, ...] = ("smoothed", "base")
+) -> dict | None:
     """The headline rows under the ladder (``out/headline``): per setting ("smoothed" judged by the
     headline's vote@m, "base" by ``none@1``) and run, the worst case per image after the grid's
     attacks, then cumulatively after each ladder level in the order run (``x2``, ``x4``,
@@ -589,7 +591,7 @@ def headline_ladder(res: dict, best: dict | None) -> dict | None:
     ladder = [r for r in res.get("headline", []) if r["model"] == best["model"]]
     if not ladder:
         return None
-    keys = {"smoothed": best["key"], "base": "none@1"}
+    keys = {k: v for k, v in {"smoothed": best["key"], "base": "none@1"}.items() if k in settings}
     sigmas = {"smoothed": best["sigma"], "base": 0.0}
     acc: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
     levels: list[str] = ["grid"]
@@ -620,6 +622,11 @@ def headline_ladder(res: dict, best: dict | None) -> dict | None:
     return {"levels": levels, "check": check, "acc": dict(acc), "n": n}
 
 
+def _ladder_ran(lad: dict | None) -> bool:
+    """Whether the smoothed row of a ladder has levels beyond the grid's (in some run)."""
+    return lad is not None and any(len(c) > 1 for c in lad["acc"].get("smoothed", {}).values())
+
+
 def _reported_level(lad: dict) -> str:
     """The ladder level the headline reports: the last before the doubling check."""
     levels = [lv for lv in lad["levels"] if lv != lad["check"]]
@@ -642,10 +649,13 @@ def headline_ladder_summary(lad: dict) -> dict:
     return out
 
 
-def headline_ladder_lines(lad: dict | None, best: dict | None, study: StudyConfig) -> list[str]:
+def headline_ladder_lines(
+    lad: dict | None, best: dict | None, study: StudyConfig, intro: str | None = None
+) -> list[str]:
     """The page section of the headline ladder: accuracy per level, run and row; the verdict on
-    convergence (doubling the reported budget moved it < 1 point and AutoAttack found no more)."""
-    if lad is None or best is None:
+    convergence (doubling the reported budget moved it < 1 point and AutoAttack found no more).
+    ``intro`` replaces the section's title and first paragraph (a further row's table)."""
+    if lad is None or best is None or not lad["acc"]:
         return []
     names = {
         "grid": f"the grid's attacks ({study.apgd_steps} x {study.draws})",
@@ -658,13 +668,19 @@ def headline_ladder_lines(lad: dict | None, best: dict | None, study: StudyConfi
                 " (the doubling check)" if lv == lad["check"] else ""
             )
     runs = sorted({run for r in lad["acc"].values() for run in r})
-    L = [
-        "## The headline under stronger attacks",
-        "",
-        f"The headline row ({best['model']}, {best['key']}, sigma {best['sigma']}) and its base model on all "
-        f"{lad['n']} images of every run: the grid's attacks, then APGD-CE and APGD-DLR at larger budgets "
-        "and AutoAttack on every image still robust, cascaded (the accuracy after each level is "
-        "cumulative, per image). The last level doubles the steps and the draws of the one before it.",
+    L = (
+        [
+            "## The headline under stronger attacks",
+            "",
+            f"The headline row ({best['model']}, {best['key']}, sigma {best['sigma']}) and its base model on "
+            f"all {lad['n']} images of every run: the grid's attacks, then APGD-CE and APGD-DLR at larger "
+            "budgets and AutoAttack on every image still robust, cascaded (the accuracy after each level is "
+            "cumulative, per image). The last level doubles the steps and the draws of the one before it.",
+        ]
+        if intro is None
+        else [intro]
+    )
+    L += [
         "",
         "| level | gradients per image and attack | "
         + " | ".join(f"{s} run {run}" for s in lad["acc"] for run in runs)
@@ -696,7 +712,8 @@ def headline_ladder_lines(lad: dict | None, best: dict | None, study: StudyConfi
                 f"doubling the budget before it moved it by up to {100 * d:.1f} points "
                 + ("(converged: < 1 point)" if d < 0.01 else "(NOT converged: >= 1 point)")
             )
-        L.append(f"- {setting}: " + "; ".join(parts) + ".")
+        if parts:
+            L.append(f"- {setting}: " + "; ".join(parts) + ".")
     L.append("")
     return L
 
@@ -952,7 +969,13 @@ def build_page(out: str | os.PathLike) -> str:
                     f"The best row with Gaussian input noise (sigma > 0) is {pos['model']}, {pos['key']}, "
                     f"sigma {pos['sigma']}: {_fmt(pos['clean'])} clean, {_fmt(pos['worst'])} worst case "
                     "at the grid budget "
-                    f"(its base model: {_fmt(base_row(table, pos['model'])['worst'])})."
+                    f"(its base model: {_fmt(base_row(table, pos['model'])['worst'])})"
+                    + (
+                        f"; {_fmt(headline_ladder_summary(lad_pos)['smoothed'])} under the stronger budget "
+                        f"(its base model: {_fmt(headline_ladder_summary(lad_pos)['base'])})."
+                        if _ladder_ran(lad_pos := headline_ladder(res, pos))
+                        else "."
+                    )
                     if pos is not None and base_row(table, pos["model"])
                     else ""
                 ),
@@ -1017,6 +1040,16 @@ def build_page(out: str | os.PathLike) -> str:
     L += autoattack_lines(res["rows"], study)
     L += _headline_with_stronger_attacks(res, best)
     L += headline_ladder_lines(headline_ladder(res, best), best, study)
+    if best is not None and best["sigma"] == 0 and (pos := best_smoothed(table, study)) is not None:
+        lad_pos = headline_ladder(res, pos, settings=("smoothed",))
+        if _ladder_ran(lad_pos):
+            L += headline_ladder_lines(
+                lad_pos,
+                pos,
+                study,
+                intro=f"The best row with input noise ({pos['model']}, {pos['key']}, sigma {pos['sigma']}) "
+                "under the same ladder, without the doubling check:",
+            )
     # certification
     L += ["## Certified L2 accuracy (Cohen et al.)", ""]
     if res["certs"]:
