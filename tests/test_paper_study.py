@@ -499,3 +499,11 @@ def test_headline_ladder_attacks_scale_the_grid_budget(sigma):
             assert (attack.steps, attack.m) == (5 * k, 3 * k)
     aa = checked["autoattack"]
     assert isinstance(aa, AutoAttackAdapter) and "rand" in repr(aa)
+
+
+@pytest.mark.parametrize(
+    "over", [{"headline_scales": 2}, {"headline_scales": [0, 2]}, {"headline_check_runs": -1}]
+)
+def test_headline_ladder_settings_are_checked(over):
+    with pytest.raises(ConfigError, match="headline_"):
+        load_study(ROOT / "configs" / "paper_mnist", **over)

@@ -43,6 +43,7 @@ from smoothinf.experiments.study import (  # noqa: F401  (re-exported)
     StudyConfig,
     _bits,
     load_study,
+    read_jsonl,
     train_passes,
     unbits,
 )
@@ -289,23 +290,32 @@ def _attack_order(names) -> list[str]:
 def _done_rows(results: Path, fp: str) -> dict[tuple, dict]:
     """The rows of ``results`` (JSONL) written under fingerprint ``fp``, keyed (run, setting, sigma,
     attack)."""
-    done: dict[tuple, dict] = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if r.get("fingerprint") == fp:
-                    done[(r["run"], r["setting"], r["sigma"], r["attack"])] = r
-    return done
+    return {
+        (r["run"], r["setting"], r["sigma"], r["attack"]): r
+        for r in read_jsonl(results)
+        if r.get("fingerprint") == fp
+    }
+
+
+def _set_aside_foreign_rows(results: Path, fp: str) -> None:
+    """Move ``results`` to ``*.stale.jsonl`` when it holds rows of another configuration (never
+    mixed in, never deleted), and make sure its folder exists."""
+    if any(r.get("fingerprint") != fp for r in read_jsonl(results)):
+        results.rename(results.with_suffix(".stale.jsonl"))
+    results.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _narrow(alive: dict[str, torch.Tensor], correct: dict[str, torch.Tensor]) -> None:
+    """In place, per vote@m: keep only the examples also right in ``correct``."""
+    for k, v in correct.items():
+        alive[k] = v if k not in alive else alive[k] & v
 
 
 def _alive_from(rows: Sequence[dict], n: int, device) -> dict[str, torch.Tensor]:
     """Per vote@m: the examples right on every row of ``rows`` (one (run, setting, sigma))."""
     alive: dict[str, torch.Tensor] = {}
     for r in rows:
-        for k, bits in r["correct"].items():
-            ok = torch.from_numpy(unbits(bits, n)).to(device)
-            alive[k] = ok if k not in alive else alive[k] & ok
+        _narrow(alive, {k: torch.from_numpy(unbits(b, n)).to(device) for k, b in r["correct"].items()})
     return alive
 
 
@@ -341,9 +351,7 @@ def evaluate_setting(
     first = first or {}
     for attack_name in attacks:
         if (run, setting, sigma, attack_name) in done:
-            r = done[(run, setting, sigma, attack_name)]
-            for k, v in _alive_from([r], n, y.device).items():
-                alive[k] = v if k not in alive else alive[k] & v
+            _narrow(alive, _alive_from([done[(run, setting, sigma, attack_name)]], n, y.device))
             continue
         gen = _seeded(study.seed, run, setting, sigma, attack_name)
         cascaded = study.cascade and attack_name in cascade and bool(alive)
@@ -379,8 +387,7 @@ def evaluate_setting(
         judge_seconds = time.time() - t1
         if cascaded:  # the skipped examples are lost under every vote@m already
             correct = {k: v & alive_any for k, v in correct.items()}
-        for k, v in correct.items():
-            alive[k] = v if k not in alive else alive[k] & v
+        _narrow(alive, correct)
         row = {
             "fingerprint": fp,
             "model": name,
@@ -564,11 +571,7 @@ def _eval_step(out: Path, name: str, ckpt: str, source: str | None, study: Study
         device = resolve_device(study.device)
         model, _ = load_checkpoint(ckpt, device=device)
         src = load_checkpoint(source, device=device)[0] if source else None
-        if results.exists():  # rows of another configuration are moved aside, never mixed in
-            rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-            if any(r.get("fingerprint") != row_fp for r in rows):
-                results.rename(results.with_suffix(".stale.jsonl"))
-        results.parent.mkdir(parents=True, exist_ok=True)
+        _set_aside_foreign_rows(results, row_fp)
         evaluate_model(model, name, x.to(device), y.to(device), study, results, row_fp, src, log)
 
     _run_step(out, f"eval/{name}", fp, [results], work, log, discard=False)
@@ -579,7 +582,7 @@ def _load_rows(out: Path) -> list[dict]:
     for path in sorted((out / "eval").glob("*.jsonl")):
         if path.name.endswith(".stale.jsonl"):
             continue
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows += read_jsonl(path)
     return rows
 
 
@@ -695,6 +698,29 @@ def headline_rows(out: Path, study: StudyConfig) -> list[tuple[tuple[str, str, f
     return rows
 
 
+def _ladder_key(
+    out: Path, ckpt: str, row: tuple[str, str, float], check: bool, run: int, study: StudyConfig
+) -> tuple[str, list[dict]]:
+    """The fingerprint of one ladder row and run, and the grid rows it cascades from: keyed by
+    the checkpoint's hash, the grid's identity, those rows' own fingerprints (weights, transfer
+    source, budget), the row, the run, the scales and whether the check runs."""
+    name, setting, sigma = row
+    prior = [
+        r
+        for r in _load_rows(out)
+        if (r["model"], r["run"], r["setting"], r["sigma"]) == (name, run, setting, sigma)
+    ]
+    ident = {
+        "eval": study.eval_identity(),
+        "grid_rows": sorted({r["fingerprint"] for r in prior}),
+        "row": list(row),
+        "run": run,
+        "scales": study.headline_scales,
+        "check": check,
+    }
+    return fingerprint(ident, [ckpt]), prior
+
+
 def _headline_ladder_job(
     out: Path,
     ckpt: str,
@@ -712,30 +738,15 @@ def _headline_ladder_job(
     name, setting, sigma = row
     check = checked and run < study.headline_check_runs
     results = out / "headline" / f"{name}-{setting}-{sigma}-run{run}.jsonl"
-    ident = {
-        "eval": study.eval_identity(),
-        "row": list(row),
-        "run": run,
-        "scales": study.headline_scales,
-        "check": check,
-    }
-    fp = fingerprint(ident, [ckpt])
-    x, y = _test_data(study)
-    n = study.examples
-    device = resolve_device(study.device)
-    x, y = x[:n].to(device), y[:n].to(device)
+    fp, prior = _ladder_key(out, ckpt, row, check, run, study)
 
     def work():
+        n = study.examples
+        device = resolve_device(study.device)
+        x, y = (t[:n].to(device) for t in _test_data(study))
         model, _ = load_checkpoint(ckpt, device=device)
         model.eval()
-        prior = [
-            r
-            for r in _load_rows(out)
-            if (r["model"], r["run"], r["setting"], r["sigma"]) == (name, run, setting, sigma)
-        ]
-        if results.exists() and any(r.get("fingerprint") != fp for r in _read_rows(results)):
-            results.rename(results.with_suffix(".stale.jsonl"))
-        results.parent.mkdir(parents=True, exist_ok=True)
+        _set_aside_foreign_rows(results, fp)
         attacks = headline_attacks(model, study, None if setting == "base" else sigma, check)
         evaluate_setting(
             model,
@@ -754,10 +765,6 @@ def _headline_ladder_job(
         )
 
     _run_step(out, f"headline/{results.stem}", fp, [results], work, log, discard=False)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from smoothinf.errors import ConfigError
-from smoothinf.experiments.study import CERT_RADII, PAPER_ATTACKS, StudyConfig, unbits
+from smoothinf.experiments.study import CERT_RADII, PAPER_ATTACKS, StudyConfig, read_jsonl, unbits
 
 MADRY_MNIST = 0.89  # Madry et al. (2018), MNIST, PGD at eps 0.3 (about 89%)
 TARGET = 0.90
@@ -397,12 +397,6 @@ def claim7(table):
 # The page
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
-
-
 def _in_grid(row: dict, study: StudyConfig) -> bool:
     """A row of the study's current grid (rows of runs or sigmas since dropped stay on disk)."""
     return row["run"] < study.runs and (row["setting"] == "base" or row["sigma"] in study.sigmas)
@@ -413,7 +407,7 @@ def load_results(out: Path) -> dict:
     rows = []
     for path in sorted((out / "eval").glob("*.jsonl")) if (out / "eval").exists() else []:
         if not path.name.endswith(".stale.jsonl"):
-            rows += _read_jsonl(path)
+            rows += read_jsonl(path)
     states = (
         [json.loads(p.read_text()) for p in sorted((out / "state").glob("*.json"))]
         if (out / "state").exists()
@@ -435,7 +429,7 @@ def load_results(out: Path) -> dict:
         calibration[p.stem] = json.loads(p.read_text())
     training = {}
     for p in sorted((out / "models").glob("*/metrics.jsonl")) if (out / "models").exists() else []:
-        recs = _read_jsonl(p)
+        recs = read_jsonl(p)
         if recs:
             training[p.parent.name] = recs
     return {
@@ -444,14 +438,14 @@ def load_results(out: Path) -> dict:
         "certs": certs,
         "selection": selection,
         "study": study,
-        "convergence": [r for r in _read_jsonl(out / "convergence.jsonl") if r.get("kind") != "blackbox"],
-        "blackbox": _read_jsonl(out / "blackbox.jsonl"),
+        "convergence": [r for r in read_jsonl(out / "convergence.jsonl") if r.get("kind") != "blackbox"],
+        "blackbox": read_jsonl(out / "blackbox.jsonl"),
         "headline": [
             r
             for path in sorted((out / "headline").glob("*.jsonl"))
             if (out / "headline").exists()
             if not path.name.endswith(".stale.jsonl")
-            for r in _read_jsonl(path)
+            for r in read_jsonl(path)
         ],
         "training": training,
         "calibration": calibration,
@@ -1090,7 +1084,7 @@ def build_page(out: str | os.PathLike) -> str:
         )
     L += [""]
     # compute
-    passes = _read_jsonl(out / "passes.jsonl")
+    passes = read_jsonl(out / "passes.jsonl")
     span = _study_span_seconds(out)
     L += ["## Compute", "", "| stage | step seconds |", "|---|---|"]
     L += [f"| {k} | {v:.0f} |" for k, v in sorted(seconds.items())]

@@ -78,8 +78,15 @@ class StudyConfig:
             raise ConfigError("sigmas must be >= 0 (pixel units) and not empty")
         if self.jobs < 1:
             raise ConfigError("jobs must be >= 1")
-        if any(int(k) < 1 for k in self.headline_scales) or self.headline_check_runs < 0:
-            raise ConfigError("headline_scales must be >= 1 and headline_check_runs >= 0")
+        scales = self.headline_scales
+        if not isinstance(scales, list) or not all(type(k) is int and k >= 1 for k in scales):
+            raise ConfigError(
+                f"headline_scales must be a list of integers >= 1 (e.g. [2, 4, 8]), not {scales!r}"
+            )
+        if type(self.headline_check_runs) is not int or self.headline_check_runs < 0:
+            raise ConfigError(
+                f"headline_check_runs must be an integer >= 0, not {self.headline_check_runs!r}"
+            )
         allowed = {"runs", "sigmas", "certify"}
         for name, over in self.model_eval.items():
             if name not in self.models + self.finetunes:
@@ -137,3 +144,13 @@ def train_passes(cfg: TrainConfig) -> int:
     the clean and adversarial losses (EPGD-AT: steps x m_train draws)."""
     inner = cfg.attack_steps * (cfg.m_train if cfg.objective in ("epgd", "smoothadv") else 1)
     return 1 if cfg.objective in ("standard", "gaussian") else inner + 2
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSONL file (blank lines skipped); [] when it does not exist."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
