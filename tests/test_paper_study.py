@@ -17,6 +17,7 @@ from smoothinf.data import get_dataset_info
 from smoothinf.errors import ConfigError
 from smoothinf.experiments import judge_grid, run_study
 from smoothinf.experiments.paper_mnist import CASCADED, _schedule, load_study, unbits
+from smoothinf.experiments.study import correct_fraction
 from smoothinf.experiments.paper_report import aggregate, build_page, claim1, claim3
 from smoothinf.experiments.step_check import load_train_config, time_train_step, train_configs
 from smoothinf.models import create_model_for
@@ -129,6 +130,8 @@ convergence_scales: [1, 2]
 compute_pairs: [[1, 2]]
 square_queries: 4
 headline_scales: [1, 2]
+judge_draws: 4
+judge_subsets: 2
 cert_sigmas: [0.25]
 cert_examples: 4
 cert_n0: 4
@@ -208,7 +211,7 @@ def test_pipeline_runs_skips_and_resumes(tmp_path):
             assert names.index("apgd-ce") > max(names.index(a) for a in names if a not in CASCADED)
             alive = None
             for r in group:
-                ok = np.stack([unbits(b, r["n"]) for b in r["correct"].values()])
+                ok = np.stack([correct_fraction(r, k) for k in r["correct"]]) > 0
                 if r["attack"] in CASCADED:
                     assert r["cascaded"] and r["attacked"] == int(alive.any(0).sum())
                     assert not (ok & ~alive.any(0)).any()
@@ -235,7 +238,7 @@ def test_pipeline_runs_skips_and_resumes(tmp_path):
         grid = [json.loads(line) for line in (out / "eval" / f"{model}.jsonl").read_text().splitlines()]
         alive = None
         for r in [g for g in grid if (g["run"], g["setting"], g["sigma"]) == (run, setting, sigma)] + rows_:
-            ok = np.stack([unbits(b, r["n"]) for b in r["correct"].values()])
+            ok = np.stack([correct_fraction(r, k) for k in r["correct"]]) > 0
             if r in rows_:
                 assert r["attacked"] == int(alive.any(0).sum()) and not (ok & ~alive.any(0)).any()
             alive = ok if alive is None else alive & ok

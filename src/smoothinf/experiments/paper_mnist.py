@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from smoothinf._version import __version__
-from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack, defended_predict
+from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack
 from smoothinf.attacks.presets import preset_attacks
 from smoothinf.data import load_splits
 from smoothinf.errors import ConfigError
@@ -41,7 +41,8 @@ from smoothinf.experiments.study import (  # noqa: F401  (re-exported)
     DEFAULT_CONFIGS,
     PAPER_ATTACKS,
     StudyConfig,
-    _bits,
+    correct_fraction,
+    encode_correct,
     load_study,
     read_jsonl,
     train_passes,
@@ -50,7 +51,7 @@ from smoothinf.experiments.study import (  # noqa: F401  (re-exported)
 from smoothinf.models import load_checkpoint
 from smoothinf.noise import noise_layers
 from smoothinf.smoothing import SmoothedClassifier, certify
-from smoothinf.smoothing.votes import accumulate_votes
+from smoothinf.smoothing.votes import apply_vote
 from smoothinf.training.trainer import TrainConfig, train
 from smoothinf.utils import resolve_device
 
@@ -152,32 +153,47 @@ def judge_grid(
     ms: Sequence[int],
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    draws: int = 0,
+    subsets: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Correctness (N,) bool of the smoothed classifier for every ``"vote@m"``, x (N,C,H,W).
+    """Correctness (N,) float in [0, 1] of the smoothed classifier for every ``"vote@m"``, x (N,C,H,W).
 
-    One set of max(ms) noise draws per example is shared: the estimate at m uses the first m
-    draws, each vote counts the same draws. The cost is max(ms) forwards per example, not
-    sum(ms) x len(votes); the estimates at different m of one example are therefore nested.
+    ``subsets`` 0: one judgement, 0 or 1: the first m of one set of max(ms) draws per example
+    (nested in m; every vote counts the same draws). ``subsets`` S > 0: the probability that the
+    classifier is right, estimated as the mean correctness of its votes over S random m-subsets
+    (without replacement) of max(draws, max(ms)) draws per example: unbiased, since an m-subset of
+    independent draws is an m-draw judgement. A classifier without noise (sigma 0, no noise
+    layers) is judged with one forward. Either way the cost is one forward per draw, shared by
+    every vote and m.
     """
     ms = sorted(set(int(m) for m in ms))
-    smoothed = SmoothedClassifier(model, sigma, ms[-1], "hard", batch_size=batch_size)
+    deterministic = sigma == 0 and not noise_layers(model)
+    total = 1 if deterministic else max(ms[-1], int(draws)) if subsets else ms[-1]
+    smoothed = SmoothedClassifier(model, sigma, total, "hard", batch_size=batch_size)
     rows = smoothed.rows_per_forward(x)  # examples per chunk, as SmoothedClassifier chunks them
+    masks = {}  # per m: (S, total) 0/1, which draws each judgement counts
+    for m in ms:
+        take = min(m, total)
+        if subsets and take < total:
+            if subsets * take == total:  # a partition: S independent judgements
+                order = torch.randperm(total, generator=generator).view(subsets, take)
+            else:
+                order = torch.rand(subsets, total, generator=generator).argsort(1)[:, :take]
+            mask = torch.zeros(subsets, total).scatter_(1, order, 1.0)
+        else:
+            mask = torch.zeros(1, total)
+            mask[0, :take] = 1.0
+        masks[m] = mask.to(x.device)
     out: dict[str, list[torch.Tensor]] = {f"{v}@{m}": [] for v in votes for m in ms}
     for start in range(0, x.shape[0], rows):
         xc, yc = x[start : start + rows], y[start : start + rows]
-        totals: dict[str, torch.Tensor | None] = dict.fromkeys(votes)
-        done, k = 0, 0
-        for logits in smoothed.draw_logits(xc, ms[-1], generator):  # (d, n, K) per chunk of draws
-            first = 0
-            while first < logits.shape[0]:
-                take = min(logits.shape[0] - first, ms[k] - done)
-                for v in votes:
-                    totals[v] = accumulate_votes(totals[v], logits[first : first + take], v)
-                done, first = done + take, first + take
-                if done == ms[k]:
-                    for v in votes:
-                        out[f"{v}@{ms[k]}"].append(totals[v].argmax(1) == yc)
-                    k += 1
+        logits = torch.cat(list(smoothed.draw_logits(xc, total, generator)))  # (total, n, K)
+        d, n, k = logits.shape
+        for v in votes:
+            per_draw = apply_vote(logits.float(), v).reshape(d, n * k)
+            for m in ms:
+                tallies = (masks[m] @ per_draw).reshape(-1, n, k)  # (S, n, K)
+                out[f"{v}@{m}"].append((tallies.argmax(-1) == yc).float().mean(0))
     return {key: torch.cat(parts) for key, parts in out.items()}
 
 
@@ -306,17 +322,40 @@ def _set_aside_foreign_rows(results: Path, fp: str) -> None:
 
 
 def _narrow(alive: dict[str, torch.Tensor], correct: dict[str, torch.Tensor]) -> None:
-    """In place, per vote@m: keep only the examples also right in ``correct``."""
+    """In place, per vote@m: keep only the examples with a chance of being right in ``correct``
+    (P(correct) > 0; for rows judged once, the examples right)."""
     for k, v in correct.items():
-        alive[k] = v if k not in alive else alive[k] & v
+        ok = v > 0
+        alive[k] = ok if k not in alive else alive[k] & ok
 
 
 def _alive_from(rows: Sequence[dict], n: int, device) -> dict[str, torch.Tensor]:
-    """Per vote@m: the examples right on every row of ``rows`` (one (run, setting, sigma))."""
+    """Per vote@m: the examples with a chance of being right on every row of ``rows`` (one (run,
+    setting, sigma))."""
     alive: dict[str, torch.Tensor] = {}
     for r in rows:
-        _narrow(alive, {k: torch.from_numpy(unbits(b, n)).to(device) for k, b in r["correct"].items()})
+        _narrow(alive, {k: torch.from_numpy(correct_fraction(r, k, n)).to(device) for k in r["correct"]})
     return alive
+
+
+def judge_row(
+    model: nn.Module,
+    setting: str,
+    sigma: float,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    study: StudyConfig,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Per-example correctness (N,) in [0, 1] of one row's classifiers on ``x_adv``: the base model
+    ("none@1": judge_subsets independent forwards, each with its own weight noise; one when it has
+    none) or every vote@m smoothed at ``sigma`` (``judge_grid`` with the study's judging)."""
+    if setting == "base":
+        s = study.judge_subsets
+        got = judge_grid(model, 0.0, x_adv, y, ["hard"], [1], generator, draws=s, subsets=s)
+        return {"none@1": got["hard@1"]}
+    draws, subsets = study.judge_draws, study.judge_subsets
+    return judge_grid(model, sigma, x_adv, y, study.votes, study.ms, generator, draws=draws, subsets=subsets)
 
 
 def evaluate_setting(
@@ -380,13 +419,10 @@ def evaluate_setting(
         craft = time.time() - t0
         t1 = time.time()
         jgen = _seeded(study.seed, run, setting, sigma, attack_name, "judge")
-        if setting == "base":
-            correct = {"none@1": defended_predict(model, x_adv, jgen) == y}
-        else:
-            correct = judge_grid(model, sigma, x_adv, y, study.votes, study.ms, jgen)
+        correct = judge_row(model, setting, sigma, x_adv, y, study, jgen)
         judge_seconds = time.time() - t1
         if cascaded:  # the skipped examples are lost under every vote@m already
-            correct = {k: v & alive_any for k, v in correct.items()}
+            correct = {k: v * alive_any for k, v in correct.items()}
         _narrow(alive, correct)
         row = {
             "fingerprint": fp,
@@ -405,14 +441,15 @@ def evaluate_setting(
             "craft_seconds": round(craft, 4),
             "judge_seconds": round(judge_seconds, 4),
             "transfer_reused": reused,
-            "correct": {k: _bits(v) for k, v in correct.items()},
+            "judge_subsets": study.judge_subsets,
+            "correct": {k: encode_correct(v, study.judge_subsets) for k, v in correct.items()},
             "version": __version__,
         }
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        acc = {k: round(float(v.float().mean()), 3) for k, v in list(correct.items())[:2]}
+        acc = {k: round(float(v.mean()), 3) for k, v in list(correct.items())[:2]}
         log(
             f"  {name} run {run} {setting} sigma {sigma} {attack_name}: {acc} "
             f"({craft:.1f}+{judge_seconds:.1f} s, {len(idx)} attacked)"
@@ -658,7 +695,17 @@ def _headline_step(
                 x_adv = _craft(fn, xs, ys, gen, study.batch_size)
                 craft = time.time() - t0
                 ms = sorted(set(study.ms) | set(study.headline_ms))
-                correct = judge_grid(model, sigma, x_adv, ys, study.votes, ms, _seeded(attack, meta, "judge"))
+                correct = judge_grid(
+                    model,
+                    sigma,
+                    x_adv,
+                    ys,
+                    study.votes,
+                    ms,
+                    _seeded(attack, meta, "judge"),
+                    draws=max(study.judge_draws, 2 * max(ms)),
+                    subsets=study.judge_subsets,
+                )
                 row = {
                     "model": name,
                     "sigma": sigma,
@@ -666,8 +713,9 @@ def _headline_step(
                     **meta,
                     "n": n,
                     "craft_seconds": round(craft, 4),
-                    "accuracy": {kk: float(v.float().mean()) for kk, v in correct.items()},
-                    "correct": {kk: _bits(v) for kk, v in correct.items()},
+                    "accuracy": {kk: float(v.mean()) for kk, v in correct.items()},
+                    "judge_subsets": study.judge_subsets,
+                    "correct": {kk: encode_correct(v, study.judge_subsets) for kk, v in correct.items()},
                 }
                 f.write(json.dumps(row) + "\n")
                 log(

@@ -34,6 +34,12 @@ class StudyConfig:
     ms: list[int] = field(default_factory=lambda: [1, 8])
     headline_ms: list[int] = field(default_factory=list)  # the convergence step's m (default: ms)
     votes: list[str] = field(default_factory=lambda: ["hard", "weighted", "soft"])
+    # A randomised classifier's correctness on one input is a probability: each attack's batch is
+    # judged with judge_draws fresh draws per example (at least max(ms)), and each vote@m's
+    # P(correct) is estimated over judge_subsets random m-subsets of them (0: one judgement, the
+    # first m draws; a per-example worst case over attacks of single judgements is biased low).
+    judge_draws: int = 128
+    judge_subsets: int = 32
     apgd_steps: int = 50
     draws: int = 8
     paper_steps: int = 20
@@ -78,6 +84,10 @@ class StudyConfig:
             raise ConfigError("sigmas must be >= 0 (pixel units) and not empty")
         if self.jobs < 1:
             raise ConfigError("jobs must be >= 1")
+        if type(self.judge_subsets) is not int or not 0 <= self.judge_subsets <= 255:
+            raise ConfigError(f"judge_subsets must be an integer in [0, 255], not {self.judge_subsets!r}")
+        if type(self.judge_draws) is not int or self.judge_draws < 1:
+            raise ConfigError(f"judge_draws must be an integer >= 1, not {self.judge_draws!r}")
         scales = self.headline_scales
         if not isinstance(scales, list) or not all(type(k) is int and k >= 1 for k in scales):
             raise ConfigError(
@@ -105,6 +115,7 @@ class StudyConfig:
         """The fields that define what an evaluation row means."""
         keys = ("eps", "examples", "apgd_steps", "draws", "paper_steps", "transfer_steps")
         keys += ("autoattack_examples", "autoattack_runs", "cascade", "seed", "votes", "ms", "data")
+        keys += ("judge_draws", "judge_subsets")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -132,6 +143,26 @@ def load_study(configs: str | os.PathLike = DEFAULT_CONFIGS, quick: bool = False
 
 def _bits(mask: torch.Tensor) -> str:
     return np.packbits(mask.cpu().numpy().astype(bool)).tobytes().hex()
+
+
+def encode_correct(fraction: torch.Tensor, subsets: int) -> str:
+    """Hex of the per-example correctness (N,) in [0, 1]: packed bits when ``subsets`` is 0 (one
+    judgement), else the count of right judgements out of ``subsets`` as one byte each."""
+    if not subsets:
+        return _bits(fraction > 0.5)
+    counts = torch.round(fraction.detach().cpu().double() * subsets).to(torch.uint8)
+    return counts.numpy().tobytes().hex()
+
+
+def correct_fraction(row: dict, key: str, n: int | None = None) -> np.ndarray:
+    """(n,) float64 in [0, 1]: the estimated probability that ``row``'s classifier ``key``
+    ("vote@m") is right on each example (0 or 1 for rows judged once)."""
+    n = int(row["n"]) if n is None else n
+    subsets = int(row.get("judge_subsets", 0) or 0)
+    if not subsets:
+        return unbits(row["correct"][key], n).astype(np.float64)
+    counts = np.frombuffer(bytes.fromhex(row["correct"][key]), dtype=np.uint8)[:n]
+    return counts.astype(np.float64) / subsets
 
 
 def unbits(hexstr: str, n: int) -> np.ndarray:
