@@ -17,9 +17,9 @@ from smoothinf.data import get_dataset_info
 from smoothinf.errors import ConfigError
 from smoothinf.experiments import judge_grid, run_study
 from smoothinf.experiments.paper_mnist import CASCADED, _schedule, load_study, unbits
-from smoothinf.experiments.study import correct_fraction
 from smoothinf.experiments.paper_report import aggregate, build_page, claim1, claim3
 from smoothinf.experiments.step_check import load_train_config, time_train_step, train_configs
+from smoothinf.experiments.study import correct_fraction, encode_correct
 from smoothinf.models import create_model_for
 from smoothinf.noise import inject_noise
 from smoothinf.smoothing import SmoothedClassifier
@@ -35,7 +35,7 @@ def test_config_folders_hold_every_model():
     study = load_study(ROOT / "configs" / "paper_mnist")
     for name in study.models + study.finetunes + [study.transfer_source]:
         assert (ROOT / "configs" / "paper_mnist" / f"{name}.yaml").exists()
-    assert 0.0 in study.sigmas and 0.1 in study.sigmas and study.runs >= 2 and study.examples == 1000
+    assert 0.0 in study.sigmas and 0.1 in study.sigmas and study.runs >= 2 and study.examples >= 500
     big = study.for_model("mnist_cnn_pni_w_pgd_at")
     assert big.runs == 1 and not big.certify and study.for_model("pgd_at") is study
     assert max(study.ms) >= 64 and max(study.headline_ms) == 256
@@ -107,6 +107,82 @@ def test_judge_grid_equals_each_smoothed_classifier(noise):
             continue
         pred = SmoothedClassifier(model, 0.3, int(m), vote).predict(x, torch.Generator().manual_seed(5))
         assert torch.equal(correct, pred == y), key
+
+
+class _Margin(torch.nn.Module):
+    """Two classes; logit of class 1 minus class 0 = w.x + b with ||w|| = 1 (x 1x4x4)."""
+
+    def __init__(self, margin: float) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1).sum(1) / 4 - 2.0 + self.margin  # 0 at x = 0.5 everywhere, plus the margin
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def test_judge_grid_estimates_the_probability_of_a_right_vote():
+    """Gaussian input noise sigma on a linear margin a: one draw is right with p = Phi(a / sigma),
+    a hard vote of 5 draws with P(Binomial(5, p) >= 3). The subset estimate matches both, and
+    its per-example minimum over repeated judgements of the same inputs stays near the mean (low by
+    about one sd of the estimate), while the minimum over single judgements (the old judging)
+    falls to p^k."""
+    sigma, a, n = 0.5, 0.25, 200
+    model = _Margin(a)
+    x, y = torch.full((n, 1, 4, 4), 0.5), torch.ones(n, dtype=torch.long)
+    p1 = 0.5 * (1 + math.erf(a / sigma / math.sqrt(2)))
+    p5 = sum(math.comb(5, k) * p1**k * (1 - p1) ** (5 - k) for k in (3, 4, 5))
+    gen = torch.Generator().manual_seed(0)
+    got = judge_grid(model, sigma, x, y, ["hard", "soft"], [1, 5], gen, draws=100, subsets=20)
+    assert abs(float(got["hard@1"].mean()) - p1) < 0.02  # 100 single draws per example
+    assert abs(float(got["hard@5"].mean()) - p5) < 0.03
+    assert got["hard@5"].mean() > got["hard@1"].mean() + 0.05  # the vote helps on the right side
+    assert {float(v) for v in got["hard@5"][:20] * 20} <= set(map(float, range(21)))  # counts of 20
+    judged = [judge_grid(model, sigma, x, y, ["hard"], [5], gen, draws=100, subsets=20) for _ in range(4)]
+    once = [judge_grid(model, sigma, x, y, ["hard"], [5], gen)["hard@5"] for _ in range(4)]
+    assert set(torch.cat(once).tolist()) == {0.0, 1.0}  # subsets 0: one judgement, as before
+    worst = torch.stack([j["hard@5"] for j in judged]).min(0).values.mean()
+    worst_once = torch.stack(once).min(0).values.mean()
+    # min of 4 single judgements ~ p5^4; min of 4 estimates (20 votes each, sd ~0.085) ~1 sd low
+    assert abs(float(worst_once) - p5**4) < 0.1 and float(worst) > float(worst_once) + 0.15
+    assert p5 - 0.14 < float(worst) <= p5 + 0.02
+
+
+def test_judge_grid_deterministic_rows_are_zero_or_one():
+    model = _Margin(0.0)
+    x = torch.rand(30, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    y = torch.ones(30, dtype=torch.long)
+    got = judge_grid(model, 0.0, x, y, ["hard", "soft"], [1, 8], torch.Generator(), draws=64, subsets=16)
+    expected = (model(x).argmax(1) == y).double()
+    for v in got.values():
+        assert torch.equal(v.double(), expected)
+
+
+def test_probability_rows_aggregate_to_the_mean_of_the_per_example_minimum():
+    """Two attacks judged with 4 subsets: the worst case is mean_i min(clean_i, a_i, b_i)."""
+    clean, a, b = (
+        torch.tensor([1.0, 1.0, 0.5, 0.0]),
+        torch.tensor([0.75, 0.25, 1.0, 0.0]),
+        torch.tensor([1.0, 0.5, 0.25, 0.0]),
+    )
+    rows = [
+        {
+            "model": "m",
+            "setting": "smoothed",
+            "sigma": 0.1,
+            "run": 0,
+            "attack": name,
+            "n": 4,
+            "judge_subsets": 4,
+            "correct": {"hard@8": encode_correct(v, 4)},
+        }
+        for name, v in (("clean", clean), ("apgd-ce", a), ("pgd", b))
+    ]
+    assert np.allclose(correct_fraction(rows[1], "hard@8"), a.numpy())
+    (row,) = aggregate(rows)
+    assert row["worst"][0] == pytest.approx((0.75 + 0.25 + 0.25 + 0.0) / 4)
+    assert row["paper"][0] == pytest.approx((1.0 + 0.5 + 0.25 + 0.0) / 4)  # pgd is the paper's
+    assert row["attacks"]["apgd-ce"][0] == pytest.approx((0.75 + 0.25 + 0.5) / 4)
 
 
 STUDY = """

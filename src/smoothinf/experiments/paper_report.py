@@ -853,6 +853,28 @@ def _study_span_seconds(out: Path) -> float | None:
     return max((p.stat().st_mtime for p in outputs), default=start) - start
 
 
+def _judging_lines(study: StudyConfig) -> list[str]:
+    """How a row's per-image correctness was judged (the page's method paragraph)."""
+    if not study.judge_subsets:
+        return [
+            "Judging: each attack's images judged once (one set of draws); a randomised row's "
+            "per-image worst case over attacks is then a minimum over independent judgements, biased "
+            "low.",
+            "",
+        ]
+    draws = max(max(study.ms), study.judge_draws)
+    return [
+        "Judging: a randomised classifier is right on an image with some probability, so every "
+        f"attack's images are judged with {draws} fresh draws per image, and each vote@m's "
+        f"P(correct) is the mean over {study.judge_subsets} random m-subsets of them (the unsmoothed "
+        f"base model: {study.judge_subsets} independent forwards, each with its own weight noise). A "
+        "row's accuracy is the mean over images of the smallest P(correct) over its attacks (an "
+        "expected accuracy, per image the attacker's best attack); deterministic rows are 0 or 1 "
+        "per image as usual. The cascade attacks every image with P(correct) > 0.",
+        "",
+    ]
+
+
 def build_page(out: str | os.PathLike) -> str:
     """The markdown of the reproduction page from the study in ``out``."""
     out = Path(out)
@@ -910,6 +932,7 @@ def build_page(out: str | os.PathLike) -> str:
         f"{study.autoattack_runs} run(s). A row's worst case is per image over all of them; its "
         "'paper' column over the paper's attacks only.",
         "",
+        *_judging_lines(study),
     ]
     # headline
     best = best_smoothed(table, study, positive_sigma=False)
@@ -1109,7 +1132,8 @@ def build_page(out: str | os.PathLike) -> str:
         f"Evaluation: crafting {craft:.0f} s, judging {judge:.0f} s (each adversarial batch crafted once per "
         f"(run, sigma, eps, attack) and judged with all {len(study.votes)} votes x {len(study.ms)} m "
         "from one set of "
-        f"{max(study.ms)} draws). Wall times are those of finished steps on the machine that ran them "
+        f"{max(study.ms[-1], study.judge_draws) if study.judge_subsets else max(study.ms)} draws per "
+        "image). Wall times are those of finished steps on the machine that ran them "
         "(2 CPU cores shared with other jobs here).",
         "",
     ]
