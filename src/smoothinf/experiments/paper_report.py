@@ -1115,14 +1115,18 @@ def build_page(out: str | os.PathLike) -> str:
     # compute
     passes = read_jsonl(out / "passes.jsonl")
     span = _study_span_seconds(out)
+    wall = out / "wall.json"
+    how = json.loads(wall.read_text()).get("measured") if wall.exists() else None
     L += ["## Compute", "", "| stage | step seconds |", "|---|---|"]
     L += [f"| {k} | {v:.0f} |" for k, v in sorted(seconds.items())]
     L += [
         f"| **total** | **{total:.0f}** ({total / 3600:.2f} h) |",
         "",
         (
-            f"Wall time of the whole study on this machine: **{span / 3600:.2f} h** from the creation of "
-            "its first file to its last output, interrupted passes and restarts included "
+            f"Wall time of the whole study on this machine: **{span / 3600:.2f} h**: {how} "
+            if how
+            else f"Wall time of the whole study on this machine: **{span / 3600:.2f} h** from the creation "
+            "of its first file to its last output, interrupted passes and restarts included "
             if span is not None
             else "Wall time of the whole study: not recorded (no started.json) "
         )
