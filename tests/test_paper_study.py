@@ -581,8 +581,16 @@ def test_headline_ladder_attacks_scale_the_grid_budget(sigma):
 
 
 @pytest.mark.parametrize(
-    "over", [{"headline_scales": 2}, {"headline_scales": [0, 2]}, {"headline_check_runs": -1}]
+    "over",
+    [
+        {"headline_scales": 2},
+        {"headline_scales": [0, 2]},
+        {"headline_check_runs": -1},
+        {"judge_subsets": 300},
+        {"judge_subsets": 2.5},
+        {"judge_draws": 0},
+    ],
 )
-def test_headline_ladder_settings_are_checked(over):
-    with pytest.raises(ConfigError, match="headline_"):
+def test_headline_ladder_and_judging_settings_are_checked(over):
+    with pytest.raises(ConfigError, match=f"^{next(iter(over))} must be an integer|^headline_scales must"):
         load_study(ROOT / "configs" / "paper_mnist", **over)

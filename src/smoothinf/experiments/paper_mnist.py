@@ -187,13 +187,20 @@ def judge_grid(
     out: dict[str, list[torch.Tensor]] = {f"{v}@{m}": [] for v in votes for m in ms}
     for start in range(0, x.shape[0], rows):
         xc, yc = x[start : start + rows], y[start : start + rows]
-        logits = torch.cat(list(smoothed.draw_logits(xc, total, generator)))  # (total, n, K)
-        d, n, k = logits.shape
-        for v in votes:
-            per_draw = apply_vote(logits.float(), v).reshape(d, n * k)
-            for m in ms:
-                tallies = (masks[m] @ per_draw).reshape(-1, n, k)  # (S, n, K)
-                out[f"{v}@{m}"].append((tallies.argmax(-1) == yc).float().mean(0))
+        tallies: dict[str, torch.Tensor] = {}  # per vote@m (S, n * K): each judgement's votes so far
+        done = 0
+        for logits in smoothed.draw_logits(xc, total, generator):  # (d, n, K) per chunk of draws
+            d, n, k = logits.shape
+            logits = logits.float()
+            for v in votes:
+                per_draw = apply_vote(logits, v).reshape(d, n * k)
+                for m in ms:
+                    part = masks[m][:, done : done + d] @ per_draw
+                    key = f"{v}@{m}"
+                    tallies[key] = part if key not in tallies else tallies[key] + part
+            done += d
+        for key, t in tallies.items():
+            out[key].append((t.reshape(t.shape[0], -1, k).argmax(-1) == yc).float().mean(0))
     return {key: torch.cat(parts) for key, parts in out.items()}
 
 
@@ -703,7 +710,7 @@ def _headline_step(
                     study.votes,
                     ms,
                     _seeded(attack, meta, "judge"),
-                    draws=max(study.judge_draws, 2 * max(ms)),
+                    draws=max(study.judge_draws, 2 * max(ms)),  # >= 2 disjoint judgements at every m
                     subsets=study.judge_subsets,
                 )
                 row = {

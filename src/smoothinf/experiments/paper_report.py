@@ -838,19 +838,21 @@ def estimate_full_study(out: Path, res: dict) -> list[str]:
     ]
 
 
-def _study_span_seconds(out: Path) -> float | None:
+def _study_span_seconds(out: Path) -> tuple[float | None, str | None]:
     """Seconds from the study's first pass (``started.json``) to its newest output file, or
-    ``wall.json``'s record in a copy of the results; None when neither is there."""
+    ``wall.json``'s record in a copy of the results with how it was measured; (None, None) when
+    neither is there."""
     if (out / "wall.json").exists():  # recorded when the results were copied out of the run folder
-        return float(json.loads((out / "wall.json").read_text())["seconds"])
+        wall = json.loads((out / "wall.json").read_text())
+        return float(wall["seconds"]), wall.get("measured")
     if not (out / "started.json").exists():
-        return None
+        return None, None
     start = float(json.loads((out / "started.json").read_text())["time"])
     skip = ("study.json", "study_full.json", "started.json")
     outputs = [
         p for p in out.rglob("*") if p.suffix in (".jsonl", ".json", ".safetensors") and p.name not in skip
     ]
-    return max((p.stat().st_mtime for p in outputs), default=start) - start
+    return max((p.stat().st_mtime for p in outputs), default=start) - start, None
 
 
 def _judging_lines(study: StudyConfig) -> list[str]:
@@ -862,10 +864,9 @@ def _judging_lines(study: StudyConfig) -> list[str]:
             "low.",
             "",
         ]
-    draws = max(max(study.ms), study.judge_draws)
     return [
         "Judging: a randomised classifier is right on an image with some probability, so every "
-        f"attack's images are judged with {draws} fresh draws per image, and each vote@m's "
+        f"attack's images are judged with {study.judged_draws()} fresh draws per image, and each vote@m's "
         f"P(correct) is the mean over {study.judge_subsets} random m-subsets of them (the unsmoothed "
         f"base model: {study.judge_subsets} independent forwards, each with its own weight noise). A "
         "row's accuracy is the mean over images of the smallest P(correct) over its attacks (an "
@@ -1114,9 +1115,7 @@ def build_page(out: str | os.PathLike) -> str:
     L += [""]
     # compute
     passes = read_jsonl(out / "passes.jsonl")
-    span = _study_span_seconds(out)
-    wall = out / "wall.json"
-    how = json.loads(wall.read_text()).get("measured") if wall.exists() else None
+    span, how = _study_span_seconds(out)
     L += ["## Compute", "", "| stage | step seconds |", "|---|---|"]
     L += [f"| {k} | {v:.0f} |" for k, v in sorted(seconds.items())]
     L += [
@@ -1136,7 +1135,7 @@ def build_page(out: str | os.PathLike) -> str:
         f"Evaluation: crafting {craft:.0f} s, judging {judge:.0f} s (each adversarial batch crafted once per "
         f"(run, sigma, eps, attack) and judged with all {len(study.votes)} votes x {len(study.ms)} m "
         "from one set of "
-        f"{max(study.ms[-1], study.judge_draws) if study.judge_subsets else max(study.ms)} draws per "
+        f"{study.judged_draws()} draws per "
         "image). Wall times are those of finished steps on the machine that ran them "
         "(2 CPU cores shared with other jobs here).",
         "",

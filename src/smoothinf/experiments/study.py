@@ -111,6 +111,10 @@ class StudyConfig:
         over = self.model_eval.get(name, {})
         return replace(self, **over) if over else self
 
+    def judged_draws(self) -> int:
+        """Draws per example that judge an attack's batch on the grid (0 subsets: max(ms))."""
+        return max(max(self.ms), self.judge_draws) if self.judge_subsets else max(self.ms)
+
     def eval_identity(self) -> dict:
         """The fields that define what an evaluation row means."""
         keys = ("eps", "examples", "apgd_steps", "draws", "paper_steps", "transfer_steps")
