@@ -67,7 +67,9 @@ class AutoAttackAdapter:
         self.verbose = bool(verbose)
 
     def __repr__(self) -> str:
-        return f"AutoAttackAdapter(norm={self.norm!r}, eps={self.eps}, version={self.version!r})"
+        extra = f", attacks={self.attacks!r}" if self.attacks else ""
+        extra += f", square_queries={self.square_queries}" if self.square_queries is not None else ""
+        return f"AutoAttackAdapter(norm={self.norm!r}, eps={self.eps}, version={self.version!r}{extra})"
 
     def budget(self) -> dict[str, int]:
         """Gradient evaluations per example of the white-box part, at most (AutoAttack's settings:

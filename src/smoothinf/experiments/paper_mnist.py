@@ -259,6 +259,17 @@ def _autoattack(model: nn.Module, study: StudyConfig, sigma: float | None) -> Au
     return AutoAttackAdapter(target, "linf", study.eps, "rand" if randomised else "standard", seed=study.seed)
 
 
+def square_attack(model: nn.Module, study: StudyConfig, sigma: float | None, queries: int) -> AutoAttackAdapter:
+    """The official Square attack (black-box, ``queries`` queries) on one row's scores: the model's
+    own for a deterministic row (``sigma`` None or 0 and no weight noise), else the soft vote over
+    ``study.draws`` draws of the input noise at ``sigma`` and the model's weight noise."""
+    randomised = bool(sigma) or bool(noise_layers(model))
+    target = SmoothedClassifier(model, sigma or 0.0, study.draws, "soft") if randomised else model
+    return AutoAttackAdapter(
+        target, "linf", study.eps, "custom", attacks=["square"], seed=study.seed, square_queries=queries
+    )
+
+
 def setting_attacks(
     model: nn.Module, study: StudyConfig, sigma: float | None, source: nn.Module | None
 ) -> dict[str, Callable]:
@@ -266,7 +277,9 @@ def setting_attacks(
 
     Adaptive: ``adaptive_preset``. The paper's: ``epgd`` (k = paper_steps, m = draws) and
     ``pgd-km`` (one draw per step, k * draws steps), no best-point judge, as its code. Plus
-    ``transfer`` from the source and AutoAttack on the first ``autoattack_examples``.
+    ``transfer`` from the source, AutoAttack on the first ``autoattack_examples`` and the black-box
+    ``square`` (``square_attack``; grid_square_queries, or grid_square_queries_randomised for a
+    randomised row; 0: none).
     """
     attacks = adaptive_preset(model, study, sigma)
     if sigma is not None:
@@ -277,6 +290,10 @@ def setting_attacks(
         attacks["transfer"] = TransferAttack(PGD(source, study.eps, steps=study.transfer_steps))
     if study.autoattack_examples > 0:
         attacks["autoattack"] = _autoattack(model, study, sigma)
+    randomised = bool(sigma) or bool(noise_layers(model))
+    queries = study.grid_square_queries_randomised if randomised else study.grid_square_queries
+    if queries > 0:
+        attacks["square"] = square_attack(model, study, sigma, queries)
     return attacks
 
 
@@ -301,7 +318,7 @@ def headline_attacks(
     return attacks
 
 
-CASCADED = ("apgd-ce", "apgd-dlr", "apgd-t", "autoattack")  # run last, on the examples still alive
+CASCADED = ("apgd-ce", "apgd-dlr", "apgd-t", "autoattack", "square")  # last, on the examples alive
 
 
 def _attack_order(names) -> list[str]:
@@ -326,6 +343,16 @@ def _set_aside_foreign_rows(results: Path, fp: str) -> None:
     if any(r.get("fingerprint") != fp for r in read_jsonl(results)):
         results.rename(results.with_suffix(".stale.jsonl"))
     results.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _retire_row(results: Path, row: dict) -> None:
+    """Move one row of ``results`` to ``*.stale.jsonl`` (kept, never counted), rewriting the file."""
+    with results.with_suffix(".stale.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    keep = [r for r in read_jsonl(results) if r != row]
+    tmp = results.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, results)
 
 
 def _narrow(alive: dict[str, torch.Tensor], correct: dict[str, torch.Tensor]) -> None:
@@ -395,10 +422,16 @@ def evaluate_setting(
     n = int(x.shape[0])
     alive = dict(alive or {})
     first = first or {}
+    redo = False  # a row crafted with another budget: it and every row cascaded after it are redone
     for attack_name in attacks:
-        if (run, setting, sigma, attack_name) in done:
-            _narrow(alive, _alive_from([done[(run, setting, sigma, attack_name)]], n, y.device))
-            continue
+        prior = done.get((run, setting, sigma, attack_name))
+        if prior is not None:
+            redo = redo or prior.get("budget") != repr(attacks.get(attack_name) or "clean")
+            if not redo:
+                _narrow(alive, _alive_from([prior], n, y.device))
+                continue
+            _retire_row(results, prior)
+            log(f"  {name} run {run} {setting} sigma {sigma} {attack_name}: budget changed, redone")
         gen = _seeded(study.seed, run, setting, sigma, attack_name)
         cascaded = study.cascade and attack_name in cascade and bool(alive)
         target = torch.ones(n, dtype=torch.bool, device=y.device)
@@ -608,8 +641,12 @@ def _select_best_noise(out: Path, study: StudyConfig, refs: dict[str, str], log)
 def _eval_step(out: Path, name: str, ckpt: str, source: str | None, study: StudyConfig, x, y, log) -> None:
     results = out / "eval" / f"{name}.jsonl"
     inputs = [ckpt] + ([source] if source else [])
-    fp = fingerprint({"eval": study.eval_identity(), "sigmas": study.sigmas, "runs": study.runs}, inputs)
-    row_fp = fingerprint({"eval": study.eval_identity()}, inputs)  # rows survive a larger grid
+    blackbox = [study.grid_square_queries, study.grid_square_queries_randomised]
+    fp = fingerprint(
+        {"eval": study.eval_identity(), "sigmas": study.sigmas, "runs": study.runs, "square": blackbox}, inputs
+    )
+    # rows survive a larger grid or an added attack; a row whose attack's budget changed is redone
+    row_fp = fingerprint({"eval": study.eval_identity()}, inputs)
 
     def work():
         device = resolve_device(study.device)
@@ -684,16 +721,7 @@ def _headline_step(
                 ("pgd-km", {"kind": "compute", "k": k, "m": m}, EPGD(model, noise, 1, study.eps, steps=k * m))
             )
         if kind == "blackbox" and study.square_queries > 0:
-            surrogate = SmoothedClassifier(model, sigma, study.draws, "soft")  # sigma 0: weight noise
-            square = AutoAttackAdapter(
-                surrogate,
-                "linf",
-                study.eps,
-                "custom",
-                attacks=["square"],
-                seed=study.seed,
-                square_queries=study.square_queries,
-            )
+            square = square_attack(model, study, sigma, study.square_queries)
             jobs.append(("square", {"kind": "blackbox", "queries": study.square_queries}, square))
         with path.open("w") as f:
             for attack, meta, fn in jobs:

@@ -52,6 +52,11 @@ class StudyConfig:
     convergence_scales: list[int] = field(default_factory=lambda: [1, 2])
     compute_pairs: list[list[int]] = field(default_factory=list)
     square_queries: int = 0  # black-box Square on the convergence step's setting (0: off)
+    # Black-box Square on every row's survivors, cascaded last (0: off): on the model's scores for
+    # a deterministic row, on the soft-vote scores over `draws` draws for a randomised one. Square
+    # beating every white-box attack on a row means masked gradients; its successes count.
+    grid_square_queries: int = 0
+    grid_square_queries_randomised: int = 0
     # the headline rows (best smoothed and its base) on every example and run: the adaptive preset
     # at each scale (x apgd_steps and x draws), then AutoAttack, cascaded after the evaluation's
     # attacks; the largest scale (the doubling check) only on the first headline_check_runs runs
@@ -88,6 +93,9 @@ class StudyConfig:
             raise ConfigError(f"judge_subsets must be an integer in [0, 255], not {self.judge_subsets!r}")
         if type(self.judge_draws) is not int or self.judge_draws < 1:
             raise ConfigError(f"judge_draws must be an integer >= 1, not {self.judge_draws!r}")
+        for key in ("grid_square_queries", "grid_square_queries_randomised"):
+            if type(getattr(self, key)) is not int or getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be an integer >= 0 (0: off), not {getattr(self, key)!r}")
         scales = self.headline_scales
         if not isinstance(scales, list) or not all(type(k) is int and k >= 1 for k in scales):
             raise ConfigError(
