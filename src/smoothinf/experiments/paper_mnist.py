@@ -259,7 +259,9 @@ def _autoattack(model: nn.Module, study: StudyConfig, sigma: float | None) -> Au
     return AutoAttackAdapter(target, "linf", study.eps, "rand" if randomised else "standard", seed=study.seed)
 
 
-def square_attack(model: nn.Module, study: StudyConfig, sigma: float | None, queries: int) -> AutoAttackAdapter:
+def square_attack(
+    model: nn.Module, study: StudyConfig, sigma: float | None, queries: int
+) -> AutoAttackAdapter:
     """The official Square attack (black-box, ``queries`` queries) on one row's scores: the model's
     own for a deterministic row (``sigma`` None or 0 and no weight noise), else the soft vote over
     ``study.draws`` draws of the input noise at ``sigma`` and the model's weight noise."""
@@ -643,7 +645,8 @@ def _eval_step(out: Path, name: str, ckpt: str, source: str | None, study: Study
     inputs = [ckpt] + ([source] if source else [])
     blackbox = [study.grid_square_queries, study.grid_square_queries_randomised]
     fp = fingerprint(
-        {"eval": study.eval_identity(), "sigmas": study.sigmas, "runs": study.runs, "square": blackbox}, inputs
+        {"eval": study.eval_identity(), "sigmas": study.sigmas, "runs": study.runs, "square": blackbox},
+        inputs,
     )
     # rows survive a larger grid or an added attack; a row whose attack's budget changed is redone
     row_fp = fingerprint({"eval": study.eval_identity()}, inputs)
