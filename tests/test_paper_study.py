@@ -17,7 +17,14 @@ from smoothinf.data import get_dataset_info
 from smoothinf.errors import ConfigError
 from smoothinf.experiments import judge_grid, run_study
 from smoothinf.experiments.paper_mnist import CASCADED, _schedule, load_study, unbits
-from smoothinf.experiments.paper_report import aggregate, build_page, claim1, claim3
+from smoothinf.experiments.paper_report import (
+    aggregate,
+    autoattack_lines,
+    build_page,
+    claim1,
+    claim3,
+    square_lines,
+)
 from smoothinf.experiments.step_check import load_train_config, time_train_step, train_configs
 from smoothinf.experiments.study import correct_fraction, encode_correct
 from smoothinf.models import create_model_for
@@ -185,6 +192,35 @@ def test_probability_rows_aggregate_to_the_mean_of_the_per_example_minimum():
     assert row["attacks"]["apgd-ce"][0] == pytest.approx((0.75 + 0.25 + 0.5) / 4)
 
 
+def test_cross_check_tables_count_what_only_that_attack_found():
+    """AutoAttack's count excludes Square's finds (Square runs after it); Square's counts what
+    every attack before it left robust: expected counts with probability rows."""
+    a, aa, sq = torch.tensor([1.0, 1.0, 0.5, 1.0]), torch.tensor([1.0, 0.0, 0.5, 1.0]), torch.zeros(4)
+    budgets = {"apgd-ce": "APGD()", "autoattack": "AutoAttackAdapter(version='standard')"}
+    budgets["square"] = "AutoAttackAdapter(version='custom', attacks=['square'], square_queries=50)"
+    rows = [
+        {
+            "model": "m",
+            "setting": "base",
+            "sigma": 0.0,
+            "run": 0,
+            "attack": name,
+            "n": 4,
+            "judge_subsets": 2,
+            "budget": budgets[name],
+            "correct": {"none@1": encode_correct(v, 2)},
+        }
+        for name, v in (("apgd-ce", a), ("autoattack", aa), ("square", sq))
+    ]
+    study = load_study(Path(__file__).parents[1] / "configs" / "paper_mnist")
+    study.autoattack_examples = 2
+    aa_line = [line for line in autoattack_lines(rows, study) if line.startswith("| m |")]
+    assert aa_line == ["| m | base | 0.0 | 0 | standard | 2.0 of 2 | 1.0 |"]  # its subset: the first 2
+    sq_text = square_lines(rows, study)
+    assert "| m | base | 0.0 | 0 | 50 queries | 2.5 of 4 | 2.5 |" in sq_text  # min(apgd-ce, AutoAttack)
+    assert "it found at least half an image more on 1 of 1 rows" in " ".join(sq_text)
+
+
 STUDY = """
 models: [plain, noisy]
 noise_models: [noisy]
@@ -205,6 +241,9 @@ convergence_examples: 4
 convergence_scales: [1, 2]
 compute_pairs: [[1, 2]]
 square_queries: 4
+grid_square_queries: 4
+grid_square_queries_randomised: 2
+autoattack_examples: 3
 headline_scales: [1, 2]
 judge_draws: 4
 judge_subsets: 2
@@ -260,7 +299,13 @@ def test_pipeline_runs_skips_and_resumes(tmp_path):
     assert json.loads((out / "selection.json").read_text())["best_noise"] == "noisy"
     rows = [json.loads(line) for line in (out / "eval" / "plain.jsonl").read_text().splitlines()]
     attacks = {r["attack"] for r in rows if r["setting"] == "smoothed"}
-    assert {"clean", "pgd", "apgd-ce", "apgd-dlr", "epgd", "pgd-km", "transfer"} <= attacks
+    assert {"clean", "pgd", "apgd-ce", "apgd-dlr", "epgd", "pgd-km", "transfer", "square"} <= attacks
+    squares = {(r["setting"], r["budget"].split("queries=")[1]) for r in rows if r["attack"] == "square"}
+    assert squares == {("base", "4)"), ("smoothed", "2)")}  # deterministic model; smoothed: randomised
+    for r in rows:  # Square on every image and run of a deterministic row, else AutoAttack's subset
+        if r["attack"] in ("square", "autoattack"):
+            assert r["subset"] == (6 if r["attack"] == "square" and r["setting"] == "base" else 3)
+            assert r["run"] == 0 or (r["attack"], r["setting"]) == ("square", "base")
     assert {r["sigma"] for r in rows if r["setting"] == "smoothed"} == {
         0.2
     }  # sigma 0 = base for a plain model
@@ -345,6 +390,24 @@ def test_pipeline_runs_skips_and_resumes(tmp_path):
         return {k: v for k, v in r.items() if not k.endswith("seconds") and k != "transfer_reused"}
 
     assert [strip(a) for a in redone] == [strip(b) for b in lines]
+
+    # a changed Square budget: its rows alone are redone (last in the cascade), the old ones set aside
+    study_yaml = configs / "study.yaml"
+    study_yaml.write_text(study_yaml.read_text().replace("grid_square_queries: 4", "grid_square_queries: 3"))
+    before = path.read_text().splitlines()
+    logs.clear()
+    run_study(out, configs, log=logs.append, stop_after="eval")
+    after = path.read_text().splitlines()
+    stale = path.with_suffix(".stale.jsonl")
+    stale = stale.read_text().splitlines() if stale.exists() else []
+    plain = [json.loads(line) for line in (out / "eval" / "plain.jsonl").read_text().splitlines()]
+    plain_stale = (out / "eval" / "plain.stale.jsonl").read_text().splitlines()
+    assert [strip(a) for a in after] == [strip(b) for b in before] and stale == []  # noisy: all randomised
+    redone = [r for r in plain if r["attack"] == "square" and r["setting"] == "base"]
+    assert len(redone) == 2 and all("square_queries=3" in r["budget"] for r in redone)
+    assert len(plain_stale) == 2 and all("square_queries=4" in line for line in plain_stale)
+    assert len(plain) == len(rows)
+    study_yaml.write_text(study_yaml.read_text().replace("grid_square_queries: 3", "grid_square_queries: 4"))
 
     # a changed config: that model, the selection input, the fine-tuning and their evaluations rerun
     (configs / "noisy.yaml").write_text((configs / "noisy.yaml").read_text().replace("seed: 0", "seed: 1"))

@@ -37,6 +37,7 @@ from smoothinf.attacks.presets import preset_attacks
 from smoothinf.data import load_splits
 from smoothinf.errors import ConfigError
 from smoothinf.experiments.study import (  # noqa: F401  (re-exported)
+    CASCADED,
     CERT_RADII,
     DEFAULT_CONFIGS,
     PAPER_ATTACKS,
@@ -320,9 +321,6 @@ def headline_attacks(
     return attacks
 
 
-CASCADED = ("apgd-ce", "apgd-dlr", "apgd-t", "autoattack", "square")  # last, on the examples alive
-
-
 def _attack_order(names) -> list[str]:
     """The paper's and the cheap attacks first (on every example), then the cascaded ones."""
     names = list(names)
@@ -479,6 +477,7 @@ def evaluate_setting(
             "forwards": 1 if setting == "base" else max(study.ms),
             "n": n,
             "attacked": int(len(idx)) if attack_name != "clean" else 0,
+            "subset": min(first.get(attack_name, n), n),  # the first N examples it may attack
             "cascaded": cascaded,
             "craft_seconds": round(craft, 4),
             "judge_seconds": round(judge_seconds, 4),
@@ -520,7 +519,8 @@ def evaluate_model(
     least one vote@m still gets right after every earlier attack (as AutoAttack does); the others
     are stored as not correct, which is exact for the worst case (they are already lost under
     every vote and m), so a cascaded attack's own column is cumulative. AutoAttack runs on the
-    first ``autoattack_examples`` of the first ``autoattack_runs`` runs.
+    first ``autoattack_examples`` of the first ``autoattack_runs`` runs, and so does the black-box
+    Square on a randomised row (on a deterministic one: every example of every run).
     """
     done = _done_rows(results, fp)
     deterministic = not noise_layers(model)
@@ -531,8 +531,14 @@ def evaluate_model(
     for run in range(study.runs):
         for setting, sigma in settings:
             attacks = setting_attacks(model, study, None if setting == "base" else sigma, source)
-            if run >= study.autoattack_runs:
+            randomised = setting == "smoothed" or not deterministic
+            first = {"autoattack": study.autoattack_examples}
+            if randomised:  # Square through the noise costs draws x queries: AutoAttack's subset
+                first["square"] = study.autoattack_examples
+            if run >= study.autoattack_runs or not study.autoattack_examples:
                 attacks.pop("autoattack", None)
+                if randomised:
+                    attacks.pop("square", None)
             ordered = {a: attacks.get(a) for a in _attack_order(attacks)}
             evaluate_setting(
                 model,
@@ -545,7 +551,7 @@ def evaluate_model(
                 results,
                 fp,
                 done,
-                first={"autoattack": study.autoattack_examples},
+                first=first,
                 source_batches=transfer_cache,
                 log=log,
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import statistics
 from collections import defaultdict
@@ -23,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from smoothinf.errors import ConfigError
-from smoothinf.experiments.study import CERT_RADII, PAPER_ATTACKS, StudyConfig, correct_fraction, read_jsonl
+from smoothinf.experiments.study import (
+    CASCADED,
+    CERT_RADII,
+    PAPER_ATTACKS,
+    StudyConfig,
+    correct_fraction,
+    read_jsonl,
+)
 
 MADRY_MNIST = 0.89  # Madry et al. (2018), MNIST, PGD at eps 0.3 (about 89%)
 TARGET = 0.90
@@ -718,49 +726,87 @@ def headline_ladder_lines(
     return L
 
 
-def autoattack_lines(rows: list[dict], study: StudyConfig) -> list[str]:
-    """Per row with an AutoAttack run (the first ``autoattack_runs`` runs): the images of its subset
-    (the first ``autoattack_examples``) that AutoAttack fooled although every other attack of the
-    row had left them robust, judged by the hard vote at the largest m (``none@1`` unsmoothed)."""
+def _found_only(rows: list[dict], attack: str, subset_of) -> tuple[list[str], int, int]:
+    """Table lines (model, setting, sigma, run, budget, robust before, found) of every row group with
+    an ``attack`` row: the expected count of images of its subset (``subset_of(attack_row)``, the
+    first N) that ``attack`` fooled although every attack before it in the cascade had left them
+    robust, judged by the hard vote at the largest m (``none@1`` unsmoothed). Returns (lines,
+    rows where it found at least half an image, rows)."""
     groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         groups[(r["model"], r["setting"], r["sigma"], r["run"])][r["attack"]] = r
-    lines = [
-        "| model | setting | sigma | run | version | robust before (of subset) | found by AutoAttack only |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    flagged = total = 0
+    later = CASCADED[CASCADED.index(attack) :] if attack in CASCADED else (attack,)
+    lines, flagged, total = [], 0, 0
     for (model, setting, sigma, run), attacks in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        aa = attacks.get("autoattack")
-        if aa is None:
+        row = attacks.get(attack)
+        if row is None:
             continue
         key = max(
-            (k for k in aa["correct"] if k.startswith(("hard@", "none@"))), key=lambda k: int(k.split("@")[1])
+            (k for k in row["correct"] if k.startswith(("hard@", "none@"))),
+            key=lambda k: int(k.split("@")[1]),
         )
-        n = aa["n"]
+        n = row["n"]
         subset = np.zeros(n)
-        subset[: min(study.autoattack_examples, n)] = 1.0
+        subset[: min(subset_of(row), n)] = 1.0
         before = subset.copy()
         for name, r in attacks.items():
-            if name != "autoattack" and key in r["correct"]:
+            if name not in later and key in r["correct"]:
                 before = np.minimum(before, correct_fraction(r, key, n))
-        only = expected_found(before, correct_fraction(aa, key, n))
-        version = "rand" if "rand" in aa["budget"] else "standard"
+        only = expected_found(before, correct_fraction(row, key, n))
         total += 1
         flagged += only >= 0.5
+        budget = "rand" if "rand" in row["budget"] else "standard"
+        if attack == "square":
+            budget = re.search(r"square_queries=(\d+)", row["budget"]).group(1) + " queries"
         lines.append(
-            f"| {model} | {setting} | {sigma} | {run} | {version} | "
+            f"| {model} | {setting} | {sigma} | {run} | {budget} | "
             f"{before.sum():.1f} of {int(subset.sum())} | {only:.1f} |"
         )
+    return lines, flagged, total
+
+
+def autoattack_lines(rows: list[dict], study: StudyConfig) -> list[str]:
+    """Per row with an AutoAttack run (the first ``autoattack_runs`` runs): the images of its subset
+    (the first ``autoattack_examples``) that AutoAttack fooled although the study's attacks before
+    it had left them robust."""
+    lines, flagged, total = _found_only(rows, "autoattack", lambda r: study.autoattack_examples)
     if total == 0:
         return []
     return [
         "## AutoAttack cross-check",
         "",
         f"The official AutoAttack (`rand` for randomised rows, `standard` otherwise) ran after the "
-        f"study's attacks on the images of its subset they left robust; it found more on {flagged} of "
-        f"{total} rows. Its successes count in those rows' worst case.",
+        f"study's white-box attacks on the images of its subset they left robust; it found more on "
+        f"{flagged} of {total} rows. Its successes count in those rows' worst case.",
         "",
+        "| model | setting | sigma | run | version | robust before (of subset) | found by AutoAttack only |",
+        "|---|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
+def square_lines(rows: list[dict], study: StudyConfig) -> list[str]:
+    """Per row: the images that the black-box Square attack fooled although every white-box attack
+    (and AutoAttack) had left them robust: masked gradients where it is more than a few."""
+    lines, flagged, total = _found_only(rows, "square", lambda r: r.get("subset", r["n"]))
+    if total == 0:
+        return []
+    return [
+        "## Black-box check: Square on every row",
+        "",
+        f"The official Square attack ran last on the images each row's other attacks left robust "
+        f"({study.grid_square_queries} queries on the scores of a deterministic model, every image "
+        f"of every run; {study.grid_square_queries_randomised} on the soft vote over {study.draws} "
+        f"draws for a randomised row, on AutoAttack's subset). A black-box attack that finds what "
+        "every gradient-based attack missed "
+        f"means masked gradients: it found at least half an image more on {flagged} of {total} rows. "
+        "Its successes count in the worst case. On randomised scores Square is weak by construction "
+        "(the noise hides the small score changes it follows), so finding nothing there is weak "
+        "evidence.",
+        "",
+        "| model | setting | sigma | run | queries | robust before (of all) | found by Square only |",
+        "|---|---|---|---|---|---|---|",
         *lines,
         "",
     ]
@@ -930,7 +976,16 @@ def build_page(out: str | os.PathLike) -> str:
             else ""
         )
         + f"; AutoAttack on the first {study.autoattack_examples} images of the first "
-        f"{study.autoattack_runs} run(s). A row's worst case is per image over all of them; its "
+        f"{study.autoattack_runs} run(s)"
+        + (
+            f"; last, the black-box Square attack on the images still robust ({study.grid_square_queries} "
+            "queries on a deterministic model's scores, every image and run; "
+            f"{study.grid_square_queries_randomised} on the soft vote over {study.draws} draws of a "
+            "randomised row, AutoAttack's subset; see 'Black-box check')"
+            if study.grid_square_queries or study.grid_square_queries_randomised
+            else ""
+        )
+        + ". A row's worst case is per image over all of them; its "
         "'paper' column over the paper's attacks only.",
         "",
         *_judging_lines(study),
@@ -1062,6 +1117,7 @@ def build_page(out: str | os.PathLike) -> str:
             "",
         ]
     L += autoattack_lines(res["rows"], study)
+    L += square_lines(res["rows"], study)
     L += _headline_with_stronger_attacks(res, best)
     L += headline_ladder_lines(headline_ladder(res, best), best, study)
     if best is not None and best["sigma"] == 0 and (pos := best_smoothed(table, study)) is not None:

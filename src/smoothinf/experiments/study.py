@@ -15,6 +15,8 @@ from smoothinf.training.trainer import TrainConfig
 
 DEFAULT_CONFIGS = Path("configs/paper_mnist")
 PAPER_ATTACKS = ("pgd", "pgd-km", "epgd")  # the paper's attacks (a row's "paper" worst case)
+# The adaptive and cross-check attacks, run last in this order on the examples still alive
+CASCADED = ("apgd-ce", "apgd-dlr", "apgd-t", "autoattack", "square")
 CERT_RADII = (0.0, 0.25, 0.5, 1.0)
 
 
@@ -52,9 +54,10 @@ class StudyConfig:
     convergence_scales: list[int] = field(default_factory=lambda: [1, 2])
     compute_pairs: list[list[int]] = field(default_factory=list)
     square_queries: int = 0  # black-box Square on the convergence step's setting (0: off)
-    # Black-box Square on every row's survivors, cascaded last (0: off): on the model's scores for
-    # a deterministic row, on the soft-vote scores over `draws` draws for a randomised one. Square
-    # beating every white-box attack on a row means masked gradients; its successes count.
+    # Black-box Square, cascaded last (0: off): on a deterministic row's scores, every survivor of
+    # every run; on a randomised row, the soft vote over `draws` draws, AutoAttack's subset (the
+    # first autoattack_examples of the first autoattack_runs runs). Square beating every
+    # white-box attack on a row means masked gradients; its successes count.
     grid_square_queries: int = 0
     grid_square_queries_randomised: int = 0
     # the headline rows (best smoothed and its base) on every example and run: the adaptive preset
