@@ -23,6 +23,7 @@ from smoothinf.experiments.paper_report import (
     build_page,
     claim1,
     claim3,
+    masking_lines,
     square_lines,
 )
 from smoothinf.experiments.step_check import load_train_config, time_train_step, train_configs
@@ -219,6 +220,9 @@ def test_cross_check_tables_count_what_only_that_attack_found():
     sq_text = square_lines(rows, study)
     assert "| m | base | 0.0 | 0 | 50 queries | 2.5 of 4 | 2.5 |" in sq_text  # min(apgd-ce, AutoAttack)
     assert "it found at least half an image more on 1 of 1 rows" in " ".join(sq_text)
+    assert "on m base (-62.5 points) (see" in masking_lines(rows)[0]  # 2.5 of its 4 images
+    rows[2]["correct"]["none@1"] = encode_correct(torch.tensor([1.0, 0.0, 0.5, 1.0]), 2)  # found none
+    assert masking_lines(rows) == []
 
 
 STUDY = """

@@ -726,17 +726,18 @@ def headline_ladder_lines(
     return L
 
 
-def _found_only(rows: list[dict], attack: str, subset_of) -> tuple[list[str], int, int]:
+def _found_only(rows: list[dict], attack: str, subset_of) -> tuple[list[str], list[tuple], int]:
     """Table lines (model, setting, sigma, run, budget, robust before, found) of every row group with
     an ``attack`` row: the expected count of images of its subset (``subset_of(attack_row)``, the
     first N) that ``attack`` fooled although every attack before it in the cascade had left them
     robust, judged by the hard vote at the largest m (``none@1`` unsmoothed). Returns (lines,
-    rows where it found at least half an image, rows)."""
+    (model, setting, sigma, run, found, subset) of the rows where it found at least half an image,
+    the number of rows)."""
     groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         groups[(r["model"], r["setting"], r["sigma"], r["run"])][r["attack"]] = r
     later = CASCADED[CASCADED.index(attack) :] if attack in CASCADED else (attack,)
-    lines, flagged, total = [], 0, 0
+    lines, flagged, total = [], [], 0
     for (model, setting, sigma, run), attacks in sorted(groups.items(), key=lambda kv: str(kv[0])):
         row = attacks.get(attack)
         if row is None:
@@ -754,7 +755,8 @@ def _found_only(rows: list[dict], attack: str, subset_of) -> tuple[list[str], in
                 before = np.minimum(before, correct_fraction(r, key, n))
         only = expected_found(before, correct_fraction(row, key, n))
         total += 1
-        flagged += only >= 0.5
+        if only >= 0.5:
+            flagged.append((model, setting, sigma, run, only, int(subset.sum())))
         budget = "rand" if "rand" in row["budget"] else "standard"
         if attack == "square":
             budget = re.search(r"square_queries=(\d+)", row["budget"]).group(1) + " queries"
@@ -777,7 +779,7 @@ def autoattack_lines(rows: list[dict], study: StudyConfig) -> list[str]:
         "",
         f"The official AutoAttack (`rand` for randomised rows, `standard` otherwise) ran after the "
         f"study's white-box attacks on the images of its subset they left robust; it found more on "
-        f"{flagged} of {total} rows. Its successes count in those rows' worst case.",
+        f"{len(flagged)} of {total} rows. Its successes count in those rows' worst case.",
         "",
         "| model | setting | sigma | run | version | robust before (of subset) | found by AutoAttack only |",
         "|---|---|---|---|---|---|---|",
@@ -786,10 +788,36 @@ def autoattack_lines(rows: list[dict], study: StudyConfig) -> list[str]:
     ]
 
 
+def _square_subset(row: dict) -> int:
+    return int(row.get("subset", row["n"]))
+
+
+def masking_lines(rows: list[dict]) -> list[str]:
+    """One sentence for the headline: the rows on which Square found more than 1% of its images
+    beyond every gradient-based attack (masked gradients), with the points it took off."""
+    _, flagged, _ = _found_only(rows, "square", _square_subset)
+    worst: dict[tuple, list[float]] = defaultdict(list)
+    for model, setting, sigma, _run, found, subset in flagged:
+        if found / subset > 0.01:
+            worst[(model, setting, sigma)].append(100 * found / subset)
+    if not worst:
+        return []
+    cells = [
+        f"{m} {st}" + (f" sigma {sg}" if st == "smoothed" else "") + f" (-{max(v):.1f} points)"
+        for (m, st, sg), v in sorted(worst.items())
+    ]
+    return [
+        "**Masked gradients:** the black-box Square attack fooled more than 1% of the images that "
+        "every gradient-based attack (AutoAttack included) had left robust on "
+        + ", ".join(cells)
+        + " (see 'Black-box check'); those rows' worst cases include Square's finds."
+    ]
+
+
 def square_lines(rows: list[dict], study: StudyConfig) -> list[str]:
     """Per row: the images that the black-box Square attack fooled although every white-box attack
     (and AutoAttack) had left them robust: masked gradients where it is more than a few."""
-    lines, flagged, total = _found_only(rows, "square", lambda r: r.get("subset", r["n"]))
+    lines, flagged, total = _found_only(rows, "square", _square_subset)
     if total == 0:
         return []
     return [
@@ -800,7 +828,7 @@ def square_lines(rows: list[dict], study: StudyConfig) -> list[str]:
         f"of every run; {study.grid_square_queries_randomised} on the soft vote over {study.draws} "
         f"draws for a randomised row, on AutoAttack's subset). A black-box attack that finds what "
         "every gradient-based attack missed "
-        f"means masked gradients: it found at least half an image more on {flagged} of {total} rows. "
+        f"means masked gradients: it found at least half an image more on {len(flagged)} of {total} rows. "
         "Its successes count in the worst case. On randomised scores Square is weak by construction "
         "(the noise hides the small score changes it follows), so finding nothing there is weak "
         "evidence.",
@@ -1077,6 +1105,7 @@ def build_page(out: str | os.PathLike) -> str:
                 if (delta := _convergence_lines(res["convergence"], study)[1]) is not None and delta >= 0.01
                 else []
             ),
+            *masking_lines(res["rows"]),
             "The best row is a maximum over the grid on the test images (sigma, vote and m were not "
             "selected on a validation split), so it is biased upward; the per-claim tables give every row.",
             "",
@@ -1116,9 +1145,9 @@ def build_page(out: str | os.PathLike) -> str:
             ),
             "",
         ]
+    L += _headline_with_stronger_attacks(res, best)
     L += autoattack_lines(res["rows"], study)
     L += square_lines(res["rows"], study)
-    L += _headline_with_stronger_attacks(res, best)
     L += headline_ladder_lines(headline_ladder(res, best), best, study)
     if best is not None and best["sigma"] == 0 and (pos := best_smoothed(table, study)) is not None:
         lad_pos = headline_ladder(res, pos, settings=("smoothed",))
@@ -1172,10 +1201,23 @@ def build_page(out: str | os.PathLike) -> str:
     # compute
     passes = read_jsonl(out / "passes.jsonl")
     span, how = _study_span_seconds(out)
-    L += ["## Compute", "", "| stage | step seconds |", "|---|---|"]
-    L += [f"| {k} | {v:.0f} |" for k, v in sorted(seconds.items())]
+    # eval and headline steps resume row by row: a pass that adds rows times only itself, so their
+    # rows' own crafting + judging seconds (every row the files hold) are given beside
+    row_seconds = {
+        stage: sum(r["craft_seconds"] + r["judge_seconds"] for r in res[key])
+        for stage, key in (("eval", "rows"), ("headline", "headline"))
+    }
+    L += ["## Compute", "", "| stage | step seconds (last pass) | rows' crafting + judging seconds |"]
+    L += ["|---|---|---|"]
     L += [
-        f"| **total** | **{total:.0f}** ({total / 3600:.2f} h) |",
+        f"| {k} | {v:.0f} | " + (f"{row_seconds[k]:.0f} |" if k in row_seconds else "- |")
+        for k, v in sorted(seconds.items())
+    ]
+    L += [
+        f"| **total** | **{total:.0f}** ({total / 3600:.2f} h) | |",
+        "",
+        "Step seconds time the last pass that ran each step: a step resumed to add rows (a new attack) "
+        "counts only that pass, so the rows' own seconds are the measure of the evaluation's compute.",
         "",
         (
             f"Wall time of the whole study on this machine: **{span / 3600:.2f} h**: {how} "
