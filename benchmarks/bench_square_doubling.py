@@ -6,7 +6,7 @@ again with ``--queries`` (default: twice the study's) and a fresh seed. What it 
 what the study's budget left unfound: the row's worst case is an upper bound by at least that.
 
     python benchmarks/bench_square_doubling.py --study runs/paper_mnist --model pgd_at \
-        [--queries 10000] [--runs 0 1] [--out benchmarks/results/square_doubling.md]
+        [--queries 10000] [--runs 0 1] [--out benchmarks/results/square_doubling_5000.md]
 """
 
 from __future__ import annotations
