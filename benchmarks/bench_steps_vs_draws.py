@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from smoothinf.attacks import APGD
@@ -44,6 +46,10 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--loss", choices=("ce", "dlr"), default="ce", help="ce: expected softmax; dlr: expected loss"
+    )
+    p.add_argument("--save", default=None, help="folder for each pair's per-image P(correct) (.npy)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,9 +58,12 @@ def main() -> None:
     model, _ = load_checkpoint(args.checkpoint)
     model.eval()
     judge = SmoothedClassifier(model, args.sigma, args.m, "soft")
+    reduce = "softmax" if args.loss == "ce" else "loss"  # as the default preset pairs them
+    reduce_name = "expected softmax" if reduce == "softmax" else "expected loss"
     noise = args.sigma if args.sigma > 0 else None
     lines = [
-        f"APGD-CE (expected softmax) on {args.checkpoint}, sigma {args.sigma:g}, first {x.shape[0]} MNIST "
+        f"APGD-{args.loss.upper()} ({reduce_name}) on {args.checkpoint}, sigma {args.sigma:g}, "
+        f"first {x.shape[0]} MNIST "
         f"test images, eps {args.eps}; accuracy = mean P(correct) of soft@{args.m} ({args.judge_draws} "
         f"draws, {args.judge_subsets} subsets); torch {torch.__version__}, {torch.get_num_threads()} "
         f"thread(s), {platform.processor() or platform.machine()}. Lower = stronger.",
@@ -63,7 +72,9 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for steps, draws in sorted(args.pairs, key=lambda sd: (sd[0] * sd[1], -sd[1])):
-        attack = APGD(model, args.eps, steps, noise=noise, m=draws, reduce="softmax", loss="ce", judge=judge)
+        attack = APGD(
+            model, args.eps, steps, noise=noise, m=draws, reduce=reduce, loss=args.loss, judge=judge
+        )
         start = time.perf_counter()
         x_adv = attack(x, y, torch.Generator().manual_seed(args.seed + 1))
         seconds = time.perf_counter() - start
@@ -80,6 +91,9 @@ def main() -> None:
             subsets=args.judge_subsets,
         )
         p_ok = judged[f"soft@{args.m}"]
+        if args.save:
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            np.save(Path(args.save) / f"{args.loss}-{steps}x{draws}.npy", p_ok.numpy())
         cells = [f"{steps} x {draws}", str(steps * draws), f"{100 * p_ok.mean():.1f}"]
         cells += [f"{100 * (p_ok >= 0.5).float().mean():.1f}", f"{seconds:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
