@@ -656,6 +656,8 @@ def test_headline_ladder_attacks_scale_the_grid_budget(sigma):
         {"judge_subsets": 300},
         {"judge_subsets": 2.5},
         {"judge_draws": 0},
+        {"grid_square_queries": -1},
+        {"grid_square_queries_randomised": 1.5},
     ],
 )
 def test_headline_ladder_and_judging_settings_are_checked(over):

@@ -252,12 +252,18 @@ def adaptive_preset(
     )
 
 
+def randomised_row(model: nn.Module, sigma: float | None) -> bool:
+    """Whether a row's classifier is random: smoothed with input noise (``sigma`` > 0) or a model
+    with weight noise (its base row and its sigma-0 vote). ``sigma`` None: the base model."""
+    return bool(sigma) or bool(noise_layers(model))
+
+
 def _autoattack(model: nn.Module, study: StudyConfig, sigma: float | None) -> AutoAttackAdapter:
     """The official AutoAttack of one row at the study's eps: ``rand`` (EOT) for a randomised row
     (input noise, attacked through one draw of it, or weight noise), ``standard`` otherwise."""
-    randomised = sigma is not None or bool(noise_layers(model))
     target = SmoothedClassifier(model, sigma, 1, "soft") if sigma else model
-    return AutoAttackAdapter(target, "linf", study.eps, "rand" if randomised else "standard", seed=study.seed)
+    version = "rand" if randomised_row(model, sigma) else "standard"
+    return AutoAttackAdapter(target, "linf", study.eps, version, seed=study.seed)
 
 
 def square_attack(
@@ -266,7 +272,7 @@ def square_attack(
     """The official Square attack (black-box, ``queries`` queries) on one row's scores: the model's
     own for a deterministic row (``sigma`` None or 0 and no weight noise), else the soft vote over
     ``study.draws`` draws of the input noise at ``sigma`` and the model's weight noise."""
-    randomised = bool(sigma) or bool(noise_layers(model))
+    randomised = randomised_row(model, sigma)
     target = SmoothedClassifier(model, sigma or 0.0, study.draws, "soft") if randomised else model
     return AutoAttackAdapter(
         target, "linf", study.eps, "custom", attacks=["square"], seed=study.seed, square_queries=queries
@@ -293,7 +299,7 @@ def setting_attacks(
         attacks["transfer"] = TransferAttack(PGD(source, study.eps, steps=study.transfer_steps))
     if study.autoattack_examples > 0:
         attacks["autoattack"] = _autoattack(model, study, sigma)
-    randomised = bool(sigma) or bool(noise_layers(model))
+    randomised = randomised_row(model, sigma)
     queries = study.grid_square_queries_randomised if randomised else study.grid_square_queries
     if queries > 0:
         attacks["square"] = square_attack(model, study, sigma, queries)
@@ -531,7 +537,7 @@ def evaluate_model(
     for run in range(study.runs):
         for setting, sigma in settings:
             attacks = setting_attacks(model, study, None if setting == "base" else sigma, source)
-            randomised = setting == "smoothed" or not deterministic
+            randomised = randomised_row(model, None if setting == "base" else sigma)
             first = {"autoattack": study.autoattack_examples}
             if randomised:  # Square through the noise costs draws x queries: AutoAttack's subset
                 first["square"] = study.autoattack_examples

@@ -757,9 +757,10 @@ def _found_only(rows: list[dict], attack: str, subset_of) -> tuple[list[str], li
         total += 1
         if only >= 0.5:
             flagged.append((model, setting, sigma, run, only, int(subset.sum())))
+        queries = re.search(r"square_queries=(\d+)", row["budget"])
         budget = "rand" if "rand" in row["budget"] else "standard"
         if attack == "square":
-            budget = re.search(r"square_queries=(\d+)", row["budget"]).group(1) + " queries"
+            budget = f"{queries.group(1)} queries" if queries else row["budget"]
         lines.append(
             f"| {model} | {setting} | {sigma} | {run} | {budget} | "
             f"{before.sum():.1f} of {int(subset.sum())} | {only:.1f} |"
