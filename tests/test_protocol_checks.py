@@ -96,6 +96,8 @@ def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model(
         assert 0 < rec["worst_case"] < 1
     conv = smooth["checks"]["convergence"]
     assert not conv["flag"] and conv["extra"] <= conv["tolerance"]
+    # a randomised row's flags allow for the judge's Monte Carlo error; a deterministic row's do not
+    assert smooth["checks"]["autoattack"]["tolerance"] >= 1 and base["checks"]["autoattack"]["tolerance"] == 0
     assert smooth["budget"]["apgd-ce"]["gradients"] == 20 * 4
     assert "convergence" not in base["checks"]  # deterministic rows: AutoAttack is the check
 
@@ -128,7 +130,7 @@ def test_cascade_runs_later_attacks_only_on_robust_examples_with_the_same_worst_
     full = robust_accuracy(model, x, y, {"a1": a1, "a2": a2})
     b1, b2 = push([0, 1, 2]), push([2, 3])
     casc = robust_accuracy(model, x, y, {"a1": b1, "a2": b2}, cascade=True)
-    fooled1 = int((~full.correct["a1"]).sum())
+    fooled1 = int((full.correct["a1"] == 0).sum())
     assert fooled1 >= 2 and sum(a2.seen) == 10 and sum(b2.seen) == 10 - fooled1
     assert torch.equal(casc.robust, full.robust)
     assert casc.accuracy["a2"] == casc.worst_case_accuracy == full.worst_case_accuracy

@@ -18,7 +18,13 @@ from smoothinf.attacks.base import (
 )
 from smoothinf.attacks.expectation import EPGD, ExpectationPGD, SmoothAdv
 from smoothinf.attacks.fgsm import FGSM
-from smoothinf.attacks.judge import RobustResult, defended_predict, robust_accuracy
+from smoothinf.attacks.judge import (
+    RobustResult,
+    defended_predict,
+    is_randomised,
+    judged_correct,
+    robust_accuracy,
+)
 from smoothinf.attacks.nattack import NAttack
 from smoothinf.attacks.pgd import PGD
 from smoothinf.attacks.presets import PRESETS, preset_attacks
@@ -45,6 +51,8 @@ __all__ = [
     "defended_predict",
     "dlr_loss",
     "expected_loss",
+    "is_randomised",
+    "judged_correct",
     "list_attacks",
     "preset_attacks",
     "project",

@@ -2,6 +2,13 @@
 
 An example is robust only if the defended classifier is correct on it clean and on the output of
 every attack (AutoAttack's worst case); the mean over attacks is reported too ("average or minimum?").
+
+A randomised defence (a smoothed classifier with sigma > 0, or a model with noise layers) is judged
+``judgements`` times with fresh noise per point: an example's correctness is then the estimated
+probability that the defence is right, and its worst case the minimum of those probabilities over
+the clean point and every attack's point. Judging once and taking the per-example minimum would
+count an example as broken whenever any single noisy judgement failed, which biases a randomised
+defence's robust accuracy low by an amount that grows with the number of attacks.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from torch import nn
 
 from smoothinf.errors import SmoothinfError
 from smoothinf.models.inputs import check_model_input
+from smoothinf.noise import noise_layers
+from smoothinf.smoothing import SmoothedClassifier
 from smoothinf.utils import check_images, check_labels, model_device
 
 AttackFn = Callable[..., torch.Tensor]
@@ -21,11 +30,14 @@ AttackFn = Callable[..., torch.Tensor]
 
 @dataclass
 class RobustResult:
-    """Per-example and aggregate results of ``robust_accuracy`` (accuracies are fractions in [0, 1])."""
+    """Per-example and aggregate results of ``robust_accuracy`` (accuracies are fractions in [0, 1]).
 
-    clean_correct: torch.Tensor  # (N,) bool: defended correct on x
-    robust: torch.Tensor  # (N,) bool: clean correct and correct on every attack's x_adv
-    correct: dict[str, torch.Tensor] = field(default_factory=dict)  # attack -> (N,) bool
+    Per-example tensors are float (N,) in [0, 1]: the fraction of ``judgements`` judgements that
+    were right (exactly 0 or 1 for a deterministic defence or one judgement)."""
+
+    clean_correct: torch.Tensor  # (N,) float: P(defended correct on x)
+    robust: torch.Tensor  # (N,) float: min of clean_correct and every attack's correct
+    correct: dict[str, torch.Tensor] = field(default_factory=dict)  # attack -> (N,) float
     clean_accuracy: float = 0.0
     accuracy: dict[str, float] = field(default_factory=dict)  # attack -> robust accuracy
     worst_case_accuracy: float = 0.0
@@ -59,6 +71,36 @@ def defended_predict(
     return torch.cat(out).to(x.device)
 
 
+def is_randomised(defended: object) -> bool:
+    """Whether the defended classifier's prediction is random: it contains a smoothed classifier
+    with sigma > 0 or noise layers. A callable that is not an ``nn.Module`` counts as random."""
+    if not isinstance(defended, nn.Module):
+        return True
+    return bool(noise_layers(defended)) or any(
+        isinstance(mod, SmoothedClassifier) and mod.sigma > 0 for mod in defended.modules()
+    )
+
+
+@torch.no_grad()
+def judged_correct(
+    defended: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator | None = None,
+    judgements: int = 1,
+) -> torch.Tensor:
+    """(N,) float in [0, 1]: the fraction of ``judgements`` independent judgements (fresh noise each)
+    in which the defended classifier predicts y on x (N, C, H, W); one forward for a deterministic
+    defence. All judgements run as one batch of judgements * N rows (chunked by ``defended_predict``)."""
+    if judgements < 1:
+        raise SmoothinfError(f"judgements must be an integer >= 1, not {judgements!r}")
+    j = judgements if is_randomised(defended) else 1
+    if x.shape[0] == 0:
+        return torch.zeros(0, device=x.device)
+    pred = defended_predict(defended, x.repeat(j, *([1] * (x.dim() - 1))), generator)
+    return (pred.view(j, x.shape[0]) == y.to(pred.device)).float().mean(0).to(x.device)
+
+
 def robust_accuracy(
     defended: nn.Module,
     x: torch.Tensor,
@@ -68,6 +110,7 @@ def robust_accuracy(
     batch_size: int = 256,
     keep_adversarial: bool = False,
     cascade: bool = False,
+    judgements: int = 16,
 ) -> RobustResult:
     """Run every attack on the examples the defended classifier gets right and judge with it.
 
@@ -81,6 +124,9 @@ def robust_accuracy(
         cascade: run each attack only on the examples every earlier attack failed on (AutoAttack's
             practice): the worst case is the same, the cost lower, and ``accuracy[name]`` becomes the
             robust accuracy after the attacks up to ``name`` (cumulative, non-increasing).
+        judgements: judgements per point of a randomised defence (``is_randomised``): each
+            example's correctness is the fraction right (see the module docstring); a deterministic
+            defence is judged once. The cascade attacks every example still right in some judgement.
     """
     if not isinstance(attacks, Mapping):
         raise SmoothinfError("attacks must be a mapping name -> attack")
@@ -91,7 +137,7 @@ def robust_accuracy(
     if isinstance(defended, nn.Module):
         defended.eval()
     try:
-        clean = defended_predict(defended, x, generator) == y
+        clean = judged_correct(defended, x, y, generator, judgements)
         robust = clean.clone()
         correct: dict[str, torch.Tensor] = {}
         adversarial: dict[str, torch.Tensor] = {}
@@ -107,11 +153,12 @@ def robust_accuracy(
                 x_adv = attack(xb, yb, generator)
                 if x_adv.shape != xb.shape:
                     raise SmoothinfError(f"attack {name!r} returned shape {tuple(x_adv.shape)}")
-                ok[ib] = defended_predict(defended, x_adv.to(x.device), generator) == yb
+                judged = judged_correct(defended, x_adv.to(x.device), yb, generator, judgements)
+                ok[ib] = torch.minimum(judged, (robust if cascade else clean)[ib])
                 if x_adv_all is not None:
                     x_adv_all[ib] = x_adv.to(x.device)
             correct[name] = ok
-            robust &= ok
+            robust = torch.minimum(robust, ok)
             if x_adv_all is not None:
                 adversarial[name] = x_adv_all
     finally:

@@ -64,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "laplace"])
     p.add_argument("--max-examples", type=count(1), default=None)
     p.add_argument("--batch-size", type=count(1), default=256, help="examples per attack call")
+    p.add_argument(
+        "--judgements",
+        type=count(1),
+        default=16,
+        help="judgements per point of a randomised defence: robust accuracy = mean fraction right",
+    )
     p.add_argument("--save-adv", default=None, help="write x, x_adv, y, predictions (safetensors)")
     p.add_argument("--save-grid", default=None, help="PNG grid of clean / adversarial pairs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -160,7 +166,7 @@ def _check_smoothing_flags(args: argparse.Namespace) -> None:
 
 
 def run_attack(args: argparse.Namespace) -> int:
-    from smoothinf.attacks import defended_predict, robust_accuracy
+    from smoothinf.attacks import defended_predict, is_randomised, robust_accuracy
     from smoothinf.cli import check_data_fits, dataset_name
     from smoothinf.data import get_dataset_info, load_dataset
     from smoothinf.models.checkpoint import load_checkpoint
@@ -194,6 +200,7 @@ def run_attack(args: argparse.Namespace) -> int:
         generator=gen,
         batch_size=args.batch_size,
         keep_adversarial=keep,
+        judgements=args.judgements,
     )
     seconds = time.perf_counter() - start
     summary = {
@@ -211,6 +218,7 @@ def run_attack(args: argparse.Namespace) -> int:
         ),
         "clean_accuracy": res.clean_accuracy,
         "robust_accuracy": res.worst_case_accuracy,
+        "judgements": args.judgements if is_randomised(defended) else 1,
         "seconds": round(seconds, 3),
         "seed": args.seed,
     }

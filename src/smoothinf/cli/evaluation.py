@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-blackbox-check", dest="blackbox_check", action="store_false", default=None)
     p.add_argument("--no-convergence-check", dest="convergence_check", action="store_false", default=None)
     p.add_argument("--square-queries", type=count(1), default=None, help="queries of the black-box check")
+    p.add_argument(
+        "--judgements",
+        type=count(1),
+        default=None,
+        help="judgements per point of a randomised defence (default 16): correctness = fraction right",
+    )
     p.add_argument("--runs", type=count(1), default=None)
     p.add_argument("--results", default=None, help="JSONL results file (appended; resumable)")
     p.add_argument("--report-dir", default=None, help="write report.md, tables and plots here")
@@ -133,6 +139,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "blackbox_check": args.blackbox_check,
         "convergence_check": args.convergence_check,
         "square_queries": args.square_queries,
+        "judgements": args.judgements,
         "runs": args.runs,
         "seed": args.seed,
     }

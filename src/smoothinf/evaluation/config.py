@@ -33,6 +33,7 @@ _IDENTITY = (
     "convergence_check",
     "square_queries",
     "cascade",
+    "judgements",
 )
 
 
@@ -54,7 +55,10 @@ class EvalConfig:
     ``square_queries`` queries: gradient masking), ``convergence_check`` (the strongest attack of a
     smoothed row with twice the steps and draws). ``cascade`` (default: on with the ``default``
     preset) runs each attack only on the examples the earlier ones left robust, as AutoAttack does;
-    per-attack accuracies are then cumulative.
+    per-attack accuracies are then cumulative. ``judgements``: a randomised defence (smoothed with
+    sigma > 0, or weight noise) judges every point this many times with fresh noise, and an
+    example's correctness is the fraction right (``smoothinf.attacks.judge``); worst cases and
+    accuracies are means of those probabilities.
     """
 
     checkpoint: str = ""
@@ -80,6 +84,7 @@ class EvalConfig:
     convergence_check: bool = True
     square_queries: int = 1000
     cascade: bool | None = None
+    judgements: int = 16
     noise: str = "gaussian"
     runs: int = 3
     seed: int = 0
@@ -88,7 +93,14 @@ class EvalConfig:
 
     def validate(self) -> None:
         check_dataclass_types(self, "evaluation config")
-        for name in ("max_examples", "restarts", "batch_size", "nattack_population", "nattack_queries"):
+        for name in (
+            "max_examples",
+            "restarts",
+            "batch_size",
+            "nattack_population",
+            "nattack_queries",
+            "judgements",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.checkpoint:

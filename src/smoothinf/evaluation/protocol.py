@@ -18,7 +18,8 @@ from smoothinf.attacks import (
     NAttack,
     SmoothAdv,
     TransferAttack,
-    defended_predict,
+    is_randomised,
+    judged_correct,
     robust_accuracy,
 )
 from smoothinf.attacks.presets import preset_attacks
@@ -149,65 +150,68 @@ def _checks(
     """The cross-checks of one row on its first ``cfg.check_examples`` examples, run only on the
     examples the protocol's attacks left robust: the official AutoAttack (flag: it finds more),
     a black-box Square attack (flag: gradient masking suspected) and, for smoothed rows, the
-    strongest attack with twice the steps and draws (flag: not converged when the worst case drops
-    by more than its Monte Carlo error: the examples whose verdict flips when the strongest
-    attack's points are judged again with fresh noise, at least one). AutoAttack's and Square's
-    successes count in the worst case; returns ``(checks, robust (N,) bool)``."""
+    strongest attack with twice the steps and draws (flag: not converged). Each check's ``extra`` is
+    what it takes off the worst case of those examples (in examples: a sum of probabilities for a
+    randomised defence, judged ``cfg.judgements`` times). A check flags when ``extra`` exceeds the
+    judge's Monte Carlo error (0 for a deterministic defence; else how far the strongest attack's
+    points move when judged again with fresh noise, at least one example). AutoAttack's and
+    Square's finds count in the worst case; returns ``(checks, robust (N,) float)``."""
     k = min(cfg.check_examples, x.shape[0])
     robust = result.robust.clone()
     checks: dict = {}
     if k == 0:
         return checks, robust
     idx = robust[:k].nonzero().squeeze(1)
-    base_robust = int(robust[:k].sum())
+    base_robust = round(float(robust[:k].sum()), 4)
+    strongest = _strongest(result.accuracy, result.clean_accuracy, cfg.cascades())
 
-    def extra(attack) -> int:
+    def judge(x_adv: torch.Tensor) -> torch.Tensor:
+        return judged_correct(defended, x_adv, y[idx], gen, cfg.judgements)
+
+    def lowers(p: torch.Tensor) -> float:
+        return float((robust[idx] - torch.minimum(robust[idx], p)).sum())
+
+    tolerance = 0.0
+    if is_randomised(defended) and idx.numel():
+        tolerance = 1.0
+        if strongest in result.adversarial:
+            again = judge(result.adversarial[strongest][idx])
+            tolerance = max(1.0, float((again - result.correct[strongest][idx]).abs().sum()))
+
+    def entry(found: float, start: float, **fields) -> dict:
+        return {
+            **fields,
+            "n": k,
+            "robust_before": base_robust,
+            "extra": round(found, 4),
+            "tolerance": round(tolerance, 4),
+            "flag": found > tolerance,
+            "seconds": time.time() - start,
+        }
+
+    def counted(attack) -> float:
+        """Run ``attack`` on the robust examples; its finds lower the worst case."""
         if idx.numel() == 0:
-            return 0
-        fooled = defended_predict(defended, attack(x[idx], y[idx], gen), gen) != y[idx]
-        robust[idx[fooled]] = False
-        return int(fooled.sum())
+            return 0.0
+        p = judge(attack(x[idx], y[idx], gen))
+        found = lowers(p)
+        robust[idx] = torch.minimum(robust[idx], p)
+        return found
 
     if cfg.autoattack_check:
         aa = autoattack_for(model, vote, sigma, eps, cfg)
         start = time.time()
-        found = extra(aa)
-        checks["autoattack"] = {
-            "version": aa.version,
-            "n": k,
-            "robust_before": base_robust,
-            "extra": found,
-            "flag": found > 0,
-            "seconds": time.time() - start,
-        }
+        checks["autoattack"] = entry(counted(aa), start, version=aa.version)
     if cfg.blackbox_check:
         start = time.time()
-        found = extra(autoattack_for(model, vote, sigma, eps, cfg, attacks=["square"]))
-        checks["blackbox"] = {
-            "attack": f"square ({cfg.square_queries} queries)",
-            "n": k,
-            "robust_before": base_robust,
-            "extra": found,
-            "flag": found > 0,
-            "seconds": time.time() - start,
-        }
-    if cfg.convergence_check and vote != "none" and sigma > 0 and result.accuracy:
-        strongest = _strongest(result.accuracy, result.clean_accuracy, cfg.cascades())
+        found = counted(autoattack_for(model, vote, sigma, eps, cfg, attacks=["square"]))
+        checks["blackbox"] = entry(found, start, attack=f"square ({cfg.square_queries} queries)")
+    if cfg.convergence_check and vote != "none" and sigma > 0 and strongest is not None:
         doubled = build_attacks(model, cfg, vote, sigma, eps, defended, None, scale=2).get(strongest)
         if doubled is not None and idx.numel():
             start = time.time()
-            again = defended_predict(defended, result.adversarial[strongest][idx], gen) != y[idx]
-            fooled = defended_predict(defended, doubled(x[idx], y[idx], gen), gen) != y[idx]
-            tolerance = max(1, int(again.sum()))
-            checks["convergence"] = {
-                "attack": strongest,
-                "n": k,
-                "robust_before": base_robust,
-                "extra": int(fooled.sum()),
-                "tolerance": tolerance,
-                "flag": int(fooled.sum()) > tolerance,
-                "seconds": time.time() - start,
-            }
+            found = lowers(judge(doubled(x[idx], y[idx], gen)))
+            checks["convergence"] = entry(found, start, attack=strongest)
     return checks, robust
 
 
@@ -258,6 +262,7 @@ def evaluate(
             batch_size=cfg.batch_size,
             keep_adversarial=cfg.convergence_check,
             cascade=cfg.cascades(),
+            judgements=cfg.judgements,
         )
         attack_seconds = time.time() - start
         checks, robust = _checks(cfg, model, defended, vote, sigma, eps, x, y, result, gen)

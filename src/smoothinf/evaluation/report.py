@@ -61,6 +61,11 @@ def _merge_checks(per_run: list[dict]) -> dict[str, dict]:
     return merged
 
 
+def count_text(value: float) -> str:
+    """An example count: an integer as such, a sum of probabilities (randomised judging) to 0.1."""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
 FLAG_TEXT = {
     "autoattack": "AutoAttack finds more",
     "blackbox": "gradient masking suspected",
@@ -70,7 +75,8 @@ FLAG_TEXT = {
 
 def row_flags(row: dict) -> str:
     """The report's flags for one aggregated row ("-" when none)."""
-    flags = [f"{FLAG_TEXT[name]} (+{c['extra']})" for name, c in row.get("checks", {}).items() if c["flag"]]
+    checks = row.get("checks", {}).items()
+    flags = [f"{FLAG_TEXT[name]} (+{count_text(c['extra'])})" for name, c in checks if c["flag"]]
     return "; ".join(flags) or "-"
 
 
@@ -99,7 +105,8 @@ def checks_table(rows: dict[tuple, dict]) -> str:
     ):
         for name, c in sorted(row.get("checks", {}).items()):
             cells = [f"{setting_name(vote, sigma, m)} eps {eps:g}", f"{name}: {c['label']}", str(c["n"])]
-            cells += [str(c["robust_before"]), str(c["extra"]), FLAG_TEXT[name] if c["flag"] else "ok"]
+            cells += [count_text(c["robust_before"]), count_text(c["extra"])]
+            cells.append(FLAG_TEXT[name] if c["flag"] else "ok")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
