@@ -100,6 +100,8 @@ def test_a_bad_judgement_count_is_a_clear_error():
     model, x, y, _ = _two_class(4)
     with pytest.raises(SmoothinfError, match="judgements must be an integer >= 1"):
         judged_correct(SmoothedClassifier(model, SIGMA, 1), x, y, judgements=0)
+    with pytest.raises(SmoothinfError, match="not 2.5"):
+        robust_accuracy(SmoothedClassifier(model, SIGMA, 1), x, y, {}, judgements=2.5)
     with pytest.raises(ConfigError, match="judgements must be >= 1"):
         EvalConfig(checkpoint="c", judgements=0).validate()
     assert EvalConfig(checkpoint="c").fingerprint() != EvalConfig(checkpoint="c", judgements=4).fingerprint()

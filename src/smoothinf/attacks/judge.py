@@ -92,7 +92,7 @@ def judged_correct(
     """(N,) float in [0, 1]: the fraction of ``judgements`` independent judgements (fresh noise each)
     in which the defended classifier predicts y on x (N, C, H, W); one forward for a deterministic
     defence. All judgements run as one batch of judgements * N rows (chunked by ``defended_predict``)."""
-    if judgements < 1:
+    if isinstance(judgements, bool) or not isinstance(judgements, int) or judgements < 1:
         raise SmoothinfError(f"judgements must be an integer >= 1, not {judgements!r}")
     j = judgements if is_randomised(defended) else 1
     if x.shape[0] == 0:
