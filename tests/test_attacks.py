@@ -599,3 +599,12 @@ def test_cli_attack_smoothed(synthetic_checkpoints, capsys):
         out = _cli_json(capsys, [*base, "--attack", name])
         assert out["defended"].startswith("SmoothedClassifier(sigma=0.1, m=16")
         assert out["robust_accuracy"] < out["clean_accuracy"]
+        assert out["judgements"] == 16  # the default for a randomised defence
+    # 3 judgements of 50 images: the accuracy is a multiple of 1/150; the base model is judged once
+    three = _cli_json(capsys, [*base, "--attack", "epgd", "--judgements", "3"])
+    assert three["judgements"] == 3 and 150 * three["robust_accuracy"] == pytest.approx(
+        round(150 * three["robust_accuracy"])
+    )
+    plain = base[:8] + base[13:]  # without --smooth --sigma 0.1 --m 16
+    assert "--smooth" not in plain and plain[8:10] == ["--eps", "0.1"]
+    assert _cli_json(capsys, [*plain, "--attack", "pgd", "--judgements", "3"])["judgements"] == 1
