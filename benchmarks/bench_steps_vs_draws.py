@@ -1,9 +1,9 @@
 """Steps or draws? APGD's accuracy on a randomised classifier at a fixed gradient budget.
 
 For one checkpoint and sigma: APGD-CE on the expected softmax through the noise (the ``default``
-preset's attack, judged per step by the soft smoothed classifier at m), at several (steps, draws)
-with the same steps x draws, on the first N MNIST test images. Each batch is judged with
-``judge_grid``'s probability estimate (``--judge-draws`` draws, ``--judge-subsets`` m-subsets):
+preset's attack, judged per step by the smoothed classifier's ``--vote`` at m, soft by default), at
+several (steps, draws) with the same steps x draws, on the first N MNIST test images. Each batch
+is judged with ``judge_grid``'s probability estimate (``--judge-draws`` draws, ``--judge-subsets`` m-subsets):
 the mean P(correct) of the smoothed classifier, lower = stronger attack.
 
     python benchmarks/bench_steps_vs_draws.py -c runs/paper_mnist/models/ft_epgd/best.safetensors \
@@ -40,7 +40,8 @@ def main() -> None:
     pairs = [(200, 2), (50, 8), (12, 32), (100, 16), (25, 64)]
     p.add_argument("--pairs", type=_pair, nargs="+", default=pairs, help="STEPSxDRAWS ...")
     p.add_argument("--examples", type=int, default=200)
-    p.add_argument("--m", type=int, default=64, help="the judged classifier's draws (soft vote)")
+    p.add_argument("--m", type=int, default=64, help="the judged classifier's draws")
+    p.add_argument("--vote", default="soft", choices=("hard", "weighted", "soft"), help="its vote")
     p.add_argument("--judge-draws", type=int, default=256)
     p.add_argument("--judge-subsets", type=int, default=32)
     p.add_argument("--eps", type=float, default=0.3)
@@ -57,15 +58,15 @@ def main() -> None:
     x, y = test.tensors(args.examples)
     model, _ = load_checkpoint(args.checkpoint)
     model.eval()
-    judge = SmoothedClassifier(model, args.sigma, args.m, "soft")
+    judge = SmoothedClassifier(model, args.sigma, args.m, args.vote)
     reduce = "softmax" if args.loss == "ce" else "loss"  # as the default preset pairs them
     reduce_name = "expected softmax" if reduce == "softmax" else "expected loss"
     noise = args.sigma if args.sigma > 0 else None
     lines = [
         f"APGD-{args.loss.upper()} ({reduce_name}) on {args.checkpoint}, sigma {args.sigma:g}, "
-        f"first {x.shape[0]} MNIST "
-        f"test images, eps {args.eps}; accuracy = mean P(correct) of soft@{args.m} ({args.judge_draws} "
-        f"draws, {args.judge_subsets} subsets); torch {torch.__version__}, {torch.get_num_threads()} "
+        f"first {x.shape[0]} MNIST test images, eps {args.eps}; "
+        f"accuracy = mean P(correct) of {args.vote}@{args.m} ({args.judge_draws} draws, "
+        f"{args.judge_subsets} subsets); torch {torch.__version__}, {torch.get_num_threads()} "
         f"thread(s), {platform.processor() or platform.machine()}. Lower = stronger.",
         "",
         "| steps x draws | gradients per image | accuracy % | majority-right % | craft s |",
@@ -84,13 +85,13 @@ def main() -> None:
             args.sigma,
             x_adv,
             y,
-            ["soft"],
+            [args.vote],
             [args.m],
             gen,
             draws=args.judge_draws,
             subsets=args.judge_subsets,
         )
-        p_ok = judged[f"soft@{args.m}"]
+        p_ok = judged[f"{args.vote}@{args.m}"]
         if args.save:
             Path(args.save).mkdir(parents=True, exist_ok=True)
             np.save(Path(args.save) / f"{args.loss}-{steps}x{draws}.npy", p_ok.numpy())
