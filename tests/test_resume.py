@@ -129,6 +129,8 @@ def test_compute_sweep_refuses_another_setting_or_model(tmp_path):
     kept = path.read_bytes()
     with pytest.raises(ConfigError, match="settings.sigma"):
         compute_sweep(model, x, y, ComputeSweepConfig(**{**cfg, "sigma": 0.2}), path, progress=False)
+    with pytest.raises(ConfigError, match="settings.judgements"):  # a file judged another way
+        compute_sweep(model, x, y, ComputeSweepConfig(**{**cfg, "judgements": 4}), path, progress=False)
     weight = next(model.parameters())
     saved = weight.detach().clone()
     with torch.no_grad():

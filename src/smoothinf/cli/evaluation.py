@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--draws", type=count(1), nargs="+", default=[1, 4, 16])
     w.add_argument("--attacks", nargs="+", default=["pgd", "epgd", "smoothadv"])
     w.add_argument("--runs", type=count(1), default=3)
+    w.add_argument("--judgements", type=count(1), default=16, help="judgements per adversarial point")
     w.add_argument("--out", default=None, help="folder (default: next to the checkpoint)")
     add_common_args(w)
     w.set_defaults(func=run_sweep)
@@ -199,6 +200,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         attacks=args.attacks,
         runs=args.runs,
         seed=args.seed,
+        judgements=args.judgements,
     )
     out = Path(args.out or Path(args.checkpoint).parent / "compute_sweep")
     records = compute_sweep(

@@ -26,7 +26,8 @@ SWEEP_ATTACKS = ("pgd", "epgd", "smoothadv")
 
 @dataclass
 class ComputeSweepConfig:
-    """A smoothed classifier (sigma, m, vote) attacked with every (steps, draws) budget."""
+    """A smoothed classifier (sigma, m, vote) attacked with every (steps, draws) budget; each point
+    judged ``judgements`` times with fresh noise (accuracy: mean P(correct))."""
 
     sigma: float = 0.25
     m: int = 64
@@ -37,6 +38,7 @@ class ComputeSweepConfig:
     attacks: list[str] = field(default_factory=lambda: ["pgd", "epgd", "smoothadv"])
     runs: int = 3
     seed: int = 0
+    judgements: int = 16
 
     def validate(self) -> None:
         if self.vote not in VOTES:
@@ -46,8 +48,8 @@ class ComputeSweepConfig:
             raise ConfigError(f"unknown attack {bad[0]!r}; choose from {', '.join(SWEEP_ATTACKS)}")
         if not self.steps or not self.draws or not self.attacks:
             raise ConfigError("the sweep is empty: give steps, draws and attacks")
-        if min(self.steps) < 1 or min(self.draws) < 1 or self.runs < 1 or self.m < 1:
-            raise ConfigError("steps, draws, runs and m must be >= 1")
+        if min(self.steps) < 1 or min(self.draws) < 1 or min(self.runs, self.m, self.judgements) < 1:
+            raise ConfigError("steps, draws, runs, m and judgements must be >= 1")
 
 
 def _key(r: dict) -> tuple:
@@ -104,7 +106,7 @@ def compute_sweep(
         else:
             attack = (EPGD if name == "epgd" else SmoothAdv)(model, noise, d, cfg.eps, steps=k)
         gen = torch.Generator(device=device).manual_seed(cfg.seed + run)
-        res = robust_accuracy(defended, x, y, {name: attack}, gen)
+        res = robust_accuracy(defended, x, y, {name: attack}, gen, judgements=cfg.judgements)
         record = {
             "sweep": "compute",
             "run": run,
