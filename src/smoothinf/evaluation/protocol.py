@@ -153,8 +153,8 @@ def _checks(
     strongest attack with twice the steps and draws (flag: not converged). Each check's ``extra`` is
     what it takes off the worst case of those examples (in examples: a sum of probabilities for a
     randomised defence, judged ``cfg.judgements`` times). A check flags when ``extra`` exceeds the
-    judge's Monte Carlo error (0 for a deterministic defence; else how far the strongest attack's
-    points move when judged again with fresh noise, at least one example). AutoAttack's and
+    judge's Monte Carlo error (0 for a deterministic defence; else how far two fresh judgements of
+    the strongest attack's points differ, summed over the examples, at least one example). AutoAttack's and
     Square's finds count in the worst case; returns ``(checks, robust (N,) float)``."""
     k = min(cfg.check_examples, x.shape[0])
     robust = result.robust.clone()
@@ -174,9 +174,9 @@ def _checks(
     tolerance = 0.0
     if is_randomised(defended) and idx.numel():
         tolerance = 1.0
-        if strongest in result.adversarial:
-            again = judge(result.adversarial[strongest][idx])
-            tolerance = max(1.0, float((again - result.correct[strongest][idx]).abs().sum()))
+        if strongest in result.adversarial:  # two fresh judgements of the same points
+            points = result.adversarial[strongest][idx]
+            tolerance = max(1.0, float((judge(points) - judge(points)).abs().sum()))
 
     def entry(found: float, start: float, **fields) -> dict:
         return {
