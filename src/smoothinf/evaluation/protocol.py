@@ -26,7 +26,7 @@ from smoothinf.attacks.presets import preset_attacks
 from smoothinf.distributed import gather_json, init_distributed
 from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.results import ResultsStore
-from smoothinf.noise import NoiseDistribution, noise_layers
+from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import SmoothedClassifier
 
 
@@ -81,7 +81,7 @@ def build_attacks(
                 eps,
                 cfg.apgd_steps * scale,
                 noise=noise if smoothed else None,
-                m=draws if smoothed or noise_layers(model) else 1,
+                m=draws if smoothed or is_randomised(model) else 1,
                 reduce="softmax",
                 restarts=cfg.restarts,
                 judge=judge,
@@ -107,7 +107,7 @@ def autoattack_for(
     smoothed surrogate for smoothed rows, ``rand`` on the model itself for an unsmoothed model with
     weight noise, ``standard`` for a deterministic model; ``attacks`` (e.g. ["square"]) runs a
     custom subset instead, with ``cfg.square_queries`` Square queries."""
-    randomised = (vote != "none" and sigma > 0) or bool(noise_layers(model))
+    randomised = (vote != "none" and sigma > 0) or is_randomised(model)
     target = SmoothedClassifier(model, sigma, 1, "soft", cfg.noise) if vote != "none" and sigma > 0 else model
     if attacks is not None:
         if vote != "none" and sigma > 0:  # scores of the smoothed classifier, averaged over draws

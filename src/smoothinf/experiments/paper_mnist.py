@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from smoothinf._version import __version__
-from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack
+from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack, is_randomised
 from smoothinf.attacks.presets import preset_attacks
 from smoothinf.data import load_splits
 from smoothinf.errors import ConfigError
@@ -50,7 +50,6 @@ from smoothinf.experiments.study import (  # noqa: F401  (re-exported)
     unbits,
 )
 from smoothinf.models import load_checkpoint
-from smoothinf.noise import noise_layers
 from smoothinf.smoothing import SmoothedClassifier, certify
 from smoothinf.smoothing.votes import apply_vote
 from smoothinf.training.trainer import TrainConfig, train
@@ -168,7 +167,7 @@ def judge_grid(
     every vote and m.
     """
     ms = sorted(set(int(m) for m in ms))
-    deterministic = sigma == 0 and not noise_layers(model)
+    deterministic = not randomised_row(model, sigma)
     total = 1 if deterministic else max(ms[-1], int(draws)) if subsets else ms[-1]
     smoothed = SmoothedClassifier(model, sigma, total, "hard", batch_size=batch_size)
     rows = smoothed.rows_per_forward(x)  # examples per chunk, as SmoothedClassifier chunks them
@@ -255,7 +254,7 @@ def adaptive_preset(
 def randomised_row(model: nn.Module, sigma: float | None) -> bool:
     """Whether a row's classifier is random: smoothed with input noise (``sigma`` > 0) or a model
     with weight noise (its base row and its sigma-0 vote). ``sigma`` None: the base model."""
-    return bool(sigma) or bool(noise_layers(model))
+    return bool(sigma) or is_randomised(model)
 
 
 def _autoattack(model: nn.Module, study: StudyConfig, sigma: float | None) -> AutoAttackAdapter:
@@ -529,7 +528,7 @@ def evaluate_model(
     Square on a randomised row (on a deterministic one: every example of every run).
     """
     done = _done_rows(results, fp)
-    deterministic = not noise_layers(model)
+    deterministic = not is_randomised(model)
     settings: list[tuple[str, float]] = [("base", 0.0)]
     settings += [("smoothed", float(s)) for s in study.sigmas if s > 0 or not deterministic]
     transfer_cache: dict[int, torch.Tensor] = {}
