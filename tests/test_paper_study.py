@@ -249,6 +249,9 @@ grid_square_queries: 4
 grid_square_queries_randomised: 2
 autoattack_examples: 3
 headline_scales: [1, 2]
+plateau_steps: 3
+plateau_draws: 2
+plateau_examples: 4
 judge_draws: 4
 judge_subsets: 2
 cert_sigmas: [0.25]
@@ -368,6 +371,38 @@ def test_pipeline_runs_skips_and_resumes(tmp_path):
                 assert r["attacked"] == int(alive.any(0).sum()) and not (ok & ~alive.any(0)).any()
             alive = ok if alive is None else alive & ok
     assert "## The headline under stronger attacks" in page.read_text()
+
+    # the plateau stage: every model's best smoothed row (sigma > 0) and its base, every run, on
+    # the first plateau_examples images, cascaded after the grid's and the headline's attacks
+    from smoothinf.experiments.paper_mnist import plateau_rows
+
+    wanted = plateau_rows(out, load_study(configs))
+    assert {(m, st) for m, st, _ in wanted} == {
+        (m, st) for m in ("plain", "noisy", "tuned") for st in ("base", "smoothed")
+    }
+    assert all(sg > 0 for _, st, sg in wanted if st == "smoothed")
+    for model, setting, sigma in wanted:
+        earlier = [json.loads(line) for line in (out / "eval" / f"{model}.jsonl").read_text().splitlines()]
+        for p in (out / "headline").glob(f"{model}-{setting}-{sigma}-*.jsonl"):
+            earlier += [json.loads(line) for line in p.read_text().splitlines()]
+        for run in (0, 1):
+            rows_ = [
+                json.loads(line)
+                for line in (out / "plateau" / f"{model}-{setting}-{sigma}-run{run}.jsonl")
+                .read_text()
+                .splitlines()
+            ]
+            assert [r["attack"].split("@")[1] for r in rows_] == ["plateau", "plateau"]
+            assert all(r["n"] == 4 and r["gradients"] in (3 * 2, 3, 3 * 9) for r in rows_)
+            alive = None
+            for r in [
+                e for e in earlier if (e["run"], e["setting"], e["sigma"]) == (run, setting, sigma)
+            ] + rows_:
+                ok = np.stack([correct_fraction(r, k)[:4] for k in r["correct"]]) > 0
+                if r in rows_:
+                    assert r["attacked"] == int(alive.any(0).sum()) and not (ok & ~alive.any(0)).any()
+                alive = ok if alive is None else alive & ok
+    assert "## Claims 1, 3, 4 and 6 under a converged budget (first 4 images)" in page.read_text()
 
     # rerun: every step skipped, also by a parallel pass (steps in spawned processes)
     logs.clear()
@@ -658,8 +693,93 @@ def test_headline_ladder_attacks_scale_the_grid_budget(sigma):
         {"judge_draws": 0},
         {"grid_square_queries": -1},
         {"grid_square_queries_randomised": 1.5},
+        {"plateau_steps": -1},
+        {"plateau_draws": 2.0},
     ],
 )
 def test_headline_ladder_and_judging_settings_are_checked(over):
     with pytest.raises(ConfigError, match=f"^{next(iter(over))} must be an integer|^headline_scales must"):
         load_study(ROOT / "configs" / "paper_mnist", **over)
+
+
+@pytest.mark.parametrize("over", [{"plateau_draws": 0}, {"plateau_examples": 0}, {"plateau_examples": 5000}])
+def test_plateau_stage_needs_draws_and_examples_within_the_grid(over):
+    with pytest.raises(ConfigError, match="^the plateau stage needs"):
+        load_study(ROOT / "configs" / "paper_mnist", **over)
+
+
+@pytest.mark.parametrize("sigma", [None, 0.1])
+def test_plateau_attacks_use_the_plateau_budget(sigma):
+    """The plateau stage's APGD attacks run plateau_steps x plateau_draws whatever the grid's budget."""
+    from smoothinf.experiments.paper_mnist import StudyConfig, plateau_attacks
+
+    study = StudyConfig(models=["m"], apgd_steps=5, draws=3, plateau_steps=7, plateau_draws=4)
+    attacks = plateau_attacks(_tiny_model("pni-w"), study, sigma)
+    assert list(attacks) == ["apgd-ce@plateau", "apgd-dlr@plateau"]
+    assert all((a.steps, a.m) == (7, 4) for a in attacks.values())
+
+
+def test_first_examples_keeps_the_first_n_of_either_encoding():
+    from smoothinf.experiments.paper_report import first_examples
+    from smoothinf.experiments.study import encode_correct
+
+    p = torch.tensor([0.0, 0.5, 1.0, 0.25, 0.75, 1.0, 0.0, 0.5, 1.0, 0.0, 1.0])
+    for subsets in (0, 4):
+        row = {"n": 11, "judge_subsets": subsets, "correct": {"hard@1": encode_correct(p, subsets)}}
+        cut = first_examples(row, 9)
+        assert cut["n"] == 9 and row["n"] == 11
+        np.testing.assert_allclose(correct_fraction(cut, "hard@1"), correct_fraction(row, "hard@1")[:9])
+
+
+def test_plateau_tables_add_the_stage_to_the_worst_case_on_its_examples():
+    """Synthetic grid, headline and plateau rows with known per-image bits: on the stage's first
+    n images, 'grid' is the worst case over the earlier attacks (the headline's autoattack kept
+    apart from the grid's) and 'converged' adds the stage's; a model the stage has not finished
+    for every run is left out."""
+    from smoothinf.experiments.paper_report import plateau_tables
+    from smoothinf.experiments.study import StudyConfig
+
+    def row(model, setting, run, attack, ok):
+        key = "hard@8" if setting == "smoothed" else "none@1"
+        return {
+            "model": model,
+            "setting": setting,
+            "sigma": 0.1 if setting == "smoothed" else 0.0,
+            "run": run,
+            "attack": attack,
+            "n": len(ok),
+            "gradients": 12,
+            "craft_seconds": 1.0,
+            "judge_seconds": 0.5,
+            "correct": {key: np.packbits(np.array(ok, dtype=bool)).tobytes().hex()},
+        }
+
+    first = lambda k, n=10: [1] * k + [0] * (n - k)  # noqa: E731
+    rows, plateau = [], []
+    for model in ("m", "late"):
+        for run in (0, 1):
+            for setting in ("base", "smoothed"):
+                rows += [
+                    row(model, setting, run, "clean", [1] * 10),
+                    row(model, setting, run, "autoattack", first(5)),
+                ]
+    headline = [row("m", "smoothed", 0, "autoattack", [0, 1, 1, 1, 1, 1, 1, 1, 1, 1])]
+    for run in (0, 1):  # on the first 4 images: smoothed 4 -> 2 / 3, base 4 -> 4
+        plateau += [row("m", "smoothed", run, "apgd-ce@plateau", first(2 + run, 4))]
+        plateau += [row("m", "base", run, "apgd-ce@plateau", first(4, 4))]
+    plateau += [row("late", "smoothed", 0, "apgd-ce@plateau", first(0, 4))]  # run 1 not done yet
+    res = {"rows": rows, "headline": headline, "plateau": plateau, "study": StudyConfig(models=["m"], runs=2)}
+    pt = plateau_tables(res)
+    assert pt["n"] == 4 and pt["plateau"] == {("m", "smoothed"): True, ("m", "base"): True}
+    assert {r["model"] for r in pt["grid"]} == {"m"} == {r["model"] for r in pt["converged"]}
+    grid = {r["setting"]: r for r in pt["grid"]}
+    conv = {r["setting"]: r for r in pt["converged"]}
+    # grid, first 4: run 0 the headline's autoattack takes image 0 (3 of 4), run 1 none (4 of 4)
+    assert grid["smoothed"]["worst"][0] == pytest.approx((0.75 + 1.0) / 2)
+    assert conv["smoothed"]["worst"][0] == pytest.approx((0.25 + 0.75) / 2)  # run 0: image 0 and 2, 3
+    assert grid["base"]["worst"][0] == pytest.approx(1.0) == conv["base"]["worst"][0]
+    assert (
+        "autoattack (headline)" in conv["smoothed"]["attacks"] and "autoattack" in conv["smoothed"]["attacks"]
+    )
+    assert pt["seconds"] == pytest.approx(1.5 * 5) and pt["gradients"] == 12
+    assert plateau_tables({**res, "plateau": []}) is None

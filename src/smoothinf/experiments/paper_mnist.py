@@ -229,12 +229,18 @@ def _craft(attack, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, batch
 
 
 def adaptive_preset(
-    model: nn.Module, study: StudyConfig, sigma: float | None, scale: int = 1
+    model: nn.Module,
+    study: StudyConfig,
+    sigma: float | None,
+    scale: int = 1,
+    budget: tuple[int, int] | None = None,
 ) -> dict[str, Callable]:
-    """The ``default`` preset of one row at ``scale`` x (apgd_steps, draws): PGD-20 on the base
-    model, APGD-CE on the expected softmax and APGD-DLR on the expected loss through the noise,
-    judged by a soft-vote smoothed classifier at the largest m. ``sigma`` None: the unsmoothed
-    base model (its own weight noise only, no judge); sigma 0: the weight-noise vote."""
+    """The ``default`` preset of one row at ``scale`` x (apgd_steps, draws), or at ``budget`` =
+    (steps, draws) when given: PGD-20 on the base model, APGD-CE on the expected softmax and
+    APGD-DLR on the expected loss through the noise, judged by a soft-vote smoothed classifier at
+    the largest m. ``sigma`` None: the unsmoothed base model (its own weight noise only, no
+    judge); sigma 0: the weight-noise vote."""
+    steps, draws = budget if budget is not None else (study.apgd_steps, study.draws)
     judge = None if sigma is None else SmoothedClassifier(model, sigma, max(study.ms), "soft")
     noise = sigma if sigma else None
     return dict(
@@ -244,8 +250,8 @@ def adaptive_preset(
             study.eps,
             noise=noise,
             judge=judge,
-            steps=study.apgd_steps,
-            draws=study.draws,
+            steps=steps,
+            draws=draws,
             scale=scale,
         )
     )
@@ -864,6 +870,93 @@ def _headline_ladder_job(
     _run_step(out, f"headline/{results.stem}", fp, [results], work, log, discard=False)
 
 
+def plateau_attacks(model: nn.Module, study: StudyConfig, sigma: float | None) -> dict[str, Callable]:
+    """The plateau stage's attacks of one row (``sigma`` None: the base model): the adaptive
+    preset's APGD attacks at (plateau_steps, plateau_draws), named ``apgd-ce@plateau`` ..."""
+    presets = adaptive_preset(model, study, sigma, budget=(study.plateau_steps, study.plateau_draws))
+    return {f"{a}@plateau": fn for a, fn in presets.items() if a != "pgd"}
+
+
+def plateau_rows(out: Path, study: StudyConfig) -> list[tuple[str, str, float]]:
+    """The plateau stage's (model, setting, sigma) rows, most decisive first: every model's best
+    smoothed row with input noise (sigma > 0, by the grid's worst case) and its base. The models
+    whose best smoothed row beats its base on the grid come first (a stronger attack can overturn
+    only those comparisons of claim 1), smoothed rows before base rows. [] before the evaluation."""
+    from smoothinf.experiments.paper_report import aggregate, base_row, best_smoothed
+
+    table = aggregate(_load_rows(out))
+    tiers: list[list[tuple[str, str, float]]] = [[], [], [], []]
+    for name in dict.fromkeys(r["model"] for r in table):
+        best, base = best_smoothed(table, model=name), base_row(table, name)
+        if best is None:
+            continue
+        raised = base is not None and best["worst"][0] > base["worst"][0]
+        tiers[0 if raised else 2].append((name, "smoothed", float(best["sigma"])))
+        if base is not None:
+            tiers[1 if raised else 3].append((name, "base", 0.0))
+    return [row for tier in tiers for row in tier]
+
+
+def _prior_rows(out: Path, name: str, run: int, setting: str, sigma: float) -> list[dict]:
+    """The grid's and the headline ladder's rows of one (model, run, setting, sigma)."""
+    rows = _load_rows(out)
+    if (out / "headline").exists():
+        for path in sorted((out / "headline").glob("*.jsonl")):
+            if not path.name.endswith(".stale.jsonl"):
+                rows += read_jsonl(path)
+    key = (name, run, setting, sigma)
+    return [r for r in rows if (r["model"], r["run"], r["setting"], r["sigma"]) == key]
+
+
+def _plateau_job(
+    out: Path, ckpt: str, row: tuple[str, str, float], run: int, study: StudyConfig, _refs, log
+) -> None:
+    """One plateau row and run: ``plateau_attacks`` on the first ``plateau_examples`` examples,
+    cascaded on those that survived the grid's and the headline's attacks of the same (run,
+    setting, sigma), into ``out/plateau/<...>.jsonl`` (rows resume one attack at a time; rows of
+    another configuration are moved aside). Keyed by the checkpoint's hash, the grid's identity,
+    the earlier rows' fingerprints, the row, the run and the plateau budget."""
+    name, setting, sigma = row
+    study = study.for_model(name)
+    results = out / "plateau" / f"{name}-{setting}-{sigma}-run{run}.jsonl"
+    prior = _prior_rows(out, name, run, setting, sigma)
+    ident = {
+        "eval": study.eval_identity(),
+        "prior_rows": sorted({r["fingerprint"] for r in prior}),
+        "row": list(row),
+        "run": run,
+        "plateau": [study.plateau_steps, study.plateau_draws, study.plateau_examples],
+    }
+    fp = fingerprint(ident, [ckpt])
+
+    def work():
+        n = study.plateau_examples
+        device = resolve_device(study.device)
+        x, y = (t[:n].to(device) for t in _test_data(study))
+        model, _ = load_checkpoint(ckpt, device=device)
+        model.eval()
+        _set_aside_foreign_rows(results, fp)
+        alive = {k: v[:n] for k, v in _alive_from(prior, study.examples, device).items()}
+        attacks = plateau_attacks(model, study, None if setting == "base" else sigma)
+        evaluate_setting(
+            model,
+            name,
+            x,
+            y,
+            study,
+            attacks,
+            (run, setting, sigma),
+            results,
+            fp,
+            _done_rows(results, fp),
+            alive=alive,
+            cascade=tuple(attacks),
+            log=log,
+        )
+
+    _run_step(out, f"plateau/{results.stem}", fp, [results], work, log, discard=False)
+
+
 def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
     """Unit costs of a model at a full batch (``batch_size`` examples), for the report's estimate of
     the full study's time: seconds per example-gradient (PGD-5) and per example-forward (8 draws)."""
@@ -1071,6 +1164,13 @@ def run_study(
                     if c == checked
                 }
                 _schedule(ladder, study.jobs, log)
+            if study.plateau_steps:
+                plateau = {  # most decisive rows first; a row's runs side by side
+                    f"plateau-{row}-{run}": ([], _plateau_job, (out, refs[row[0]], row, run, study))
+                    for row in plateau_rows(out, study)
+                    for run in range(study.for_model(row[0]).runs)
+                }
+                _schedule(plateau, study.jobs, log)
             if stop_after != "convergence":
                 certified = [n for n in order if study.for_model(n).certify]
                 tasks = {n: ([], _certify_job, (out, n, refs[n], study)) for n in certified}
@@ -1084,4 +1184,13 @@ def run_study(
     return write_paper_report(out, doc)
 
 
-__all__ = ["StudyConfig", "judge_grid", "load_study", "run_study", "setting_attacks", "unbits"]
+__all__ = [
+    "StudyConfig",
+    "judge_grid",
+    "load_study",
+    "plateau_attacks",
+    "plateau_rows",
+    "run_study",
+    "setting_attacks",
+    "unbits",
+]

@@ -65,6 +65,13 @@ class StudyConfig:
     # attacks; the largest scale (the doubling check) only on the first headline_check_runs runs
     headline_scales: list[int] = field(default_factory=list)
     headline_check_runs: int = 1
+    # The plateau stage (0 steps: off): every model's best smoothed row (sigma > 0) and its base on
+    # the first plateau_examples examples of every run, under APGD-CE / APGD-DLR at plateau_steps x
+    # plateau_draws (a budget whose doubling was measured to move the worst case < 1 point),
+    # cascaded after the grid's and the headline's attacks of the same row and run
+    plateau_steps: int = 0
+    plateau_draws: int = 0
+    plateau_examples: int = 100
     cert_sigmas: list[float] = field(default_factory=lambda: [0.25])
     cert_examples: int = 500
     cert_n0: int = 100
@@ -107,6 +114,14 @@ class StudyConfig:
         if type(self.headline_check_runs) is not int or self.headline_check_runs < 0:
             raise ConfigError(
                 f"headline_check_runs must be an integer >= 0, not {self.headline_check_runs!r}"
+            )
+        for key in ("plateau_steps", "plateau_draws", "plateau_examples"):
+            if type(getattr(self, key)) is not int or getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be an integer >= 0, not {getattr(self, key)!r}")
+        if self.plateau_steps and (self.plateau_draws < 1 or not 1 <= self.plateau_examples <= self.examples):
+            raise ConfigError(
+                "the plateau stage needs plateau_draws >= 1 and 1 <= plateau_examples <= examples "
+                f"(got {self.plateau_draws} draws, {self.plateau_examples} of {self.examples} examples)"
             )
         allowed = {"runs", "sigmas", "certify"}
         for name, over in self.model_eval.items():
