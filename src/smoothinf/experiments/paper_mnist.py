@@ -824,6 +824,52 @@ def _ladder_key(
     return fingerprint(ident, [ckpt]), prior
 
 
+def _cascade_after(
+    out: Path,
+    ckpt: str,
+    row: tuple[str, str, float],
+    run: int,
+    study: StudyConfig,
+    results: Path,
+    fp: str,
+    prior: Sequence[dict],
+    n: int,
+    log,
+    attacks_of: Callable[[nn.Module], dict[str, Callable]],
+) -> None:
+    """The step ``<results folder>/<results stem>``: ``attacks_of(model)`` on the first ``n``
+    examples of one (model, setting, sigma) ``row`` and ``run``, cascaded on the examples that
+    survived the ``prior`` rows (full-length rows of the same row and run), into ``results`` (rows
+    resume one attack at a time; rows of another fingerprint ``fp`` are moved aside)."""
+    name, setting, sigma = row
+
+    def work():
+        device = resolve_device(study.device)
+        x, y = (t[:n].to(device) for t in _test_data(study))
+        model, _ = load_checkpoint(ckpt, device=device)
+        model.eval()
+        _set_aside_foreign_rows(results, fp)
+        alive = {k: v[:n] for k, v in _alive_from(prior, study.examples, device).items()}
+        attacks = attacks_of(model)
+        evaluate_setting(
+            model,
+            name,
+            x,
+            y,
+            study,
+            attacks,
+            (run, setting, sigma),
+            results,
+            fp,
+            _done_rows(results, fp),
+            alive=alive,
+            cascade=tuple(attacks),
+            log=log,
+        )
+
+    _run_step(out, f"{results.parent.name}/{results.stem}", fp, [results], work, log, discard=False)
+
+
 def _headline_ladder_job(
     out: Path,
     ckpt: str,
@@ -842,32 +888,20 @@ def _headline_ladder_job(
     check = checked and run < study.headline_check_runs
     results = out / "headline" / f"{name}-{setting}-{sigma}-run{run}.jsonl"
     fp, prior = _ladder_key(out, ckpt, row, check, run, study)
-
-    def work():
-        n = study.examples
-        device = resolve_device(study.device)
-        x, y = (t[:n].to(device) for t in _test_data(study))
-        model, _ = load_checkpoint(ckpt, device=device)
-        model.eval()
-        _set_aside_foreign_rows(results, fp)
-        attacks = headline_attacks(model, study, None if setting == "base" else sigma, check)
-        evaluate_setting(
-            model,
-            name,
-            x,
-            y,
-            study,
-            attacks,
-            (run, setting, sigma),
-            results,
-            fp,
-            _done_rows(results, fp),
-            alive=_alive_from(prior, n, device),
-            cascade=tuple(attacks),
-            log=log,
-        )
-
-    _run_step(out, f"headline/{results.stem}", fp, [results], work, log, discard=False)
+    target = None if setting == "base" else sigma
+    _cascade_after(
+        out,
+        ckpt,
+        row,
+        run,
+        study,
+        results,
+        fp,
+        prior,
+        study.examples,
+        log,
+        lambda model: headline_attacks(model, study, target, check),
+    )
 
 
 def plateau_attacks(model: nn.Module, study: StudyConfig, sigma: float | None) -> dict[str, Callable]:
@@ -928,33 +962,20 @@ def _plateau_job(
         "plateau": [study.plateau_steps, study.plateau_draws, study.plateau_examples],
     }
     fp = fingerprint(ident, [ckpt])
-
-    def work():
-        n = study.plateau_examples
-        device = resolve_device(study.device)
-        x, y = (t[:n].to(device) for t in _test_data(study))
-        model, _ = load_checkpoint(ckpt, device=device)
-        model.eval()
-        _set_aside_foreign_rows(results, fp)
-        alive = {k: v[:n] for k, v in _alive_from(prior, study.examples, device).items()}
-        attacks = plateau_attacks(model, study, None if setting == "base" else sigma)
-        evaluate_setting(
-            model,
-            name,
-            x,
-            y,
-            study,
-            attacks,
-            (run, setting, sigma),
-            results,
-            fp,
-            _done_rows(results, fp),
-            alive=alive,
-            cascade=tuple(attacks),
-            log=log,
-        )
-
-    _run_step(out, f"plateau/{results.stem}", fp, [results], work, log, discard=False)
+    target = None if setting == "base" else sigma
+    _cascade_after(
+        out,
+        ckpt,
+        row,
+        run,
+        study,
+        results,
+        fp,
+        prior,
+        study.plateau_examples,
+        log,
+        lambda model: plateau_attacks(model, study, target),
+    )
 
 
 def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
