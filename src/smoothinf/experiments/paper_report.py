@@ -539,9 +539,10 @@ def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> 
         "added (see 'Attack convergence' and BENCHMARKS.md: on ft_epgd at sigma 0.1 it leaves 6-7 points "
         "more than the plateau). The plateau stage attacked every model's best smoothed row with input "
         f"noise (sigma > 0) and its base model with APGD-CE and APGD-DLR at {study.plateau_steps} steps x "
-        f"{study.plateau_draws} draws ({pt['gradients']} gradients per image; doubling it moved the "
-        "measured worst case < 1 point on ft_epgd soft@8 at sigma 0.1 and on its base, not converged for "
-        "the hard vote there: 1.8 points more at 400 x 64), cascaded after every other attack of the same "
+        f"{study.plateau_draws} draws ({pt['gradients']} gradients per image; measured at 200 x 64, doubling "
+        "the steps moved the worst of the two < 1 point on ft_epgd soft@8 at sigma 0.1 (0.5), on its base "
+        "(0.2) and on pgd_at_input_noise hard@8 at sigma 0.1 (0.2), but 1.8 points on ft_epgd hard@8: "
+        "BENCHMARKS.md), cascaded after every other attack of the same "
         f"row and run, on the first {n} test images of every run: {pt['seconds'] / 3600:.2f} CPU-hours "
         "of crafting and judging. Every number below is on those images; 'grid' is the worst case over "
         "all the study's other attacks (AutoAttack and Square included), '+ plateau' adds the stage's.",
@@ -1330,11 +1331,11 @@ def build_page(out: str | os.PathLike) -> str:
     # compute
     passes = read_jsonl(out / "passes.jsonl")
     span, how = _study_span_seconds(out)
-    # eval and headline steps resume row by row: a pass that adds rows times only itself, so their
+    # eval, headline and plateau steps resume row by row: a pass that adds rows times only itself, so their
     # rows' own crafting + judging seconds (every row the files hold) are given beside
     row_seconds = {
         stage: sum(r["craft_seconds"] + r["judge_seconds"] for r in res[key])
-        for stage, key in (("eval", "rows"), ("headline", "headline"))
+        for stage, key in (("eval", "rows"), ("headline", "headline"), ("plateau", "plateau"))
     }
     L += ["## Compute", "", "| stage | step seconds (last pass) | rows' crafting + judging seconds |"]
     L += ["|---|---|---|"]
