@@ -736,7 +736,7 @@ def test_plateau_tables_add_the_stage_to_the_worst_case_on_its_examples():
     n images, 'grid' is the worst case over the earlier attacks (the headline's autoattack kept
     apart from the grid's) and 'converged' adds the stage's; a model the stage has not finished
     for every run is left out."""
-    from smoothinf.experiments.paper_report import plateau_tables
+    from smoothinf.experiments.paper_report import plateau_headline, plateau_tables
     from smoothinf.experiments.study import StudyConfig
 
     def row(model, setting, run, attack, ok):
@@ -783,3 +783,9 @@ def test_plateau_tables_add_the_stage_to_the_worst_case_on_its_examples():
     )
     assert pt["seconds"] == pytest.approx(1.5 * 5) and pt["gradients"] == 12
     assert plateau_tables({**res, "plateau": []}) is None
+    line = plateau_headline(pt)[0]
+    assert (
+        "first 4 images" in line
+        and "m, hard@8, sigma 0.1: 50.0 ± 35.4 worst case (its base model: 100.0 ± 0.0)" in line
+    )
+    assert plateau_headline(None) == []

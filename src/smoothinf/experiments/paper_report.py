@@ -527,6 +527,21 @@ def plateau_tables(res: dict) -> dict | None:
     }
 
 
+def plateau_headline(pt: dict | None) -> list[str]:
+    """One sentence for the headline: the best smoothed row with input noise and its base model on
+    the plateau stage's images, with its attacks; [] before the stage ran."""
+    if pt is None or (best := best_smoothed(pt["converged"])) is None:
+        return []
+    base = base_row(pt["converged"], best["model"])
+    return [
+        f"With the plateau attacks (APGD at a converged budget, first {pt['n']} images) the best row "
+        f"with input noise is {best['model']}, {best['key']}, sigma {best['sigma']}: "
+        f"{_fmt(best['worst'])} worst case"
+        + (f" (its base model: {_fmt(base['worst'])})." if base else ".")
+        + " See 'Claims 1, 3, 4 and 6 under a converged budget'."
+    ]
+
+
 def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> list[str]:
     """The page section of the plateau stage: per model the worst cases of its base and best
     smoothed row on the stage's examples before and after it, and the claims re-judged there."""
@@ -1129,6 +1144,7 @@ def build_page(out: str | os.PathLike) -> str:
         "",
         *_judging_lines(study),
     ]
+    pt = plateau_tables(res)
     # headline
     best = best_smoothed(table, study, positive_sigma=False)
     L += ["## Headline", ""]
@@ -1216,6 +1232,7 @@ def build_page(out: str | os.PathLike) -> str:
                 if (delta := _convergence_lines(res["convergence"], study)[1]) is not None and delta >= 0.01
                 else []
             ),
+            *plateau_headline(pt),
             *masking_lines(res["rows"]),
             "The best row is a maximum over the grid on the test images (sigma, vote and m were not "
             "selected on a validation split), so it is biased upward; the per-claim tables give every row.",
@@ -1238,7 +1255,6 @@ def build_page(out: str | os.PathLike) -> str:
         ),
         ("7. Smoothing defends against transferred (black-box) examples", claim7(table)),
     ]
-    pt = plateau_tables(res)
     claims_conv = {}
     if pt is not None:
         ct = pt["converged"]
