@@ -770,7 +770,7 @@ def test_plateau_tables_add_the_stage_to_the_worst_case_on_its_examples():
     plateau += [row("late", "smoothed", 0, "apgd-ce@plateau", first(0, 4))]  # run 1 not done yet
     res = {"rows": rows, "headline": headline, "plateau": plateau, "study": StudyConfig(models=["m"], runs=2)}
     pt = plateau_tables(res)
-    assert pt["n"] == 4 and pt["plateau"] == {("m", "smoothed"): True, ("m", "base"): True}
+    assert pt["n"] == 4 and pt["measured"] == {("m", "smoothed"), ("m", "base")}
     assert {r["model"] for r in pt["grid"]} == {"m"} == {r["model"] for r in pt["converged"]}
     grid = {r["setting"]: r for r in pt["grid"]}
     conv = {r["setting"]: r for r in pt["converged"]}
@@ -789,3 +789,20 @@ def test_plateau_tables_add_the_stage_to_the_worst_case_on_its_examples():
         and "m, hard@8, sigma 0.1: 50.0 ± 35.4 worst case (its base model: 100.0 ± 0.0)" in line
     )
     assert plateau_headline(None) == []
+
+
+def test_cascaded_stage_names_are_checked(tmp_path):
+    from smoothinf.experiments.paper_mnist import StudyConfig, _cascade_job
+
+    with pytest.raises(ConfigError, match="^unknown cascaded stage 'ladder'; choose headline or plateau$"):
+        _cascade_job(
+            tmp_path,
+            "w.safetensors",
+            ("m", "base", 0.0),
+            0,
+            StudyConfig(models=["m"]),
+            "ladder",
+            False,
+            {},
+            print,
+        )

@@ -824,86 +824,6 @@ def _ladder_key(
     return fingerprint(ident, [ckpt]), prior
 
 
-def _cascade_after(
-    out: Path,
-    ckpt: str,
-    row: tuple[str, str, float],
-    run: int,
-    study: StudyConfig,
-    results: Path,
-    fp: str,
-    prior: Sequence[dict],
-    n: int,
-    log,
-    attacks_of: Callable[[nn.Module], dict[str, Callable]],
-) -> None:
-    """The step ``<results folder>/<results stem>``: ``attacks_of(model)`` on the first ``n``
-    examples of one (model, setting, sigma) ``row`` and ``run``, cascaded on the examples that
-    survived the ``prior`` rows (full-length rows of the same row and run), into ``results`` (rows
-    resume one attack at a time; rows of another fingerprint ``fp`` are moved aside)."""
-    name, setting, sigma = row
-
-    def work():
-        device = resolve_device(study.device)
-        x, y = (t[:n].to(device) for t in _test_data(study))
-        model, _ = load_checkpoint(ckpt, device=device)
-        model.eval()
-        _set_aside_foreign_rows(results, fp)
-        alive = {k: v[:n] for k, v in _alive_from(prior, study.examples, device).items()}
-        attacks = attacks_of(model)
-        evaluate_setting(
-            model,
-            name,
-            x,
-            y,
-            study,
-            attacks,
-            (run, setting, sigma),
-            results,
-            fp,
-            _done_rows(results, fp),
-            alive=alive,
-            cascade=tuple(attacks),
-            log=log,
-        )
-
-    _run_step(out, f"{results.parent.name}/{results.stem}", fp, [results], work, log, discard=False)
-
-
-def _headline_ladder_job(
-    out: Path,
-    ckpt: str,
-    row: tuple[str, str, float],
-    checked: bool,
-    run: int,
-    study: StudyConfig,
-    _refs,
-    log,
-) -> None:
-    """One headline row and run: ``headline_attacks`` cascaded on the examples that survived the
-    evaluation's attacks of the same (run, setting, sigma), into ``out/headline/<...>.jsonl``
-    (rows resume one attack at a time; rows of another configuration are moved aside). The
-    doubling check runs on the first ``headline_check_runs`` runs of a ``checked`` row."""
-    name, setting, sigma = row
-    check = checked and run < study.headline_check_runs
-    results = out / "headline" / f"{name}-{setting}-{sigma}-run{run}.jsonl"
-    fp, prior = _ladder_key(out, ckpt, row, check, run, study)
-    target = None if setting == "base" else sigma
-    _cascade_after(
-        out,
-        ckpt,
-        row,
-        run,
-        study,
-        results,
-        fp,
-        prior,
-        study.examples,
-        log,
-        lambda model: headline_attacks(model, study, target, check),
-    )
-
-
 def plateau_attacks(model: nn.Module, study: StudyConfig, sigma: float | None) -> dict[str, Callable]:
     """The plateau stage's attacks of one row (``sigma`` None: the base model): the adaptive
     preset's APGD attacks at (plateau_steps, plateau_draws), named ``apgd-ce@plateau`` ..."""
@@ -942,18 +862,13 @@ def _prior_rows(out: Path, name: str, run: int, setting: str, sigma: float) -> l
     return [r for r in rows if (r["model"], r["run"], r["setting"], r["sigma"]) == key]
 
 
-def _plateau_job(
-    out: Path, ckpt: str, row: tuple[str, str, float], run: int, study: StudyConfig, _refs, log
-) -> None:
-    """One plateau row and run: ``plateau_attacks`` on the first ``plateau_examples`` examples,
-    cascaded on those that survived the grid's and the headline's attacks of the same (run,
-    setting, sigma), into ``out/plateau/<...>.jsonl`` (rows resume one attack at a time; rows of
-    another configuration are moved aside). Keyed by the checkpoint's hash, the grid's identity,
-    the earlier rows' fingerprints, the row, the run and the plateau budget."""
-    name, setting, sigma = row
-    study = study.for_model(name)
-    results = out / "plateau" / f"{name}-{setting}-{sigma}-run{run}.jsonl"
-    prior = _prior_rows(out, name, run, setting, sigma)
+def _plateau_key(
+    out: Path, ckpt: str, row: tuple[str, str, float], run: int, study: StudyConfig
+) -> tuple[str, list[dict]]:
+    """The fingerprint of one plateau row and run, and the rows it cascades from (the grid's and
+    the headline ladder's): keyed by the checkpoint's hash, the grid's identity, those rows' own
+    fingerprints, the row, the run and the plateau budget."""
+    prior = _prior_rows(out, row[0], run, row[1], row[2])
     ident = {
         "eval": study.eval_identity(),
         "prior_rows": sorted({r["fingerprint"] for r in prior}),
@@ -961,21 +876,68 @@ def _plateau_job(
         "run": run,
         "plateau": [study.plateau_steps, study.plateau_draws, study.plateau_examples],
     }
-    fp = fingerprint(ident, [ckpt])
+    return fingerprint(ident, [ckpt]), prior
+
+
+def _cascade_job(
+    out: Path,
+    ckpt: str,
+    row: tuple[str, str, float],
+    run: int,
+    study: StudyConfig,
+    stage: str,
+    checked: bool,
+    _refs,
+    log,
+) -> None:
+    """One row and run of a stage cascaded after the grid, into ``out/<stage>/<...>.jsonl`` (rows
+    resume one attack at a time; rows of another configuration are moved aside):
+
+    - "headline": ``headline_attacks`` on every example, on those that survived the evaluation's
+      attacks of the same (run, setting, sigma); the doubling check on the first
+      ``headline_check_runs`` runs of a ``checked`` row;
+    - "plateau": ``plateau_attacks`` on the first ``plateau_examples`` examples, on those that
+      survived the grid's and the headline's attacks (``checked`` unused).
+    """
+    name, setting, sigma = row
+    study = study.for_model(name)
     target = None if setting == "base" else sigma
-    _cascade_after(
-        out,
-        ckpt,
-        row,
-        run,
-        study,
-        results,
-        fp,
-        prior,
-        study.plateau_examples,
-        log,
-        lambda model: plateau_attacks(model, study, target),
-    )
+    if stage == "headline":
+        check = checked and run < study.headline_check_runs
+        fp, prior = _ladder_key(out, ckpt, row, check, run, study)
+        n, attacks_of = study.examples, lambda model: headline_attacks(model, study, target, check)
+    elif stage == "plateau":
+        fp, prior = _plateau_key(out, ckpt, row, run, study)
+        n, attacks_of = study.plateau_examples, lambda model: plateau_attacks(model, study, target)
+    else:
+        raise ConfigError(f"unknown cascaded stage {stage!r}; choose headline or plateau")
+    results = out / stage / f"{name}-{setting}-{sigma}-run{run}.jsonl"
+
+    def work():
+        device = resolve_device(study.device)
+        x, y = (t[:n].to(device) for t in _test_data(study))
+        model, _ = load_checkpoint(ckpt, device=device)
+        model.eval()
+        _set_aside_foreign_rows(results, fp)
+        alive = {k: v[:n] for k, v in _alive_from(prior, study.examples, device).items()}
+        attacks = attacks_of(model)
+        evaluate_setting(
+            model,
+            name,
+            x,
+            y,
+            study,
+            attacks,
+            (run, setting, sigma),
+            results,
+            fp,
+            _done_rows(results, fp),
+            alive=alive,
+            cascade=tuple(attacks),
+            log=log,
+        )
+
+    _run_step(out, f"{stage}/{results.stem}", fp, [results], work, log, discard=False)
 
 
 def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
@@ -1178,7 +1140,11 @@ def run_study(
                 check = study.headline_check_runs
                 runs = sorted(range(study.for_model(rows[0][0][0]).runs), key=lambda r: r >= check)
                 ladder = {  # the long doubling checks first, so the parallel jobs end together
-                    f"{row}-{run}": ([], _headline_ladder_job, (out, refs[row[0]], row, checked, run, study))
+                    f"{row}-{run}": (
+                        [],
+                        _cascade_job,
+                        (out, refs[row[0]], row, run, study, "headline", checked),
+                    )
                     for checked in (True, False)
                     for run in runs
                     for row, c in rows
@@ -1187,7 +1153,11 @@ def run_study(
                 _schedule(ladder, study.jobs, log)
             if study.plateau_steps:
                 plateau = {  # most decisive rows first; a row's runs side by side
-                    f"plateau-{row}-{run}": ([], _plateau_job, (out, refs[row[0]], row, run, study))
+                    f"plateau-{row}-{run}": (
+                        [],
+                        _cascade_job,
+                        (out, refs[row[0]], row, run, study, "plateau", False),
+                    )
                     for row in plateau_rows(out, study)
                     for run in range(study.for_model(row[0]).runs)
                 }
@@ -1209,8 +1179,6 @@ __all__ = [
     "StudyConfig",
     "judge_grid",
     "load_study",
-    "plateau_attacks",
-    "plateau_rows",
     "run_study",
     "setting_attacks",
     "unbits",

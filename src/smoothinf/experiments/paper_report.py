@@ -484,7 +484,8 @@ def plateau_tables(res: dict) -> dict | None:
     """The plateau stage's rows merged with everything before them, on its first N examples:
     ``grid`` (the evaluation's and the headline ladder's attacks only) and ``converged`` (with the
     plateau attacks), both ``aggregate`` tables of the models whose best smoothed row the stage
-    finished for every run; ``plateau`` {(model, setting): runs measured}; None before it ran."""
+    finished for every run; ``measured`` {(model, setting)} the stage ran on for every run; None
+    before it ran."""
     plateau = res.get("plateau") or []
     if not plateau:
         return None
@@ -521,7 +522,7 @@ def plateau_tables(res: dict) -> dict | None:
         "n": n,
         "grid": aggregate(earlier),
         "converged": aggregate(earlier + added),
-        "plateau": {(m, st): True for m, st, _ in keys},
+        "measured": {(m, st) for m, st, _ in keys},
         "seconds": sum(r["craft_seconds"] + r["judge_seconds"] for r in plateau),
         "gradients": max(int(r["gradients"]) for r in plateau),
     }
@@ -572,7 +573,7 @@ def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> 
         if s is None or b is None:
             continue
         sg = _rows(grid, model=model, setting="smoothed", sigma=s["sigma"], key=s["key"])
-        base_conv = _fmt(b["worst"]) if pt["plateau"].get((model, "base")) else "not run"
+        base_conv = _fmt(b["worst"]) if (model, "base") in pt["measured"] else "not run"
         L.append(
             f"| {model} | {_fmt(bg['worst'])} | {base_conv} | {s['key']} sigma {s['sigma']} | "
             f"{_fmt(sg[0]['worst']) if sg else '-'} | {_fmt(s['worst'])} |"
