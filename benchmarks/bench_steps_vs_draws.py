@@ -8,6 +8,9 @@ the mean P(correct) of the smoothed classifier, lower = stronger attack.
 
     python benchmarks/bench_steps_vs_draws.py -c runs/paper_mnist/models/ft_epgd/best.safetensors \
         --sigma 0 --pairs 200x2 50x8 12x32 100x16 25x64 [--examples 200] [--out results/steps_vs_draws.md]
+
+``--runs R`` repeats each pair R times from fresh random starts and noise (the restarts test: with
+``--save``, ``bench_worst_of.py`` gives the cumulative worst case over runs).
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def main() -> None:
     p.add_argument("--judge-subsets", type=int, default=32)
     p.add_argument("--eps", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--runs", type=int, default=1, help="independent runs (fresh random starts and noise) per pair"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--loss", choices=("ce", "dlr"), default="ce", help="ce: expected softmax; dlr: expected loss"
@@ -72,14 +78,18 @@ def main() -> None:
         "| steps x draws | gradients per image | accuracy % | majority-right % | craft s |",
         "|---|---|---|---|---|",
     ]
-    for steps, draws in sorted(args.pairs, key=lambda sd: (sd[0] * sd[1], -sd[1])):
+    if args.runs < 1:
+        raise SystemExit(f"--runs must be >= 1, got {args.runs}")
+    budgets = sorted(args.pairs, key=lambda sd: (sd[0] * sd[1], -sd[1]))
+    for (steps, draws), run in ((sd, k) for sd in budgets for k in range(args.runs)):
         attack = APGD(
             model, args.eps, steps, noise=noise, m=draws, reduce=reduce, loss=args.loss, judge=judge
         )
+        seed = args.seed + 1000 * run  # run 0 reproduces a single-run benchmark with the same --seed
         start = time.perf_counter()
-        x_adv = attack(x, y, torch.Generator().manual_seed(args.seed + 1))
+        x_adv = attack(x, y, torch.Generator().manual_seed(seed + 1))
         seconds = time.perf_counter() - start
-        gen = torch.Generator().manual_seed(args.seed + 2)
+        gen = torch.Generator().manual_seed(seed + 2)
         judged = judge_grid(
             model,
             args.sigma,
@@ -94,8 +104,10 @@ def main() -> None:
         p_ok = judged[f"{args.vote}@{args.m}"]
         if args.save:
             Path(args.save).mkdir(parents=True, exist_ok=True)
-            np.save(Path(args.save) / f"{args.loss}-{steps}x{draws}.npy", p_ok.numpy())
-        cells = [f"{steps} x {draws}", str(steps * draws), f"{100 * p_ok.mean():.1f}"]
+            tag = f"-run{run}" if run else ""
+            np.save(Path(args.save) / f"{args.loss}-{steps}x{draws}{tag}.npy", p_ok.numpy())
+        label = f"{steps} x {draws}" + (f" (run {run})" if args.runs > 1 else "")
+        cells = [label, str(steps * draws), f"{100 * p_ok.mean():.1f}"]
         cells += [f"{100 * (p_ok >= 0.5).float().mean():.1f}", f"{seconds:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)

@@ -27,7 +27,7 @@ from smoothinf.experiments.paper_report import (
     square_lines,
 )
 from smoothinf.experiments.step_check import load_train_config, time_train_step, train_configs
-from smoothinf.experiments.study import correct_fraction, encode_correct
+from smoothinf.experiments.study import correct_fraction, encode_correct, min_estimate_bias
 from smoothinf.models import create_model_for
 from smoothinf.noise import inject_noise
 from smoothinf.smoothing import SmoothedClassifier
@@ -806,3 +806,49 @@ def test_cascaded_stage_names_are_checked(tmp_path):
             {},
             print,
         )
+
+
+def test_min_estimate_bias_matches_the_exact_expected_minimum():
+    """A examples' worth of A identical estimates p = 0.5 from 32 judgements: the expected minimum of
+    A Binomial(32, 0.5) / 32 is sum_k P(X >= k)^A / 32; exact estimates (0/1) carry no bias."""
+    s, a = 32, 4
+    tail = [sum(math.comb(s, j) for j in range(k, s + 1)) / 2**s for k in range(1, s + 1)]
+    exact = sum(t**a for t in tail) / s - 0.5
+    rng = np.random.default_rng(0)
+    got = min_estimate_bias(np.full((a, 200), 0.5), s, rng, draws=500)
+    assert exact < -0.08  # about -0.093: four estimates of a coin undershoot it by 9 points
+    assert got == pytest.approx(exact, abs=0.004)
+    assert min_estimate_bias(np.full((1, 200), 0.5), s, rng) == pytest.approx(0.0, abs=0.004)
+    exact_rows = rng.integers(0, 2, size=(5, 50)).astype(float)
+    assert min_estimate_bias(exact_rows, [1, 32, 32, 8, 1], rng) == 0.0
+    with pytest.raises(ValueError, match="attacks, examples"):
+        min_estimate_bias(np.ones(5), s, rng)
+    with pytest.raises(ValueError, match=">= 1"):
+        min_estimate_bias(np.ones((2, 5)), 0, rng)
+
+
+def test_worst_case_noise_of_a_row_averages_its_runs_and_ignores_other_rows():
+    """Four attacks each estimating P(correct) = 0.5 from 32 judgements on every image of a row: the
+    worst case's undershoot is the exact -0.093 of four coin estimates (see above); rows judged
+    once with 0/1 results, other keys and other rows add nothing."""
+    from smoothinf.experiments.paper_report import worst_case_noise
+
+    def row(run, attack, p, subsets=32, key="hard@8", model="m"):
+        frac = torch.full((300,), p)
+        return {
+            "model": model,
+            "setting": "smoothed",
+            "sigma": 0.1,
+            "run": run,
+            "attack": attack,
+            "n": 300,
+            "judge_subsets": subsets,
+            "correct": {key: encode_correct(frac, subsets)},
+        }
+
+    rows = [row(run, a, 0.5) for run in (0, 1) for a in ("apgd-ce", "apgd-dlr", "square", "pgd")]
+    rows += [row(0, "clean", 1.0, subsets=0), row(0, "other", 0.0, key="hard@1"), row(0, "x", 0.0, model="z")]
+    assert worst_case_noise(rows, "m", "smoothed", 0.1, "hard@8") == pytest.approx(-0.0929, abs=0.004)
+    assert worst_case_noise(rows, "m", "smoothed", 0.1, "soft@8") == 0.0
+    exact = [row(r, a, 1.0, subsets=0) for r in (0, 1) for a in ("clean", "apgd-ce")]
+    assert worst_case_noise(exact, "m", "smoothed", 0.1, "hard@8") == 0.0

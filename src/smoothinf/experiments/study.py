@@ -195,6 +195,28 @@ def correct_fraction(row: dict, key: str, n: int | None = None) -> np.ndarray:
     return counts.astype(np.float64) / subsets
 
 
+def min_estimate_bias(
+    estimates: np.ndarray, subsets: int | np.ndarray, rng: np.random.Generator, draws: int = 400
+) -> float:
+    """The judging noise in a worst case over attacks: a plug-in parametric bootstrap of
+    mean_n(E[min_a p_hat_a] - min_a p_a), negative when the per-example minimum is biased low.
+
+    ``estimates`` (A, N): per attack and example the estimated P(correct), each the mean of
+    ``subsets`` (an int, or (A,) per attack) independent 0/1 judgements; each is redrawn ``draws``
+    times as Binomial(subsets, p_hat) / subsets. Estimates in {0, 1} (deterministic rows) add no
+    noise; a single judgement of a randomised classifier (subsets 1, p_hat 0 or 1) is taken as
+    exact, so its noise is not counted.
+    """
+    p = np.clip(np.asarray(estimates, dtype=np.float64), 0.0, 1.0)
+    if p.ndim != 2 or not p.size:
+        raise ValueError(f"estimates must be (attacks, examples) and non-empty, got shape {p.shape}")
+    s = np.broadcast_to(np.asarray(subsets, dtype=np.int64).reshape(-1, 1), p.shape)
+    if (s < 1).any():
+        raise ValueError("subsets must be >= 1")
+    resampled = rng.binomial(s, p, size=(draws, *p.shape)) / s
+    return float(resampled.min(1).mean() - p.min(0).mean())
+
+
 def unbits(hexstr: str, n: int) -> np.ndarray:
     """(n,) bool from the hex of ``np.packbits`` (the per-example correctness stored in results)."""
     return np.unpackbits(np.frombuffer(bytes.fromhex(hexstr), dtype=np.uint8))[:n].astype(bool)
