@@ -13,6 +13,10 @@ Binomial(subsets, p) / subsets): the part of a fall in the cumulative worst case
 noise alone would give.
 
     python benchmarks/bench_worst_of.py /tmp/plateau [--out benchmarks/results/plateau.md]
+
+``--study DIR --row MODEL,SIGMA,VOTE@M,RUN`` starts the cumulative worst case from a paper study's
+own worst case on that smoothed row (every attack of ``DIR``'s grid, headline ladder and plateau
+stage, on the same first images): do further runs find images the whole study left robust?
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothinf.experiments.study import min_estimate_bias
+from smoothinf.experiments.paper_report import load_results
+from smoothinf.experiments.study import correct_fraction, min_estimate_bias
 from timing import emit
 
 
@@ -31,6 +36,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder")
     p.add_argument("--subsets", type=int, default=32, help="judgements per P(correct) (0: no bootstrap)")
+    p.add_argument("--study", default=None, help="a paper study's results folder to start from")
+    p.add_argument("--row", default=None, help="with --study: MODEL,SIGMA,VOTE@M,RUN of a smoothed row")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     budgets: dict[tuple[int, int, int], dict[str, np.ndarray]] = defaultdict(dict)
@@ -51,19 +58,49 @@ def main() -> None:
         "|---|---|---|" + "---|" * (len(losses) + 3),
     ]
     seen: list[np.ndarray] = []
+    subsets: list[int] = []
     rng = np.random.default_rng(0)
+    if args.study:
+        n = len(next(iter(next(iter(budgets.values())).values())))
+        seen, subsets = study_estimates(Path(args.study), args.row, n)
+        cumulative = 100 * np.min(np.stack(seen), 0).mean()
+        bias = 100 * min_estimate_bias(np.stack(seen), subsets, rng)
+        blank = " | ".join("-" for _ in losses)
+        label = f"the study's {len(seen)} attacks ({args.row})"
+        lines.append(f"| {label} | - | - | {blank} | - | {cumulative:.1f} | {bias:+.1f} |")
     for steps, draws, run in sorted(budgets, key=lambda k: (k[0] * k[1], k)):
         per = budgets[(steps, draws, run)]
         seen += [per[loss] for loss in losses if loss in per]
+        subsets += [args.subsets] * sum(loss in per for loss in losses)
         worst = np.min(np.stack(list(per.values())), 0)
         cumulative = np.min(np.stack(seen), 0)
         cells = [f"{steps} x {draws}", str(run), str(steps * draws)]
         cells += [f"{100 * per[loss].mean():.1f}" if loss in per else "-" for loss in losses]
         cells += [f"{100 * worst.mean():.1f}", f"{100 * cumulative.mean():.1f}"]
-        bias = min_estimate_bias(np.stack(seen), args.subsets, rng) if args.subsets else None
+        bias = min_estimate_bias(np.stack(seen), subsets, rng) if args.subsets else None
         cells.append("-" if bias is None else f"{100 * bias:+.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     emit("\n".join(lines), args.out)
+
+
+def study_estimates(out: Path, row: str | None, n: int) -> tuple[list[np.ndarray], list[int]]:
+    """Per attack of a paper study's smoothed row (clean pass included) its estimated P(correct) on
+    the first n images, and the judgements behind each estimate."""
+    if not row or len(parts := row.split(",")) != 4:
+        raise SystemExit("--study needs --row MODEL,SIGMA,VOTE@M,RUN, e.g. ft_epgd,0.1,hard@8,0")
+    model, sigma, key, run = parts[0], float(parts[1]), parts[2], int(parts[3])
+    res = load_results(out)
+    rows = [
+        r
+        for r in res["rows"] + res.get("headline", []) + res.get("plateau", [])
+        if (r["model"], r["setting"], r["sigma"], r["run"]) == (model, "smoothed", sigma, run)
+        and key in r["correct"]
+        and int(r["n"]) >= n
+    ]
+    if not rows:
+        raise SystemExit(f"no smoothed rows {row} with at least {n} images in {out}")
+    judgements = [max(1, int(r.get("judge_subsets") or 0)) for r in rows]
+    return [correct_fraction(r, key, n) for r in rows], judgements
 
 
 if __name__ == "__main__":

@@ -716,7 +716,26 @@ def test_plateau_attacks_use_the_plateau_budget(sigma):
     study = StudyConfig(models=["m"], apgd_steps=5, draws=3, plateau_steps=7, plateau_draws=4)
     attacks = plateau_attacks(_tiny_model("pni-w"), study, sigma)
     assert list(attacks) == ["apgd-ce@plateau", "apgd-dlr@plateau"]
-    assert all((a.steps, a.m) == (7, 4) for a in attacks.values())
+    assert all((a.steps, a.m, a.restarts) == (7, 4, 1) for a in attacks.values())
+    study.plateau_restarts = 3
+    assert all(a.restarts == 3 for a in plateau_attacks(_tiny_model("pni-w"), study, sigma).values())
+    assert all(a.restarts == 3 for a in plateau_attacks(_tiny_model(), study, None).values())
+
+
+def test_plateau_restarts_join_the_key_only_above_one(tmp_path):
+    """Rows run before plateau_restarts existed keep their fingerprint at 1; 2 re-keys the stage."""
+    from smoothinf.experiments.paper_mnist import StudyConfig, _plateau_key
+
+    study = StudyConfig(models=["m"], plateau_steps=7, plateau_draws=4, plateau_examples=5, examples=10)
+    row, weights = ("m", "smoothed", 0.1), tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    one = _plateau_key(tmp_path, weights, row, 0, study)[0]
+    study.plateau_restarts = 2
+    two = _plateau_key(tmp_path, weights, row, 0, study)[0]
+    study.plateau_restarts = 1
+    assert _plateau_key(tmp_path, weights, row, 0, study)[0] == one != two
+    with pytest.raises(ConfigError, match="^plateau_restarts must be an integer >= 1, not 0$"):
+        StudyConfig(models=["m"], plateau_restarts=0).validate()
 
 
 def test_first_examples_keeps_the_first_n_of_either_encoding():

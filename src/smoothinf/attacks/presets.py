@@ -10,7 +10,8 @@
   noise only;
 - unsmoothed deterministic rows: APGD-CE and APGD-T (DLR, 9 targets), AutoAttack's white-box pair
   (the official AutoAttack ``standard`` runs beside it as the cross-check).
-``scale`` multiplies steps and draws (2: the convergence check's doubled budget).
+``scale`` multiplies steps and draws (2: the convergence check's doubled budget); ``restarts`` runs
+each APGD attack that many times from fresh random starts on the examples not yet fooled.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ def preset_attacks(
     draws: int = DEFAULT_DRAWS,
     scale: int = 1,
     norm: str = "linf",
+    restarts: int = 1,
 ) -> dict[str, PGD]:
     """The attacks of preset ``name`` for base ``model`` smoothed with ``noise`` (None / sigma 0: unsmoothed).
 
     ``judge`` is the defended classifier (picks each example's strongest visited point); ``steps``
-    and ``draws`` (per step) set the APGD budget, times ``scale``.
+    and ``draws`` (per step) set the APGD budget, times ``scale``; ``restarts`` per APGD attack.
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown attack preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -59,13 +61,11 @@ def preset_attacks(
     randomised = noise is not None or bool(noise_layers(model))
     if randomised:
         m = draws
-        attacks["apgd-ce"] = APGD(
-            model, eps, steps, norm, noise=noise, m=m, reduce="softmax", loss="ce", judge=judge
-        )
-        attacks["apgd-dlr"] = APGD(
-            model, eps, steps, norm, noise=noise, m=m, reduce="loss", loss="dlr", judge=judge
-        )
+        common = dict(noise=noise, m=m, judge=judge, restarts=restarts)
+        attacks["apgd-ce"] = APGD(model, eps, steps, norm, reduce="softmax", loss="ce", **common)
+        attacks["apgd-dlr"] = APGD(model, eps, steps, norm, reduce="loss", loss="dlr", **common)
     else:
-        attacks["apgd-ce"] = APGD(model, eps, steps, norm, loss="ce", judge=judge)
-        attacks["apgd-t"] = APGD(model, eps, steps, norm, loss="dlr", target_classes=9, judge=judge)
+        common = dict(judge=judge, restarts=restarts)
+        attacks["apgd-ce"] = APGD(model, eps, steps, norm, loss="ce", **common)
+        attacks["apgd-t"] = APGD(model, eps, steps, norm, loss="dlr", target_classes=9, **common)
     return attacks

@@ -234,12 +234,13 @@ def adaptive_preset(
     sigma: float | None,
     scale: int = 1,
     budget: tuple[int, int] | None = None,
+    restarts: int = 1,
 ) -> dict[str, Callable]:
     """The ``default`` preset of one row at ``scale`` x (apgd_steps, draws), or at ``budget`` =
-    (steps, draws) when given: PGD-20 on the base model, APGD-CE on the expected softmax and
-    APGD-DLR on the expected loss through the noise, judged by a soft-vote smoothed classifier at
-    the largest m. ``sigma`` None: the unsmoothed base model (its own weight noise only, no
-    judge); sigma 0: the weight-noise vote."""
+    (steps, draws) when given, each APGD attack ``restarts`` times: PGD-20 on the base model,
+    APGD-CE on the expected softmax and APGD-DLR on the expected loss through the noise, judged by
+    a soft-vote smoothed classifier at the largest m. ``sigma`` None: the unsmoothed base model
+    (its own weight noise only, no judge); sigma 0: the weight-noise vote."""
     steps, draws = budget if budget is not None else (study.apgd_steps, study.draws)
     judge = None if sigma is None else SmoothedClassifier(model, sigma, max(study.ms), "soft")
     noise = sigma if sigma else None
@@ -253,6 +254,7 @@ def adaptive_preset(
             steps=steps,
             draws=draws,
             scale=scale,
+            restarts=restarts,
         )
     )
 
@@ -827,7 +829,8 @@ def _ladder_key(
 def plateau_attacks(model: nn.Module, study: StudyConfig, sigma: float | None) -> dict[str, Callable]:
     """The plateau stage's attacks of one row (``sigma`` None: the base model): the adaptive
     preset's APGD attacks at (plateau_steps, plateau_draws), named ``apgd-ce@plateau`` ..."""
-    presets = adaptive_preset(model, study, sigma, budget=(study.plateau_steps, study.plateau_draws))
+    budget = (study.plateau_steps, study.plateau_draws)
+    presets = adaptive_preset(model, study, sigma, budget=budget, restarts=study.plateau_restarts)
     return {f"{a}@plateau": fn for a, fn in presets.items() if a != "pgd"}
 
 
@@ -874,7 +877,9 @@ def _plateau_key(
         "prior_rows": sorted({r["fingerprint"] for r in prior}),
         "row": list(row),
         "run": run,
-        "plateau": [study.plateau_steps, study.plateau_draws, study.plateau_examples],
+        # restarts join the key only when > 1: rows run before the setting existed keep theirs
+        "plateau": [study.plateau_steps, study.plateau_draws, study.plateau_examples]
+        + ([study.plateau_restarts] if study.plateau_restarts > 1 else []),
     }
     return fingerprint(ident, [ckpt]), prior
 

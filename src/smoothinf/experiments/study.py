@@ -68,10 +68,13 @@ class StudyConfig:
     # The plateau stage (0 steps: off): every model's best smoothed row (sigma > 0) and its base on
     # the first plateau_examples examples of every run, under APGD-CE / APGD-DLR at plateau_steps x
     # plateau_draws (a budget whose doubling was measured to move the worst case < 1 point),
-    # cascaded after the grid's and the headline's attacks of the same row and run
+    # cascaded after the grid's and the headline's attacks of the same row and run; each attack
+    # runs plateau_restarts times from fresh random starts on the examples it has not yet fooled
+    # (steps and draws converge at 200 x 64, restarts not on the hard vote: BENCHMARKS.md)
     plateau_steps: int = 0
     plateau_draws: int = 0
     plateau_examples: int = 100
+    plateau_restarts: int = 1
     cert_sigmas: list[float] = field(default_factory=lambda: [0.25])
     cert_examples: int = 500
     cert_n0: int = 100
@@ -118,6 +121,8 @@ class StudyConfig:
         for key in ("plateau_steps", "plateau_draws", "plateau_examples"):
             if type(getattr(self, key)) is not int or getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be an integer >= 0, not {getattr(self, key)!r}")
+        if type(self.plateau_restarts) is not int or self.plateau_restarts < 1:
+            raise ConfigError(f"plateau_restarts must be an integer >= 1, not {self.plateau_restarts!r}")
         if self.plateau_steps and (self.plateau_draws < 1 or not 1 <= self.plateau_examples <= self.examples):
             raise ConfigError(
                 "the plateau stage needs plateau_draws >= 1 and 1 <= plateau_examples <= examples "
