@@ -9,8 +9,10 @@ the mean P(correct) of the smoothed classifier, lower = stronger attack.
     python benchmarks/bench_steps_vs_draws.py -c runs/paper_mnist/models/ft_epgd/best.safetensors \
         --sigma 0 --pairs 200x2 50x8 12x32 100x16 25x64 [--examples 200] [--out results/steps_vs_draws.md]
 
-``--runs R`` repeats each pair R times from fresh random starts and noise (the restarts test: with
-``--save``, ``bench_worst_of.py`` gives the cumulative worst case over runs).
+``--temperature T`` (CE only) follows the expected softmax of logits / T, a surrogate of the
+hard vote's tally for T < 1; saved as ``ce_t<T>-...``. ``--runs R`` repeats each pair R times
+from fresh random starts and noise (the restarts test: with ``--save``, ``bench_worst_of.py``
+gives the cumulative worst case over runs).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def main() -> None:
     p.add_argument(
         "--loss", choices=("ce", "dlr"), default="ce", help="ce: expected softmax; dlr: expected loss"
     )
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="ce only: the expected softmax of logits / T"
+    )
     p.add_argument("--save", default=None, help="folder for each pair's per-image P(correct) (.npy)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -67,6 +72,13 @@ def main() -> None:
     judge = SmoothedClassifier(model, args.sigma, args.m, args.vote)
     reduce = "softmax" if args.loss == "ce" else "loss"  # as the default preset pairs them
     reduce_name = "expected softmax" if reduce == "softmax" else "expected loss"
+    if args.temperature != 1.0:
+        if args.loss != "ce":
+            raise SystemExit(
+                "--temperature applies to --loss ce (DLR does not change with the logits' scale)"
+            )
+        reduce_name += f" of logits / {args.temperature:g}"
+    label = args.loss if args.temperature == 1.0 else f"{args.loss}_t{args.temperature:g}"
     noise = args.sigma if args.sigma > 0 else None
     lines = [
         f"APGD-{args.loss.upper()} ({reduce_name}) on {args.checkpoint}, sigma {args.sigma:g}, "
@@ -83,7 +95,15 @@ def main() -> None:
     budgets = sorted(args.pairs, key=lambda sd: (sd[0] * sd[1], -sd[1]))
     for (steps, draws), run in ((sd, k) for sd in budgets for k in range(args.runs)):
         attack = APGD(
-            model, args.eps, steps, noise=noise, m=draws, reduce=reduce, loss=args.loss, judge=judge
+            model,
+            args.eps,
+            steps,
+            noise=noise,
+            m=draws,
+            reduce=reduce,
+            temperature=args.temperature,
+            loss=args.loss,
+            judge=judge,
         )
         seed = args.seed + 1000 * run  # run 0 reproduces a single-run benchmark with the same --seed
         start = time.perf_counter()
@@ -105,7 +125,7 @@ def main() -> None:
         if args.save:
             Path(args.save).mkdir(parents=True, exist_ok=True)
             tag = f"-run{run}" if run else ""
-            np.save(Path(args.save) / f"{args.loss}-{steps}x{draws}{tag}.npy", p_ok.numpy())
+            np.save(Path(args.save) / f"{label}-{steps}x{draws}{tag}.npy", p_ok.numpy())
         label = f"{steps} x {draws}" + (f" (run {run})" if args.runs > 1 else "")
         cells = [label, str(steps * draws), f"{100 * p_ok.mean():.1f}"]
         cells += [f"{100 * (p_ok >= 0.5).float().mean():.1f}", f"{seconds:.0f}"]

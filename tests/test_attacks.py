@@ -608,3 +608,43 @@ def test_cli_attack_smoothed(synthetic_checkpoints, capsys):
     plain = base[:8] + base[13:]  # without --smooth --sigma 0.1 --m 16
     assert "--smooth" not in plain and plain[8:10] == ["--eps", "0.1"]
     assert _cli_json(capsys, [*plain, "--attack", "pgd", "--judgements", "3"])["judgements"] == 1
+
+
+def test_tempered_expected_softmax_tends_to_the_hard_vote_tally():
+    """With reduce="softmax" and a small temperature the mean probabilities are the share of the
+    same draws whose argmax is each class (the hard vote's tally), chunked or not; T = 1 is the
+    plain expected softmax; a bad temperature is a clear error."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand((5, 1, 4, 4), generator=gen(0))
+    y = torch.tensor([0, 2, 1, 1, 0])
+    noise = NoiseDistribution.gaussian(0.8)
+    m, seen = 64, []
+
+    def record(logits, labels):
+        seen.append(logits.detach())
+        return ce_loss(logits, labels)
+
+    expected_loss(model, x, y, record, noise=noise, m=m, reduce="loss", generator=gen(5), batch_size=10**6)
+    tally = torch.nn.functional.one_hot(seen[0].view(m, 5, 3).argmax(-1), 3).float().mean(0)
+    assert 0.05 < tally.max(1).values.min() < 0.95  # the draws disagree: a real test of the tally
+    for batch_size in (10**6, 20):  # one batch; 4 draws per chunk (the two-pass replay)
+        grad, _, probs = expected_loss(
+            model,
+            x,
+            y,
+            ce_loss,
+            noise=noise,
+            m=m,
+            reduce="softmax",
+            generator=gen(5),
+            batch_size=batch_size,
+            temperature=1e-4,
+        )
+        torch.testing.assert_close(probs, tally, atol=1e-3, rtol=0)
+        assert grad.shape == x.shape and torch.isfinite(grad).all()
+    _, _, plain = expected_loss(
+        model, x, y, ce_loss, noise=noise, m=m, reduce="softmax", generator=gen(5), batch_size=10**6
+    )
+    torch.testing.assert_close(plain, seen[0].view(m, 5, 3).softmax(-1).mean(0), atol=1e-6, rtol=0)
+    with pytest.raises(SmoothinfError, match="temperature must be a number > 0"):
+        EPGD(model, 0.1, 8, 0.1, temperature=0)

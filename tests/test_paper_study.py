@@ -711,7 +711,7 @@ def test_plateau_stage_needs_draws_and_examples_within_the_grid(over):
 @pytest.mark.parametrize("sigma", [None, 0.1])
 def test_plateau_attacks_use_the_plateau_budget(sigma):
     """The plateau stage's APGD attacks run plateau_steps x plateau_draws whatever the grid's budget."""
-    from smoothinf.experiments.paper_mnist import StudyConfig, plateau_attacks
+    from smoothinf.experiments.paper_mnist import StudyConfig, plateau_attacks, randomised_row
 
     study = StudyConfig(models=["m"], apgd_steps=5, draws=3, plateau_steps=7, plateau_draws=4)
     attacks = plateau_attacks(_tiny_model("pni-w"), study, sigma)
@@ -720,6 +720,19 @@ def test_plateau_attacks_use_the_plateau_budget(sigma):
     study.plateau_restarts = 3
     assert all(a.restarts == 3 for a in plateau_attacks(_tiny_model("pni-w"), study, sigma).values())
     assert all(a.restarts == 3 for a in plateau_attacks(_tiny_model(), study, None).values())
+    study.plateau_temperature = 0.25  # a third attack: tempered APGD-CE, same budget and restarts
+    for model, sigma_ in ((_tiny_model("pni-w"), sigma), (_tiny_model(), None)):
+        attacks = plateau_attacks(model, study, sigma_)
+        tempered = attacks["apgd-ce-t@plateau"]
+        assert list(attacks)[-1] == "apgd-ce-t@plateau" and len(attacks) == 3
+        assert (tempered.temperature, tempered.reduce, tempered.steps, tempered.m) == (
+            0.25,
+            "softmax",
+            7,
+            4 if randomised_row(model, sigma_) else 1,
+        )
+        assert tempered.restarts == 3 and "temperature=0.25" in repr(tempered)
+        assert all(a.temperature == 1.0 for name, a in attacks.items() if name != "apgd-ce-t@plateau")
 
 
 def test_plateau_restarts_join_the_key_only_above_one(tmp_path):
@@ -736,6 +749,8 @@ def test_plateau_restarts_join_the_key_only_above_one(tmp_path):
     assert _plateau_key(tmp_path, weights, row, 0, study)[0] == one != two
     with pytest.raises(ConfigError, match="^plateau_restarts must be an integer >= 1, not 0$"):
         StudyConfig(models=["m"], plateau_restarts=0).validate()
+    with pytest.raises(ConfigError, match="^plateau_temperature must be a number >= 0"):
+        StudyConfig(models=["m"], plateau_temperature=-1.0).validate()
 
 
 def test_first_examples_keeps_the_first_n_of_either_encoding():

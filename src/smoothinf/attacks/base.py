@@ -187,6 +187,7 @@ def expected_loss(
     need_grad: bool = True,
     per_draw: bool = True,
     need_probs: bool = True,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """Monte Carlo estimate of an expected loss over m draws, its input gradient and mean probabilities.
 
@@ -200,6 +201,9 @@ def expected_loss(
     A chunk holds at least one draw of all N rows: split larger batches of examples before calling.
     ``per_draw=False`` skips the per-draw context (a model without noise layers; saves a module walk);
     ``need_probs=False`` skips the mean probabilities of reduce="loss" (returned as None).
+    ``temperature`` T divides every draw's logits before the loss: with reduce="softmax" and T < 1,
+    mean_j softmax(z_j / T) tends to the share of draws voting for each class, the hard vote's
+    tally (a surrogate for prediction voting; T = 1 is SmoothAdv's soft vote).
 
     Returns ``(grad (N,C,H,W) or None, loss (N,), mean probabilities (N,K))``; x: (N,C,H,W) in [0,1].
     """
@@ -214,9 +218,11 @@ def expected_loss(
             eta = noise.sample((d,) + tuple(xa.shape), generator, generator.device, xa.dtype).to(xa.device)
         rows = rows_for_draws(xa, d, eta)
         if not per_draw:
-            return draw_major(model(rows), d)
-        with per_draw_noise(model, d, generator):
-            return draw_major(model(rows), d)
+            logits = draw_major(model(rows), d)
+        else:
+            with per_draw_noise(model, d, generator):
+                logits = draw_major(model(rows), d)
+        return logits if temperature == 1.0 else logits / temperature
 
     if reduce == "loss":
         grad = loss_sum = prob_sum = None

@@ -37,6 +37,8 @@ class ExpectationPGD(PGD):
         m: noise draws per step (default: the smoothed classifier's m, else 1).
         eps, alpha, steps, norm, random_start, restarts, loss, targeted, batch_size: as in PGD.
         reduce: "loss" (EPGD) or "softmax" (SmoothAdv).
+        temperature: T > 0 divides the logits of every draw before the loss; T < 1 with
+            reduce="softmax" follows the hard vote's tally (see ``expected_loss``).
         judge: classifier that picks each example's strongest visited point with fresh noise;
             default: the SmoothedClassifier passed as ``model`` (else the surrogate expectation).
     """
@@ -59,10 +61,13 @@ class ExpectationPGD(PGD):
         targeted: bool = False,
         *,
         reduce: str | None = None,
+        temperature: float = 1.0,
         judge: nn.Module | JudgeFn | None = None,
         batch_size: int | None = None,
         eval_mode: bool = True,
     ) -> None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ConfigError(f"temperature must be a number > 0, got {temperature!r}")
         if eps is None:
             raise ConfigError("eps is required (pixel units)")
         reduce = self.default_reduce if reduce is None else reduce
@@ -93,6 +98,7 @@ class ExpectationPGD(PGD):
         )
         self.noise = noise
         self.reduce = reduce
+        self.temperature = float(temperature)
 
     def default_alpha(self) -> float:
         """The paper's reference step eps / 4 (see the module docstring)."""

@@ -87,6 +87,7 @@ class PGD(Attack):
         # The expectation the step follows: none here (EOT over the model's own noise only).
         self.noise: NoiseDistribution | None = None
         self.reduce = "loss"
+        self.temperature = 1.0  # logits / T before the loss (``expected_loss``)
         self._per_draw = True
         self._weight_values = 0
         self._grad_rows: int | None = None
@@ -141,6 +142,7 @@ class PGD(Attack):
             need_grad=need_grad,
             per_draw=self._per_draw,
             need_probs=need_probs,
+            temperature=self.temperature,
         )
 
     def _track(self, visited: VisitedPoints, adv: torch.Tensor, y: torch.Tensor, loss, probs) -> None:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from smoothinf._version import __version__
-from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack, is_randomised
+from smoothinf.attacks import APGD, EPGD, PGD, AutoAttackAdapter, TransferAttack, is_randomised
 from smoothinf.attacks.presets import preset_attacks
 from smoothinf.data import load_splits
 from smoothinf.errors import ConfigError
@@ -828,10 +828,26 @@ def _ladder_key(
 
 def plateau_attacks(model: nn.Module, study: StudyConfig, sigma: float | None) -> dict[str, Callable]:
     """The plateau stage's attacks of one row (``sigma`` None: the base model): the adaptive
-    preset's APGD attacks at (plateau_steps, plateau_draws), named ``apgd-ce@plateau`` ..."""
+    preset's APGD attacks at (plateau_steps, plateau_draws), named ``apgd-ce@plateau`` ..., then
+    with ``plateau_temperature`` T > 0 APGD-CE on the expected softmax of logits / T,
+    ``apgd-ce-t@plateau`` (a surrogate of the hard vote)."""
     budget = (study.plateau_steps, study.plateau_draws)
     presets = adaptive_preset(model, study, sigma, budget=budget, restarts=study.plateau_restarts)
-    return {f"{a}@plateau": fn for a, fn in presets.items() if a != "pgd"}
+    attacks = {f"{a}@plateau": fn for a, fn in presets.items() if a != "pgd"}
+    if study.plateau_temperature:
+        ce = presets["apgd-ce"]
+        attacks["apgd-ce-t@plateau"] = APGD(
+            model,
+            study.eps,
+            ce.steps,
+            noise=ce.noise,
+            m=ce.m,
+            reduce="softmax",
+            temperature=study.plateau_temperature,
+            restarts=study.plateau_restarts,
+            judge=ce.judge,
+        )
+    return attacks
 
 
 def plateau_rows(out: Path, study: StudyConfig) -> list[tuple[str, str, float]]:
@@ -911,9 +927,16 @@ def _cascade_job(
         check = checked and run < study.headline_check_runs
         fp, prior = _ladder_key(out, ckpt, row, check, run, study)
         n, attacks_of = study.examples, lambda model: headline_attacks(model, study, target, check)
+        step_fp = fp
     elif stage == "plateau":
         fp, prior = _plateau_key(out, ckpt, row, run, study)
         n, attacks_of = study.plateau_examples, lambda model: plateau_attacks(model, study, target)
+        # the tempered attack runs after the pair: their rows keep their key, the step gets a new one
+        step_fp = (
+            fingerprint({"rows": fp, "temperature": study.plateau_temperature})
+            if study.plateau_temperature
+            else fp
+        )
     else:
         raise ConfigError(f"unknown cascaded stage {stage!r}; choose headline or plateau")
     results = out / stage / f"{name}-{setting}-{sigma}-run{run}.jsonl"
@@ -942,7 +965,7 @@ def _cascade_job(
             log=log,
         )
 
-    _run_step(out, f"{stage}/{results.stem}", fp, [results], work, log, discard=False)
+    _run_step(out, f"{stage}/{results.stem}", step_fp, [results], work, log, discard=False)
 
 
 def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:

@@ -525,6 +525,7 @@ def plateau_tables(res: dict) -> dict | None:
         "converged": aggregate(earlier + added),
         "measured": {(m, st) for m, st, _ in keys},
         "rows": earlier + added,
+        "attacks": {r["attack"] for r in added},
         "seconds": sum(r["craft_seconds"] + r["judge_seconds"] for r in plateau),
         "gradients": max(int(r["gradients"]) for r in plateau),
     }
@@ -571,6 +572,12 @@ def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> 
     smoothed row on the stage's examples before and after it, and the claims re-judged there."""
     study = res["study"]
     n, grid, conv = pt["n"], pt["grid"], pt["converged"]
+    tempered = (
+        f", then APGD-CE on the expected softmax of logits / {study.plateau_temperature:g} (a surrogate of "
+        "the hard vote's tally: 'Tempered APGD-CE' in BENCHMARKS.md)"
+        if "apgd-ce-t@plateau" in pt.get("attacks", ())
+        else ""
+    )
     L = [
         f"## Claims 1, 3, 4 and 6 under a converged budget (first {n} images)",
         "",
@@ -578,7 +585,8 @@ def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> 
         "added (see 'Attack convergence' and BENCHMARKS.md: on ft_epgd at sigma 0.1 it leaves 6-7 points "
         "more than the plateau). The plateau stage attacked every model's best smoothed row with input "
         f"noise (sigma > 0) and its base model with APGD-CE and APGD-DLR at {study.plateau_steps} steps x "
-        f"{study.plateau_draws} draws ({pt['gradients']} gradients per image; measured at 200 x 64, doubling "
+        f"{study.plateau_draws} draws{tempered} ({pt['gradients']} gradients per image and attack; "
+        "measured at 200 x 64, doubling "
         "the steps moved the worst of the two < 1 point on ft_epgd soft@8 at sigma 0.1 (0.5), on its base "
         "(0.2), on pgd_at_input_noise hard@8 (0.2) and cni_w_pgd_at hard@1 (0.3) at sigma 0.1, but 1.8 "
         "points on ft_epgd hard@8: "

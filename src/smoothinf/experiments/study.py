@@ -75,6 +75,9 @@ class StudyConfig:
     plateau_draws: int = 0
     plateau_examples: int = 100
     plateau_restarts: int = 1
+    # > 0: a third plateau attack, APGD-CE on the expected softmax of logits / T (the hard vote's
+    # tally as T -> 0), cascaded after the pair: "apgd-ce-t@plateau" (0: off)
+    plateau_temperature: float = 0.0
     cert_sigmas: list[float] = field(default_factory=lambda: [0.25])
     cert_examples: int = 500
     cert_n0: int = 100
@@ -121,6 +124,9 @@ class StudyConfig:
         for key in ("plateau_steps", "plateau_draws", "plateau_examples"):
             if type(getattr(self, key)) is not int or getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be an integer >= 0, not {getattr(self, key)!r}")
+        t = self.plateau_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
+            raise ConfigError(f"plateau_temperature must be a number >= 0 (0: off), not {t!r}")
         if type(self.plateau_restarts) is not int or self.plateau_restarts < 1:
             raise ConfigError(f"plateau_restarts must be an integer >= 1, not {self.plateau_restarts!r}")
         if self.plateau_steps and (self.plateau_draws < 1 or not 1 <= self.plateau_examples <= self.examples):
