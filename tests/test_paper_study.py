@@ -886,3 +886,23 @@ def test_worst_case_noise_of_a_row_averages_its_runs_and_ignores_other_rows():
     assert worst_case_noise(rows, "m", "smoothed", 0.1, "soft@8") == 0.0
     exact = [row(r, a, 1.0, subsets=0) for r in (0, 1) for a in ("clean", "apgd-ce")]
     assert worst_case_noise(exact, "m", "smoothed", 0.1, "hard@8") == 0.0
+
+
+@pytest.mark.parametrize("discard", [True, False])
+def test_a_step_that_keeps_its_outputs_keeps_their_time(tmp_path, discard):
+    """A step redone under a new fingerprint: when it keeps and extends its outputs (discard False,
+    the cascaded stages) the earlier attempt's seconds carry on; when it discards them they do not."""
+    from smoothinf.experiments.paper_mnist import StepState, _run_step
+
+    out, logs = tmp_path, []
+    state = StepState(out, "plateau/row", "old")
+    state.begin()
+    state.finish()
+    record = json.loads(state.path.read_text())
+    state.path.write_text(json.dumps({**record, "seconds": 100.0}))
+    output = tmp_path / "rows.jsonl"
+    output.write_text("{}\n")
+    assert _run_step(out, "plateau/row", "new", [output], lambda: None, logs.append, discard=discard)
+    seconds = json.loads(state.path.read_text())["seconds"]
+    assert (100.0 <= seconds < 105.0) if not discard else seconds < 5.0
+    assert output.exists() != discard and any(line.startswith("[redo]") for line in logs)

@@ -99,10 +99,12 @@ class StepState:
         tmp.write_text(json.dumps(self.record))
         os.replace(tmp, self.path)
 
-    def begin(self) -> None:
-        """Mark the step running; seconds of earlier finished attempts under this fingerprint carry on."""
+    def begin(self, carried: float = 0.0) -> None:
+        """Mark the step running; seconds of earlier attempts under this fingerprint carry on, and
+        ``carried`` seconds of a stale attempt whose outputs the step keeps and extends."""
         self._start = time.time()
         self._before = float(self.record.get("seconds", 0.0)) if self.record and not self.stale else 0.0
+        self._before += carried
         self._write(status="running", seconds=self._before)
 
     def finish(self, **extra) -> None:
@@ -124,7 +126,10 @@ def _run_step(
     if state.done and all(p.exists() for p in outputs):
         log(f"[skip] {name} (done, fingerprint {fp})")
         return False
+    carried = 0.0
     if state.stale:
+        # kept outputs (discard False) keep their time: rows the step then sets aside count too
+        carried = 0.0 if discard else float(state.record.get("seconds", 0.0))
         log(f"[redo] {name}: its inputs or config changed")
         for p in outputs if discard else ():
             if p.is_dir():
@@ -133,7 +138,7 @@ def _run_step(
                 p.unlink()
         state.record = None
     log(f"[run ] {name}")
-    state.begin()
+    state.begin(carried)
     extra = work() or {}
     state.finish(**extra)
     return True
