@@ -126,8 +126,8 @@ def main() -> None:
             Path(args.save).mkdir(parents=True, exist_ok=True)
             tag = f"-run{run}" if run else ""
             np.save(Path(args.save) / f"{label}-{steps}x{draws}{tag}.npy", p_ok.numpy())
-        label = f"{steps} x {draws}" + (f" (run {run})" if args.runs > 1 else "")
-        cells = [label, str(steps * draws), f"{100 * p_ok.mean():.1f}"]
+        budget = f"{steps} x {draws}" + (f" (run {run})" if args.runs > 1 else "")
+        cells = [budget, str(steps * draws), f"{100 * p_ok.mean():.1f}"]
         cells += [f"{100 * (p_ok >= 0.5).float().mean():.1f}", f"{seconds:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)

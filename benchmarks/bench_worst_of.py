@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from smoothinf.experiments.paper_report import load_results
-from smoothinf.experiments.study import correct_fraction, min_estimate_bias
+from smoothinf.experiments.study import min_estimate_bias, row_estimates
 from timing import emit
 
 
@@ -99,8 +99,8 @@ def study_estimates(out: Path, row: str | None, n: int) -> tuple[list[np.ndarray
     ]
     if not rows:
         raise SystemExit(f"no smoothed rows {row} with at least {n} images in {out}")
-    judgements = [max(1, int(r.get("judge_subsets") or 0)) for r in rows]
-    return [correct_fraction(r, key, n) for r in rows], judgements
+    estimates, judgements = row_estimates(rows, key, n)
+    return list(estimates), judgements
 
 
 if __name__ == "__main__":

@@ -648,3 +648,6 @@ def test_tempered_expected_softmax_tends_to_the_hard_vote_tally():
     torch.testing.assert_close(plain, seen[0].view(m, 5, 3).softmax(-1).mean(0), atol=1e-6, rtol=0)
     with pytest.raises(SmoothinfError, match="temperature must be a number > 0"):
         EPGD(model, 0.1, 8, 0.1, temperature=0)
+    for bad in (float("inf"), float("nan"), True, "0.5"):
+        with pytest.raises(SmoothinfError, match="temperature must be a number > 0"):
+            EPGD(model, 0.1, 8, 0.1, temperature=bad)

@@ -15,6 +15,8 @@ al.'s 2.5 eps / steps stalls on averaged noisy gradients (on the quickstart mode
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from smoothinf.attacks.base import LossFn, check_positive_int, unwrap_smoothed
@@ -66,8 +68,9 @@ class ExpectationPGD(PGD):
         batch_size: int | None = None,
         eval_mode: bool = True,
     ) -> None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ConfigError(f"temperature must be a number > 0, got {temperature!r}")
+        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if not number or not 0 < temperature < math.inf:
+            raise ConfigError(f"temperature must be a number > 0 and finite, got {temperature!r}")
         if eps is None:
             raise ConfigError("eps is required (pixel units)")
         reduce = self.default_reduce if reduce is None else reduce

@@ -32,6 +32,7 @@ from smoothinf.experiments.study import (
     correct_fraction,
     min_estimate_bias,
     read_jsonl,
+    row_estimates,
 )
 
 MADRY_MNIST = 0.89  # Madry et al. (2018), MNIST, PGD at eps 0.3 (about 89%)
@@ -541,10 +542,7 @@ def worst_case_noise(rows: list[dict], model: str, setting: str, sigma: float, k
             runs[r["run"]].append(r)
     biases = []
     for run, rs in sorted(runs.items()):
-        n = min(int(r["n"]) for r in rs)
-        estimates = np.stack([correct_fraction(r, key, n) for r in rs])
-        subsets = [max(1, int(r.get("judge_subsets", 0) or 0)) for r in rs]
-        biases.append(min_estimate_bias(estimates, subsets, np.random.default_rng(run)))
+        biases.append(min_estimate_bias(*row_estimates(rs, key), np.random.default_rng(run)))
     return statistics.fmean(biases) if biases else 0.0
 
 

@@ -206,6 +206,15 @@ def correct_fraction(row: dict, key: str, n: int | None = None) -> np.ndarray:
     return counts.astype(np.float64) / subsets
 
 
+def row_estimates(rows: list[dict], key: str, n: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """Per result row its estimated P(correct) of ``key`` on the first n examples (default: the
+    fewest any row has), (A, N), and the judgements behind each estimate (1 for rows judged once):
+    the input of ``min_estimate_bias``."""
+    n = min(int(r["n"]) for r in rows) if n is None else n
+    judgements = [max(1, int(r.get("judge_subsets") or 0)) for r in rows]
+    return np.stack([correct_fraction(r, key, n) for r in rows]), judgements
+
+
 def min_estimate_bias(
     estimates: np.ndarray, subsets: int | np.ndarray, rng: np.random.Generator, draws: int = 400
 ) -> float:
