@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
+from per_image import add_judge_options, judge_and_save, result_row
 from smoothinf.attacks import APGD
 from smoothinf.data import load_dataset
-from smoothinf.experiments import judge_grid
 from smoothinf.models import load_checkpoint
 from smoothinf.smoothing import SmoothedClassifier
 from timing import emit
@@ -45,10 +43,7 @@ def main() -> None:
     pairs = [(200, 2), (50, 8), (12, 32), (100, 16), (25, 64)]
     p.add_argument("--pairs", type=_pair, nargs="+", default=pairs, help="STEPSxDRAWS ...")
     p.add_argument("--examples", type=int, default=200)
-    p.add_argument("--m", type=int, default=64, help="the judged classifier's draws")
-    p.add_argument("--vote", default="soft", choices=("hard", "weighted", "soft"), help="its vote")
-    p.add_argument("--judge-draws", type=int, default=256)
-    p.add_argument("--judge-subsets", type=int, default=32)
+    add_judge_options(p, vote="soft", m=64)
     p.add_argument("--eps", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -61,7 +56,6 @@ def main() -> None:
     p.add_argument(
         "--temperature", type=float, default=1.0, help="ce only: the expected softmax of logits / T"
     )
-    p.add_argument("--save", default=None, help="folder for each pair's per-image P(correct) (.npy)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -109,28 +103,10 @@ def main() -> None:
         start = time.perf_counter()
         x_adv = attack(x, y, torch.Generator().manual_seed(seed + 1))
         seconds = time.perf_counter() - start
-        gen = torch.Generator().manual_seed(seed + 2)
-        judged = judge_grid(
-            model,
-            args.sigma,
-            x_adv,
-            y,
-            [args.vote],
-            [args.m],
-            gen,
-            draws=args.judge_draws,
-            subsets=args.judge_subsets,
-        )
-        p_ok = judged[f"{args.vote}@{args.m}"]
-        if args.save:
-            Path(args.save).mkdir(parents=True, exist_ok=True)
-            tag = f"-run{run}" if run else ""
-            np.save(Path(args.save) / f"{label}-{steps}x{draws}{tag}.npy", p_ok.numpy())
+        tag = f"-run{run}" if run else ""
+        p_ok = judge_and_save(model, args.sigma, x_adv, y, args, seed + 2, f"{label}-{steps}x{draws}{tag}")
         budget = f"{steps} x {draws}" + (f" (run {run})" if args.runs > 1 else "")
-        cells = [budget, str(steps * draws), f"{100 * p_ok.mean():.1f}"]
-        cells += [f"{100 * (p_ok >= 0.5).float().mean():.1f}", f"{seconds:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-        print(lines[-1], flush=True)
+        lines.append(result_row([budget, str(steps * draws)], p_ok, seconds))
     emit("\n".join(lines), args.out)
 
 

@@ -14,9 +14,10 @@ noise alone would give.
 
     python benchmarks/bench_worst_of.py /tmp/plateau [--out benchmarks/results/plateau.md]
 
-``--study DIR --row MODEL,SIGMA,VOTE@M,RUN`` starts the cumulative worst case from a paper study's
-own worst case on that smoothed row (every attack of ``DIR``'s grid, headline ladder and plateau
-stage, on the same first images): do further runs find images the whole study left robust?
+``--study DIR --row MODEL,SIGMA,VOTE@M,RUN`` (a base model: ``MODEL,base,none@1,RUN``) starts the
+cumulative worst case from a paper study's own worst case on that row (every attack of ``DIR``'s
+grid, headline ladder and plateau stage, on the same first images): do further runs find images
+the whole study left robust?
 """
 
 from __future__ import annotations
@@ -84,21 +85,25 @@ def main() -> None:
 
 
 def study_estimates(out: Path, row: str | None, n: int) -> tuple[list[np.ndarray], list[int]]:
-    """Per attack of a paper study's smoothed row (clean pass included) its estimated P(correct) on
-    the first n images, and the judgements behind each estimate."""
+    """Per attack of a paper study's row (clean pass included) its estimated P(correct) on the
+    first n images, and the judgements behind each estimate. ``row``: MODEL,SIGMA,VOTE@M,RUN of a
+    smoothed row, or MODEL,base,none@1,RUN of a base model."""
     if not row or len(parts := row.split(",")) != 4:
-        raise SystemExit("--study needs --row MODEL,SIGMA,VOTE@M,RUN, e.g. ft_epgd,0.1,hard@8,0")
-    model, sigma, key, run = parts[0], float(parts[1]), parts[2], int(parts[3])
+        raise SystemExit(
+            "--study needs --row MODEL,SIGMA,VOTE@M,RUN (e.g. ft_epgd,0.1,hard@8,0) or MODEL,base,none@1,RUN"
+        )
+    model, key, run = parts[0], parts[2], int(parts[3])
+    setting, sigma = ("base", 0.0) if parts[1] == "base" else ("smoothed", float(parts[1]))
     res = load_results(out)
     rows = [
         r
         for r in res["rows"] + res.get("headline", []) + res.get("plateau", [])
-        if (r["model"], r["setting"], r["sigma"], r["run"]) == (model, "smoothed", sigma, run)
+        if (r["model"], r["setting"], r["sigma"], r["run"]) == (model, setting, sigma, run)
         and key in r["correct"]
         and int(r["n"]) >= n
     ]
     if not rows:
-        raise SystemExit(f"no smoothed rows {row} with at least {n} images in {out}")
+        raise SystemExit(f"no {setting} rows {row} with at least {n} images in {out}")
     estimates, judgements = row_estimates(rows, key, n)
     return list(estimates), judgements
 

@@ -549,6 +549,7 @@ def test_quick_study_end_to_end_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = (out / "paper-reproduction.md").read_text()
     assert "QUICK RUN" in page
+    assert "logits / T for T = 0.25, 0.5 in turn" in page  # both tempered plateau attacks ran
     for claim in range(1, 8):
         assert f"## Claim {claim}." in page
     proc = subprocess.run(cmd + ["--report-only"], env=env, capture_output=True, text=True, timeout=120)
@@ -733,6 +734,11 @@ def test_plateau_attacks_use_the_plateau_budget(sigma):
         )
         assert tempered.restarts == 3 and "temperature=0.25" in repr(tempered)
         assert all(a.temperature == 1.0 for name, a in attacks.items() if name != "apgd-ce-t@plateau")
+    study.plateau_temperature = [0.5, 0.25, 1.5]  # one tempered attack per T, in order
+    attacks = plateau_attacks(_tiny_model("pni-w"), study, sigma)
+    tempered = ["apgd-ce-t@plateau", "apgd-ce-t0.25@plateau", "apgd-ce-t1.5@plateau"]
+    assert list(attacks) == ["apgd-ce@plateau", "apgd-dlr@plateau", *tempered]
+    assert [attacks[name].temperature for name in tempered] == [0.5, 0.25, 1.5]
 
 
 def test_plateau_restarts_join_the_key_only_above_one(tmp_path):
@@ -749,8 +755,13 @@ def test_plateau_restarts_join_the_key_only_above_one(tmp_path):
     assert _plateau_key(tmp_path, weights, row, 0, study)[0] == one != two
     with pytest.raises(ConfigError, match="^plateau_restarts must be an integer >= 1, not 0$"):
         StudyConfig(models=["m"], plateau_restarts=0).validate()
-    with pytest.raises(ConfigError, match="^plateau_temperature must be a number >= 0"):
-        StudyConfig(models=["m"], plateau_temperature=-1.0).validate()
+    for bad in (-1.0, float("nan"), float("inf"), True, "0.5", [0.5, 0.0], [0.5, 0.5], [0.5, "x"]):
+        with pytest.raises(ConfigError, match="^plateau_temperature must be a number >= 0"):
+            StudyConfig(models=["m"], plateau_temperature=bad).validate()
+    for good, temperatures in ((0, []), (0.0, []), ([], []), (0.5, [0.5]), ([0.5, 0.25], [0.5, 0.25])):
+        study = StudyConfig(models=["m"], plateau_temperature=good)
+        study.validate()
+        assert study.plateau_temperatures() == temperatures
 
 
 def test_first_examples_keeps_the_first_n_of_either_encoding():

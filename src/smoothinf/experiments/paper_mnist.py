@@ -46,6 +46,7 @@ from smoothinf.experiments.study import (  # noqa: F401  (re-exported)
     encode_correct,
     load_study,
     read_jsonl,
+    tempered_attack_name,
     train_passes,
     unbits,
 )
@@ -834,21 +835,21 @@ def _ladder_key(
 def plateau_attacks(model: nn.Module, study: StudyConfig, sigma: float | None) -> dict[str, Callable]:
     """The plateau stage's attacks of one row (``sigma`` None: the base model): the adaptive
     preset's APGD attacks at (plateau_steps, plateau_draws), named ``apgd-ce@plateau`` ..., then
-    with ``plateau_temperature`` T > 0 APGD-CE on the expected softmax of logits / T,
-    ``apgd-ce-t@plateau`` (a surrogate of the hard vote)."""
+    per ``plateau_temperature`` T APGD-CE on the expected softmax of logits / T (a surrogate of
+    the hard vote; ``tempered_attack_name``)."""
     budget = (study.plateau_steps, study.plateau_draws)
     presets = adaptive_preset(model, study, sigma, budget=budget, restarts=study.plateau_restarts)
     attacks = {f"{a}@plateau": fn for a, fn in presets.items() if a != "pgd"}
-    if study.plateau_temperature:
-        ce = presets["apgd-ce"]
-        attacks["apgd-ce-t@plateau"] = APGD(
+    ce = presets["apgd-ce"]
+    for position, temperature in enumerate(study.plateau_temperatures()):
+        attacks[tempered_attack_name(position, temperature)] = APGD(
             model,
             study.eps,
             ce.steps,
             noise=ce.noise,
             m=ce.m,
             reduce="softmax",
-            temperature=study.plateau_temperature,
+            temperature=temperature,
             restarts=study.plateau_restarts,
             judge=ce.judge,
         )

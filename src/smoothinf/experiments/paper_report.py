@@ -33,6 +33,7 @@ from smoothinf.experiments.study import (
     min_estimate_bias,
     read_jsonl,
     row_estimates,
+    tempered_attack_name,
 )
 
 MADRY_MNIST = 0.89  # Madry et al. (2018), MNIST, PGD at eps 0.3 (about 89%)
@@ -570,10 +571,16 @@ def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> 
     smoothed row on the stage's examples before and after it, and the claims re-judged there."""
     study = res["study"]
     n, grid, conv = pt["n"], pt["grid"], pt["converged"]
+    ran = [
+        f"{t:g}"
+        for i, t in enumerate(study.plateau_temperatures())
+        if tempered_attack_name(i, t) in pt.get("attacks", ())
+    ]
     tempered = (
-        f", then APGD-CE on the expected softmax of logits / {study.plateau_temperature:g} (a surrogate of "
-        "the hard vote's tally: 'Tempered APGD-CE' in BENCHMARKS.md)"
-        if "apgd-ce-t@plateau" in pt.get("attacks", ())
+        ", then APGD-CE on the expected softmax of logits / "
+        + (ran[0] if len(ran) == 1 else f"T for T = {', '.join(ran)} in turn")
+        + " (a surrogate of the hard vote's tally: 'Tempered APGD-CE' in BENCHMARKS.md)"
+        if ran
         else ""
     )
     L = [

@@ -3,6 +3,7 @@ helpers that both the pipeline (``paper_mnist``) and the report (``paper_report`
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -75,9 +76,10 @@ class StudyConfig:
     plateau_draws: int = 0
     plateau_examples: int = 100
     plateau_restarts: int = 1
-    # > 0: a third plateau attack, APGD-CE on the expected softmax of logits / T (the hard vote's
-    # tally as T -> 0), cascaded after the pair: "apgd-ce-t@plateau" (0: off)
-    plateau_temperature: float = 0.0
+    # > 0, or a list of them: after the pair, APGD-CE on the expected softmax of logits / T per T
+    # (the hard vote's tally as T -> 0), cascaded in order: "apgd-ce-t@plateau" for the first T,
+    # "apgd-ce-t<T>@plateau" for the others (0 or []: off; see tempered_plateau_attacks)
+    plateau_temperature: float | list[float] = 0.0
     cert_sigmas: list[float] = field(default_factory=lambda: [0.25])
     cert_examples: int = 500
     cert_n0: int = 100
@@ -125,8 +127,13 @@ class StudyConfig:
             if type(getattr(self, key)) is not int or getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be an integer >= 0, not {getattr(self, key)!r}")
         t = self.plateau_temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
-            raise ConfigError(f"plateau_temperature must be a number >= 0 (0: off), not {t!r}")
+        values = t if isinstance(t, list) else [t]
+        off = not isinstance(t, (bool, list)) and t == 0
+        if not off and (not all(map(_finite_positive, values)) or len(set(values)) < len(values)):
+            raise ConfigError(
+                "plateau_temperature must be a number >= 0 (0: off) or a list of distinct numbers "
+                f"> 0, not {t!r}"
+            )
         if type(self.plateau_restarts) is not int or self.plateau_restarts < 1:
             raise ConfigError(f"plateau_restarts must be an integer >= 1, not {self.plateau_restarts!r}")
         if self.plateau_steps and (self.plateau_draws < 1 or not 1 <= self.plateau_examples <= self.examples):
@@ -152,12 +159,27 @@ class StudyConfig:
         """Draws per example that judge an attack's batch on the grid (0 subsets: max(ms))."""
         return max(max(self.ms), self.judge_draws) if self.judge_subsets else max(self.ms)
 
+    def plateau_temperatures(self) -> list[float]:
+        """The plateau stage's tempered APGD-CE temperatures, in the order they run ([]: none)."""
+        t = self.plateau_temperature
+        return [float(v) for v in t] if isinstance(t, list) else [float(t)] if t else []
+
     def eval_identity(self) -> dict:
         """The fields that define what an evaluation row means."""
         keys = ("eps", "examples", "apgd_steps", "draws", "paper_steps", "transfer_steps")
         keys += ("autoattack_examples", "autoattack_runs", "cascade", "seed", "votes", "ms", "data")
         keys += ("judge_draws", "judge_subsets")
         return {k: getattr(self, k) for k in keys}
+
+
+def tempered_attack_name(position: int, temperature: float) -> str:
+    """The plateau stage's name of its ``position``-th (from 0) tempered APGD-CE:
+    ``apgd-ce-t@plateau`` for the first, ``apgd-ce-t<T>@plateau`` for the others."""
+    return "apgd-ce-t@plateau" if position == 0 else f"apgd-ce-t{temperature:g}@plateau"
+
+
+def _finite_positive(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
 
 
 def load_study(configs: str | os.PathLike = DEFAULT_CONFIGS, quick: bool = False, **overrides) -> StudyConfig:
