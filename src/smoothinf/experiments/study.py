@@ -78,7 +78,8 @@ class StudyConfig:
     plateau_restarts: int = 1
     # > 0, or a list of them: after the pair, APGD-CE on the expected softmax of logits / T per T
     # (the hard vote's tally as T -> 0), cascaded in order: "apgd-ce-t@plateau" for the first T,
-    # "apgd-ce-t<T>@plateau" for the others (0 or []: off; see tempered_plateau_attacks)
+    # "apgd-ce-t<T>@plateau" for the others (0 or []: off; tempered_attack_name); a row whose T
+    # changed is redone (the attack's repr, its recorded budget, names T)
     plateau_temperature: float | list[float] = 0.0
     cert_sigmas: list[float] = field(default_factory=lambda: [0.25])
     cert_examples: int = 500
