@@ -28,7 +28,7 @@ import torch
 
 from per_image import add_judge_options, judge_and_save, result_row
 from smoothinf.data import load_dataset
-from smoothinf.experiments.paper_mnist import _autoattack
+from smoothinf.experiments.paper_mnist import study_autoattack
 from smoothinf.experiments.study import StudyConfig
 from smoothinf.models import load_checkpoint
 from timing import emit
@@ -53,7 +53,7 @@ def main() -> None:
     x, y = test.tensors(args.examples)
     model, _ = load_checkpoint(args.checkpoint)
     model.eval()
-    attack = _autoattack(model, StudyConfig(eps=args.eps), args.sigma if args.sigma > 0 else None)
+    attack = study_autoattack(model, StudyConfig(eps=args.eps), args.sigma if args.sigma > 0 else None)
     budget = attack.budget()
     steps = budget.get("steps", 0) * budget.get("restarts", 1)
     label = f"aa_{attack.version}-{steps}x{budget.get('draws', 1)}"

@@ -166,6 +166,11 @@ def check_norm(norm: str) -> str:
     return norm
 
 
+def is_positive_number(value: Any) -> bool:
+    """True for a finite int or float > 0 (a bool is not a number here)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
+
+
 def check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")

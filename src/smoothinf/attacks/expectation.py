@@ -15,11 +15,9 @@ al.'s 2.5 eps / steps stalls on averaged noisy gradients (on the quickstart mode
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
-from smoothinf.attacks.base import LossFn, check_positive_int, unwrap_smoothed
+from smoothinf.attacks.base import LossFn, check_positive_int, is_positive_number, unwrap_smoothed
 from smoothinf.attacks.best import JudgeFn
 from smoothinf.attacks.pgd import PGD
 from smoothinf.errors import ConfigError
@@ -68,8 +66,7 @@ class ExpectationPGD(PGD):
         batch_size: int | None = None,
         eval_mode: bool = True,
     ) -> None:
-        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
-        if not number or not 0 < temperature < math.inf:
+        if not is_positive_number(temperature):
             raise ConfigError(f"temperature must be a number > 0 and finite, got {temperature!r}")
         if eps is None:
             raise ConfigError("eps is required (pixel units)")

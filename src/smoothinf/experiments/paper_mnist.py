@@ -271,7 +271,7 @@ def randomised_row(model: nn.Module, sigma: float | None) -> bool:
     return bool(sigma) or is_randomised(model)
 
 
-def _autoattack(model: nn.Module, study: StudyConfig, sigma: float | None) -> AutoAttackAdapter:
+def study_autoattack(model: nn.Module, study: StudyConfig, sigma: float | None) -> AutoAttackAdapter:
     """The official AutoAttack of one row at the study's eps: ``rand`` (EOT) for a randomised row
     (input noise, attacked through one draw of it, or weight noise), ``standard`` otherwise."""
     target = SmoothedClassifier(model, sigma, 1, "soft") if sigma else model
@@ -311,7 +311,7 @@ def setting_attacks(
     if source is not None:
         attacks["transfer"] = TransferAttack(PGD(source, study.eps, steps=study.transfer_steps))
     if study.autoattack_examples > 0:
-        attacks["autoattack"] = _autoattack(model, study, sigma)
+        attacks["autoattack"] = study_autoattack(model, study, sigma)
     randomised = randomised_row(model, sigma)
     queries = study.grid_square_queries_randomised if randomised else study.grid_square_queries
     if queries > 0:
@@ -334,7 +334,7 @@ def headline_attacks(
     attacks: dict[str, Callable] = {}
     for scale in scales[:-1]:
         attacks.update(ladder(scale))
-    attacks["autoattack"] = _autoattack(model, study, sigma)
+    attacks["autoattack"] = study_autoattack(model, study, sigma)
     if check and scales:
         attacks.update(ladder(scales[-1]))
     return attacks
@@ -938,11 +938,8 @@ def _cascade_job(
         fp, prior = _plateau_key(out, ckpt, row, run, study)
         n, attacks_of = study.plateau_examples, lambda model: plateau_attacks(model, study, target)
         # the tempered attack runs after the pair: their rows keep their key, the step gets a new one
-        step_fp = (
-            fingerprint({"rows": fp, "temperature": study.plateau_temperature})
-            if study.plateau_temperature
-            else fp
-        )
+        temperatures = study.plateau_temperatures()
+        step_fp = fingerprint({"rows": fp, "temperature": temperatures}) if temperatures else fp
     else:
         raise ConfigError(f"unknown cascaded stage {stage!r}; choose headline or plateau")
     results = out / stage / f"{name}-{setting}-{sigma}-run{run}.jsonl"

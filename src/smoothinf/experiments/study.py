@@ -3,7 +3,6 @@ helpers that both the pipeline (``paper_mnist``) and the report (``paper_report`
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smoothinf.attacks.base import is_positive_number
 from smoothinf.errors import ConfigError
 from smoothinf.training.trainer import TrainConfig
 
@@ -127,13 +127,11 @@ class StudyConfig:
         for key in ("plateau_steps", "plateau_draws", "plateau_examples"):
             if type(getattr(self, key)) is not int or getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be an integer >= 0, not {getattr(self, key)!r}")
-        t = self.plateau_temperature
-        values = t if isinstance(t, list) else [t]
-        off = not isinstance(t, (bool, list)) and t == 0
-        if not off and (not all(map(_finite_positive, values)) or len(set(values)) < len(values)):
+        values = self._temperature_values()
+        if not all(map(is_positive_number, values)) or len(set(values)) < len(values):
             raise ConfigError(
                 "plateau_temperature must be a number >= 0 (0: off) or a list of distinct numbers "
-                f"> 0, not {t!r}"
+                f"> 0, not {self.plateau_temperature!r}"
             )
         if type(self.plateau_restarts) is not int or self.plateau_restarts < 1:
             raise ConfigError(f"plateau_restarts must be an integer >= 1, not {self.plateau_restarts!r}")
@@ -160,10 +158,15 @@ class StudyConfig:
         """Draws per example that judge an attack's batch on the grid (0 subsets: max(ms))."""
         return max(max(self.ms), self.judge_draws) if self.judge_subsets else max(self.ms)
 
+    def _temperature_values(self) -> list:
+        """plateau_temperature as a list, unchecked: a list as is, a scalar 0 as [], else [it]."""
+        t = self.plateau_temperature
+        off = type(t) in (int, float) and t == 0
+        return list(t) if isinstance(t, list) else [] if off else [t]
+
     def plateau_temperatures(self) -> list[float]:
         """The plateau stage's tempered APGD-CE temperatures, in the order they run ([]: none)."""
-        t = self.plateau_temperature
-        return [float(v) for v in t] if isinstance(t, list) else [float(t)] if t else []
+        return [float(v) for v in self._temperature_values()]
 
     def eval_identity(self) -> dict:
         """The fields that define what an evaluation row means."""
@@ -177,10 +180,6 @@ def tempered_attack_name(position: int, temperature: float) -> str:
     """The plateau stage's name of its ``position``-th (from 0) tempered APGD-CE:
     ``apgd-ce-t@plateau`` for the first, ``apgd-ce-t<T>@plateau`` for the others."""
     return "apgd-ce-t@plateau" if position == 0 else f"apgd-ce-t{temperature:g}@plateau"
-
-
-def _finite_positive(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
 
 
 def load_study(configs: str | os.PathLike = DEFAULT_CONFIGS, quick: bool = False, **overrides) -> StudyConfig:
