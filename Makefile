@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.smoothinf-installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install demo test lint bench paper clean-venv
+.PHONY: install demo test lint bench paper paper-gpu clean-venv
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: install
 
 paper: install
 	$(BIN)/smoothinf experiment paper-mnist --out runs/paper_mnist --doc docs/paper-reproduction.md
+
+# the issue's full specification (study.yaml's gpu: block) on a CUDA machine; its own page
+paper-gpu: install
+	$(BIN)/smoothinf experiment paper-mnist --profile gpu --device cuda --out runs/paper_mnist_gpu
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -58,6 +58,77 @@ def test_model_eval_overrides_are_checked(tmp_path):
         load_study(tmp_path)
 
 
+def test_gpu_profile_is_the_issues_full_specification():
+    """`--profile gpu`: 1000 images x 3 runs, the issue's sigma grid and m, every model on every run
+    and sigma, budgets at least the ones measured to converge (200 x 64; plateau on every image)."""
+    cpu = load_study(ROOT / "configs" / "paper_mnist")
+    gpu = load_study(ROOT / "configs" / "paper_mnist", profile="gpu")
+    assert not gpu.quick and gpu.examples >= 1000 and gpu.runs >= 3
+    assert {0.0, 0.02, 0.05, 0.1, 0.15, 0.25} <= set(gpu.sigmas) and {1, 8, 64, 256} <= set(gpu.ms)
+    assert gpu.judged_draws() >= 256 and gpu.votes == ["hard", "weighted", "soft"]
+    assert all(gpu.for_model(n) is gpu for n in gpu.models + gpu.finetunes)
+    assert gpu.apgd_steps * gpu.draws >= 200 * 64 and gpu.convergence_scales[-1] >= 2
+    assert (gpu.autoattack_examples, gpu.autoattack_runs) == (gpu.examples, gpu.runs)
+    assert gpu.plateau_examples == gpu.examples and gpu.plateau_restarts >= 4 and gpu.plateau_steps >= 400
+    assert gpu.plateau_temperatures() == cpu.plateau_temperatures() == [0.5, 0.25]
+    # every model trained longer than on the CPU, nothing else about its recipe changed
+    for name in gpu.models + gpu.finetunes + [gpu.transfer_source]:
+        base = load_train_config(ROOT / "configs" / "paper_mnist" / f"{name}.yaml")
+        over = gpu.train_overrides(name)
+        assert over["epochs"] >= 3 * base.epochs and set(over) <= {
+            "epochs",
+            "milestones",
+            "max_train_examples",
+        }
+        assert all(m < over["epochs"] for m in over.get("milestones", []))
+    assert cpu.train_overrides("pgd_at") == {} and load_study(ROOT / "configs" / "paper_mnist", True).quick
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn_pni_w_pgd_at", "ft_epgd", "trades"])
+def test_gpu_profile_configs_take_a_training_step(tmp_path, name):
+    """The pipeline's own TrainConfig under the gpu profile (its overrides applied, None included)
+    takes one optimizer step on random MNIST-shaped data."""
+    from smoothinf.experiments.paper_mnist import _train_config
+
+    study = load_study(ROOT / "configs" / "paper_mnist", profile="gpu")
+    refs = {"best_noise": str(tmp_path / "noise.safetensors"), "pgd_at": str(tmp_path / "at.safetensors")}
+    cfg = _train_config(ROOT / "configs" / "paper_mnist", name, tmp_path, study, refs)
+    assert cfg.epochs == study.train_overrides(name)["epochs"]
+    if name == "ft_epgd":
+        assert cfg.max_train_examples is None and cfg.init == refs["best_noise"]
+    timing = time_train_step(cfg, batch_size=2)
+    assert math.isfinite(timing.loss) and timing.loss > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"profile": "cpu"}, "^unknown study profile 'cpu'; choose one of quick, gpu$"),
+        ({"quick": True, "profile": "gpu"}, "exclude each other"),
+        (
+            {"model_train": {"nope": {"epochs": 1}}},
+            "^model_train names nope, which the study does not train$",
+        ),
+        ({"model_train": {"pgd_at": {"epoch": 1}}}, r"^model_train\['pgd_at'\]: epoch is not a TrainConfig"),
+        ({"model_train": {"pgd_at": {"epochs": "ten"}}}, "epochs must be an integer, got 'ten'"),
+        ({"model_train": {"pgd_at": 3}}, "must be a mapping of TrainConfig fields"),
+        ({"train": {"lr": [1]}}, "^train: lr must be"),
+    ],
+)
+def test_profile_and_training_overrides_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study(ROOT / "configs" / "paper_mnist", **kwargs)
+
+
+def test_profile_blocks_reject_unknown_keys(tmp_path):
+    (tmp_path / "study.yaml").write_text("models: [a]\ngpu:\n  exampels: 5\n")
+    with pytest.raises(ConfigError, match="gpu: unknown key"):
+        load_study(tmp_path)
+    (tmp_path / "study.yaml").write_text("models: [a]\ngpu:\n  examples: 5\n  runs: 4\n")
+    assert (load_study(tmp_path).examples, load_study(tmp_path, profile="gpu").examples) == (1000, 5)
+    assert load_study(tmp_path, profile="gpu", runs=2).runs == 2  # explicit overrides win
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_runs_one_training_step(path):
     """Every train YAML loads and takes one optimizer step on random data of its shape (the wide
@@ -549,6 +620,11 @@ def test_quick_study_end_to_end_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = (out / "paper-reproduction.md").read_text()
     assert "QUICK RUN" in page
+    machine = f"{os.cpu_count()} CPU cores"
+    assert [p["machine"] for p in map(json.loads, (out / "passes.jsonl").read_text().splitlines())] == [
+        machine
+    ]
+    assert f"the machine that ran them ({machine})" in page
     assert "logits / T for T = 0.25, 0.5 in turn" in page  # both tempered plateau attacks ran
     for claim in range(1, 8):
         assert f"## Claim {claim}." in page
@@ -569,9 +645,15 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
 
     assert main(["experiment", "paper-mnist", "--report-only", "--out", str(tmp_path / "none")]) == 2
     assert main(["experiment", "paper-mnist", "--configs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    argv = ["experiment", "paper-mnist", "--quick", "--profile", "gpu", "--out", str(tmp_path / "q")]
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "no study" in err[0] and "study.yaml not found" in err[1]
-    assert not (tmp_path / "o").exists()
+    assert len(err) == 3 and "no study" in err[0] and "study.yaml not found" in err[1]
+    assert "exclude each other" in err[2]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "q").exists()
+    with pytest.raises(SystemExit):
+        main(["experiment", "paper-mnist", "--profile", "cpu"])
+    assert "invalid choice: 'cpu'" in capsys.readouterr().err
 
 
 def _job(value: int, results: dict, log) -> int:

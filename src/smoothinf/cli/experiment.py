@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from smoothinf.cli import add_common_args, count
+from smoothinf.experiments.study import PROFILES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--configs", default="configs/paper_mnist", help="folder with study.yaml and the model YAMLs"
     )
     q.add_argument("--quick", action="store_true", help="minutes-long version (study.yaml's quick: block)")
+    q.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help="apply this block of study.yaml (quick: the same as --quick; gpu: the full specification, "
+        "1000 images x 3 runs at converged budgets, for a GPU machine)",
+    )
     q.add_argument(
         "--report-only", action="store_true", help="rebuild the page from OUT's files; run nothing"
     )
@@ -52,6 +60,7 @@ def run_paper_mnist(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             jobs=args.jobs,
+            profile=args.profile,
         )
     print(f"report: {path}" + (f" (copied to {args.doc})" if args.doc else ""))
     return 0

@@ -585,9 +585,7 @@ def _train_config(
 ) -> TrainConfig:
     path = configs / f"{name}.yaml"
     cfg = TrainConfig.from_yaml(path)
-    for k, v in study.train.items():
-        if not hasattr(cfg, k):
-            raise ConfigError(f"study train override {k!r} is not a TrainConfig field")
+    for k, v in study.train_overrides(name).items():  # fields checked by StudyConfig.validate
         setattr(cfg, k, v)
     if cfg.init and cfg.init.startswith("@"):
         ref = cfg.init[1:]
@@ -1115,6 +1113,13 @@ def _certify_job(out: Path, name: str, ckpt: str, study: StudyConfig, _refs, log
     _certify_step(out, name, ckpt, study, x, y, log)
 
 
+def _machine(study: StudyConfig) -> str:
+    """The machine a pass ran on, in words (the page's wall times are its)."""
+    device = resolve_device(study.device)
+    cores = f"{os.cpu_count()} CPU cores"
+    return f"{torch.cuda.get_device_name(device)}, {cores}" if device.type == "cuda" else cores
+
+
 def _init_ref(configs: Path, name: str) -> list[str]:
     init = TrainConfig.from_yaml(configs / f"{name}.yaml").init
     return [init[1:]] if init and init.startswith("@") else []
@@ -1127,19 +1132,21 @@ def run_study(
     doc: str | os.PathLike | None = None,
     stop_after: str | None = None,
     log: Callable[[str], None] = print,
+    profile: str | None = None,
     **overrides,
 ) -> Path:
     """Run (or resume) the whole study into ``out``; returns the path of the report it writes.
 
-    ``stop_after`` ("train", "eval", "convergence", "certify") ends the run after that stage
-    (the report is still written from what exists). ``doc`` also copies the report there.
-    ``overrides`` replace study.yaml fields (``jobs=2`` runs two steps at once).
+    ``profile`` applies that block of study.yaml ("quick": minutes, the same as ``quick=True``;
+    "gpu": the full specification). ``stop_after`` ("train", "eval", "convergence", "certify")
+    ends the run after that stage (the report is still written from what exists). ``doc`` also
+    copies the report there. ``overrides`` replace study.yaml fields (``jobs=2``: two steps at once).
     """
     out, configs = Path(out), Path(configs)
-    study = load_study(configs, quick, **overrides)
+    study = load_study(configs, quick, profile, **overrides)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
-    full = load_study(configs, False, **overrides)
+    full = load_study(configs, False, None if study.quick else profile, **overrides)
     (out / "study_full.json").write_text(json.dumps(_plan(configs, full, out), indent=1))
     if not (out / "started.json").exists():  # the study's first pass: its wall time counts from here
         (out / "started.json").write_text(json.dumps({"time": time.time()}))
@@ -1200,7 +1207,13 @@ def run_study(
     wall = time.time() - t_start
     log(f"pipeline pass: {wall:.1f} s")
     with (out / "passes.jsonl").open("a") as f:
-        f.write(json.dumps({"seconds": round(wall, 1), "jobs": study.jobs, "quick": study.quick}) + "\n")
+        record = {
+            "seconds": round(wall, 1),
+            "jobs": study.jobs,
+            "quick": study.quick,
+            "machine": _machine(study),
+        }
+        f.write(json.dumps(record) + "\n")
     from smoothinf.experiments.paper_report import write_paper_report
 
     return write_paper_report(out, doc)

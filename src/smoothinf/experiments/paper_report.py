@@ -1411,6 +1411,8 @@ def build_page(out: str | os.PathLike) -> str:
     L += [""]
     # compute
     passes = read_jsonl(out / "passes.jsonl")
+    # passes before the machine was recorded ran on this project's 2-core CPU machine
+    machines = "; ".join(sorted({r.get("machine", "2 CPU cores") for r in passes})) or "not recorded"
     span, how = _study_span_seconds(out)
     # eval, headline and plateau steps resume row by row: a pass that adds rows times only itself, so their
     # rows' own crafting + judging seconds (every row the files hold) are given beside
@@ -1446,11 +1448,19 @@ def build_page(out: str | os.PathLike) -> str:
         "from one set of "
         f"{study.judged_draws()} draws per "
         "image). Wall times are those of finished steps on the machine that ran them "
-        "(2 CPU cores shared with other jobs here).",
+        f"({machines}).",
         "",
     ]
     if study.quick:
         L += estimate_full_study(out, res)
+    elif study.examples < 1000 or study.runs < 3:
+        L += [
+            f"This run is cut to fit its machine ({study.examples} images x {study.runs} runs). The "
+            "issue's full specification (1000 images x 3 runs at the converged budgets, every model on "
+            "every sigma) is study.yaml's `gpu:` block: `smoothinf experiment paper-mnist --profile gpu "
+            "--device cuda --out runs/paper_mnist_gpu` (`make paper-gpu`).",
+            "",
+        ]
     L += [
         "## CIFAR configurations",
         "",

@@ -13,12 +13,16 @@ import torch
 from smoothinf.attacks.base import is_positive_number
 from smoothinf.errors import ConfigError
 from smoothinf.training.trainer import TrainConfig
+from smoothinf.utils import check_config_types
 
 DEFAULT_CONFIGS = Path("configs/paper_mnist")
 PAPER_ATTACKS = ("pgd", "pgd-km", "epgd")  # the paper's attacks (a row's "paper" worst case)
 # The adaptive and cross-check attacks, run last in this order on the examples still alive
 CASCADED = ("apgd-ce", "apgd-dlr", "apgd-t", "autoattack", "square")
 CERT_RADII = (0.0, 0.25, 0.5, 1.0)
+# Named blocks of study.yaml that override its top level: "quick" (minutes on 2 CPU cores, the test
+# suite's run) and "gpu" (the issue's full specification, a GPU machine's job)
+PROFILES = ("quick", "gpu")
 
 
 @dataclass
@@ -88,6 +92,8 @@ class StudyConfig:
     cert_alpha: float = 0.001
     certify: bool = True  # False (in model_eval): no certification step for that model
     train: dict = field(default_factory=dict)  # overrides applied to every TrainConfig
+    # per-model TrainConfig overrides, applied after ``train``: {name: {field: value}}
+    model_train: dict = field(default_factory=dict)
     batch_size: int = 250
     seed: int = 0
     device: str = "auto"
@@ -140,6 +146,20 @@ class StudyConfig:
                 "the plateau stage needs plateau_draws >= 1 and 1 <= plateau_examples <= examples "
                 f"(got {self.plateau_draws} draws, {self.plateau_examples} of {self.examples} examples)"
             )
+        trained = self.models + self.finetunes + ([self.transfer_source] if self.transfer_source else [])
+        train_fields = {f.name for f in fields(TrainConfig)}
+        for where, over in [("train", self.train)] + [
+            (f"model_train[{n!r}]", o) for n, o in self.model_train.items()
+        ]:
+            if not isinstance(over, dict):
+                raise ConfigError(f"{where} must be a mapping of TrainConfig fields, not {over!r}")
+            unknown = sorted(set(over) - train_fields)
+            if unknown:
+                raise ConfigError(f"{where}: {', '.join(unknown)} is not a TrainConfig field")
+            check_config_types(TrainConfig, over, where)
+        strangers = sorted(set(self.model_train) - set(trained))
+        if strangers:
+            raise ConfigError(f"model_train names {', '.join(strangers)}, which the study does not train")
         allowed = {"runs", "sigmas", "certify"}
         for name, over in self.model_eval.items():
             if name not in self.models + self.finetunes:
@@ -153,6 +173,10 @@ class StudyConfig:
 
         over = self.model_eval.get(name, {})
         return replace(self, **over) if over else self
+
+    def train_overrides(self, name: str) -> dict:
+        """The TrainConfig fields this study sets on model ``name``: ``train``, then ``model_train[name]``."""
+        return {**self.train, **self.model_train.get(name, {})}
 
     def judged_draws(self) -> int:
         """Draws per example that judge an attack's batch on the grid (0 subsets: max(ms))."""
@@ -182,24 +206,35 @@ def tempered_attack_name(position: int, temperature: float) -> str:
     return "apgd-ce-t@plateau" if position == 0 else f"apgd-ce-t{temperature:g}@plateau"
 
 
-def load_study(configs: str | os.PathLike = DEFAULT_CONFIGS, quick: bool = False, **overrides) -> StudyConfig:
-    """The study of ``configs/study.yaml``, with its ``quick:`` overrides when ``quick``."""
+def load_study(
+    configs: str | os.PathLike = DEFAULT_CONFIGS,
+    quick: bool = False,
+    profile: str | None = None,
+    **overrides,
+) -> StudyConfig:
+    """The study of ``configs/study.yaml``; ``profile`` (one of ``PROFILES``) applies that block of
+    it over the top level (``quick=True`` is ``profile="quick"``); then ``overrides`` (None: kept)."""
     import yaml
 
+    if quick and profile not in (None, "quick"):
+        raise ConfigError(f"quick and profile {profile!r} exclude each other: give one")
+    profile = "quick" if quick else profile
+    if profile is not None and profile not in PROFILES:
+        raise ConfigError(f"unknown study profile {profile!r}; choose one of {', '.join(PROFILES)}")
     path = Path(configs) / "study.yaml"
     if not path.exists():
         raise ConfigError(f"{path} not found (the study's description)")
     raw = yaml.safe_load(path.read_text()) or {}
-    quick_over = raw.pop("quick", {}) or {}
-    names = {f.name for f in fields(StudyConfig)}
-    for where, block in ((path, raw), (f"{path} quick", quick_over)):
+    blocks = {name: raw.pop(name, {}) or {} for name in PROFILES}
+    names = {f.name for f in fields(StudyConfig)} - {"quick"}
+    for where, block in [(path, raw)] + [(f"{path} {name}", b) for name, b in blocks.items()]:
         unknown = sorted(set(block) - names)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    if quick:
-        raw.update(quick_over)
+    if profile is not None:
+        raw.update(blocks[profile])
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    study = StudyConfig(**raw, quick=quick)
+    study = StudyConfig(**raw, quick=profile == "quick")
     study.validate()
     return study
 
