@@ -156,7 +156,7 @@ class StudyConfig:
             unknown = sorted(set(over) - train_fields)
             if unknown:
                 raise ConfigError(f"{where}: {', '.join(unknown)} is not a TrainConfig field")
-            check_config_types(TrainConfig, over, where)
+            over.update(check_config_types(TrainConfig, over, where))  # ints widened where floats go
         strangers = sorted(set(self.model_train) - set(trained))
         if strangers:
             raise ConfigError(f"model_train names {', '.join(strangers)}, which the study does not train")
