@@ -10,7 +10,7 @@ from smoothinf.attacks import APGD, EPGD, PGD, build_attack, robust_accuracy
 from smoothinf.attacks.apgd import checkpoints, targeted_loss
 from smoothinf.attacks.base import random_start
 from smoothinf.attacks.best import VisitedPoints, margins, select_strongest
-from smoothinf.attacks.presets import preset_attacks
+from smoothinf.attacks.presets import HARD_VOTE_TEMPERATURES, preset_attacks
 from smoothinf.errors import ConfigError
 from smoothinf.smoothing import SmoothedClassifier
 
@@ -196,3 +196,24 @@ def test_default_preset_by_row_kind():
     assert plain["apgd-t"].budget()["restarts"] == 9
     with pytest.raises(ConfigError, match="preset"):
         preset_attacks("strong", model, 0.3)
+
+
+def test_default_preset_tempered_attacks():
+    """temperatures add one APGD-CE on the expected softmax of logits / T per T, after the pair,
+    at the preset's budget; a bad list is a one-line ConfigError."""
+    model = linear_model(16, 10)
+    g = SmoothedClassifier(model, sigma=0.1, m=16, vote="hard")
+    attacks = preset_attacks("default", model, 0.3, noise=0.1, judge=g, temperatures=HARD_VOTE_TEMPERATURES)
+    assert list(attacks) == ["pgd", "apgd-ce", "apgd-dlr", "apgd-ce-t0.5", "apgd-ce-t0.25"]
+    for name, t in (("apgd-ce-t0.5", 0.5), ("apgd-ce-t0.25", 0.25)):
+        a = attacks[name]
+        assert (a.temperature, a.reduce, a.loss_name, a.noise.sigma, a.judge) == (t, "softmax", "ce", 0.1, g)
+        assert a.budget() == attacks["apgd-ce"].budget()
+    assert attacks["apgd-ce"].temperature == attacks["apgd-dlr"].temperature == 1.0
+    doubled = preset_attacks("default", model, 0.3, noise=0.1, judge=g, scale=2, temperatures=[0.5])
+    assert doubled["apgd-ce-t0.5"].budget()["gradients"] == 4 * 3200
+    plain = preset_attacks("default", model, 0.3, temperatures=[0.5])  # the caller's choice
+    assert list(plain) == ["pgd", "apgd-ce", "apgd-t", "apgd-ce-t0.5"] and plain["apgd-ce-t0.5"].m == 1
+    for bad in ([0.5, 0.5], [0], [-1.0], [float("nan")], [True]):
+        with pytest.raises(ConfigError, match="^temperatures must be distinct numbers > 0"):
+            preset_attacks("default", model, 0.3, noise=0.1, temperatures=bad)

@@ -200,6 +200,16 @@ CASES = [
         ["data.examples"],
     ),
     ("evaluate other seed", "evaluate -c {ck} --seed 4 --results {ws}/r.jsonl {E}", ["settings.seed"]),
+    (
+        "evaluate without the tempered attacks",
+        "evaluate -c {ck} --results {ws}/r.jsonl {E} --temperatures",
+        ["settings.temperatures"],
+    ),
+    (
+        "evaluate repeated temperature",
+        "evaluate -c {ck} --results {ws}/new.jsonl {E} --temperatures 0.5 0.5",
+        ["temperatures must be distinct"],
+    ),
 ]
 
 

@@ -126,6 +126,65 @@ def test_protocol_resume_skips_finished_rows(synthetic_model, tmp_path):
     )
 
 
+def test_counts_argmaxes_picks_the_rows_of_the_tempered_attacks():
+    from smoothinf.data import get_dataset_info
+    from smoothinf.evaluation.protocol import counts_argmaxes
+    from smoothinf.models import create_model_for
+    from smoothinf.noise import inject_noise
+
+    plain = create_model_for("mnist_cnn_small", get_dataset_info("synthetic"))
+    noisy = inject_noise(create_model_for("mnist_cnn_small", get_dataset_info("synthetic")), "pni-w")
+    cases = {
+        (plain, "none", 0.0): False,
+        (plain, "hard", 0.1): True,
+        (plain, "weighted", 0.1): True,
+        (plain, "soft", 0.1): False,
+        (plain, "hard", 0.0): False,
+        (noisy, "none", 0.0): True,
+        (noisy, "hard", 0.0): True,
+        (noisy, "soft", 0.0): False,
+    }
+    for (model, vote, sigma), expected in cases.items():
+        assert counts_argmaxes(model, vote, sigma) is expected, (vote, sigma)
+
+
+def test_default_preset_adds_tempered_attacks_to_hard_votes(synthetic_model):
+    """The default preset's tempered APGD-CE runs on the hard vote only, last in the cascade: the
+    attacks before it give the same numbers as a run without it (same seed), and the worst case
+    can only fall. temperatures [] switches it off; a bad list is refused."""
+    ckpt, model, x, y = synthetic_model
+    common = dict(
+        checkpoint=ckpt,
+        data="synthetic",
+        max_examples=40,
+        eps=[0.3],
+        votes=["hard", "soft"],
+        sigmas=[0.1],
+        ms=[4],
+        attacks=["default"],
+        apgd_steps=4,
+        attack_m=2,
+        judgements=4,
+        runs=1,
+        device="cpu",
+    )
+    with_t = evaluate(EvalConfig(**common), model, x[:40], y[:40], progress=False)
+    without = evaluate(EvalConfig(**common, temperatures=[]), model, x[:40], y[:40], progress=False)
+    by_vote = {r["vote"]: r for r in with_t}
+    assert set(by_vote["hard"]["attacks"]) == {"pgd", "apgd-ce", "apgd-dlr", "apgd-ce-t0.5", "apgd-ce-t0.25"}
+    assert set(by_vote["soft"]["attacks"]) == {"pgd", "apgd-ce", "apgd-dlr"}
+    assert set(by_vote["none"]["attacks"]) == {"pgd", "apgd-ce", "apgd-t"}
+    assert by_vote["hard"]["budget"]["apgd-ce-t0.25"] == by_vote["hard"]["budget"]["apgd-ce"]
+    for a, b in zip(with_t, without, strict=True):
+        assert {k: a["attacks"][k] for k in b["attacks"]} == b["attacks"]
+        assert a["worst_case"] <= b["worst_case"]
+    hard = by_vote["hard"]["attacks"]
+    assert hard["apgd-ce-t0.25"] <= hard["apgd-ce-t0.5"] <= hard["apgd-dlr"]  # cumulative
+    assert EvalConfig(**common).fingerprint() != EvalConfig(**common, temperatures=[]).fingerprint()
+    with pytest.raises(ConfigError, match="^temperatures must be distinct numbers > 0"):
+        EvalConfig(**common, temperatures=[0.5, 0.5]).validate()
+
+
 def test_results_of_another_config_are_refused_and_kept(synthetic_model, tmp_path):
     ckpt, *_ = synthetic_model
     path = tmp_path / "r.jsonl"

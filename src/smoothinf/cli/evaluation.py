@@ -42,6 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--attack-m", type=count(1), default=None, help="noise draws per attack step")
     p.add_argument("--apgd-steps", type=count(1), default=None, help="APGD iterations (default 200)")
     p.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="*",
+        default=None,
+        help="the default preset's tempered APGD-CE on hard / weighted votes, one per T "
+        "(default 0.5 0.25; none given: off)",
+    )
+    p.add_argument(
         "--check-examples",
         type=count(0),
         default=None,
@@ -135,6 +143,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "attack_m": args.attack_m,
         "apgd_steps": args.apgd_steps,
+        "temperatures": args.temperatures,
         "check_examples": args.check_examples,
         "autoattack_check": args.autoattack_check,
         "blackbox_check": args.blackbox_check,

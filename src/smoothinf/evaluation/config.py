@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from smoothinf.attacks.presets import HARD_VOTE_TEMPERATURES, check_temperatures
 from smoothinf.errors import ConfigError
 from smoothinf.smoothing import VOTES
 from smoothinf.utils import check_dataclass_types, dataclass_from_yaml
@@ -34,6 +35,7 @@ _IDENTITY = (
     "square_queries",
     "cascade",
     "judgements",
+    "temperatures",
 )
 
 
@@ -58,7 +60,10 @@ class EvalConfig:
     per-attack accuracies are then cumulative. ``judgements``: a randomised defence (smoothed with
     sigma > 0, or weight noise) judges every point this many times with fresh noise, and an
     example's correctness is the fraction right (``smoothinf.attacks.judge``); worst cases and
-    accuracies are means of those probabilities.
+    accuracies are means of those probabilities. ``temperatures``: the ``default`` preset's tempered
+    APGD-CE (logits / T, one attack per T) on the rows judged by argmax counts: hard and weighted
+    votes with input noise or weight noise, and a weight-noise model's own unsmoothed forward
+    ([]: off; it is skipped on soft votes and deterministic rows).
     """
 
     checkpoint: str = ""
@@ -75,6 +80,7 @@ class EvalConfig:
     apgd_steps: int = 200
     restarts: int = 1
     attack_m: int = 16
+    temperatures: list[float] = field(default_factory=lambda: list(HARD_VOTE_TEMPERATURES))
     transfer_source: str | None = None
     nattack_population: int = 50
     nattack_queries: int = 2000
@@ -123,6 +129,7 @@ class EvalConfig:
             raise ConfigError("m, runs, steps and attack_m must be >= 1")
         if self.apgd_steps < 1 or self.square_queries < 1 or self.check_examples < 0:
             raise ConfigError("apgd_steps and square_queries must be >= 1 and check_examples >= 0")
+        check_temperatures(self.temperatures)
 
     def cascades(self) -> bool:
         """Whether attacks run as a cascade (see the class docstring)."""

@@ -37,6 +37,15 @@ def build_defended(model: nn.Module, vote: str, sigma: float, m: int, noise: str
     return SmoothedClassifier(model, sigma, m, vote, noise)
 
 
+def counts_argmaxes(model: nn.Module, vote: str, sigma: float) -> bool:
+    """Whether a row is a randomised classifier judged by counting argmaxes (the rows that get the
+    preset's tempered APGD-CE): a hard or weighted vote with input noise (sigma > 0) or weight
+    noise, or a weight-noise model's own unsmoothed forward (vote "none")."""
+    if vote == "none":
+        return is_randomised(model)
+    return vote in ("hard", "weighted") and (sigma > 0 or is_randomised(model))
+
+
 def build_attacks(
     model: nn.Module,
     cfg: EvalConfig,
@@ -69,6 +78,7 @@ def build_attacks(
                     steps=cfg.apgd_steps,
                     draws=cfg.attack_m,
                     scale=scale,
+                    temperatures=cfg.temperatures if counts_argmaxes(model, vote, sigma) else (),
                 )
             )
         elif name == "fgsm":

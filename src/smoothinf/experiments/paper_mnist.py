@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from smoothinf._version import __version__
-from smoothinf.attacks import APGD, EPGD, PGD, AutoAttackAdapter, TransferAttack, is_randomised
-from smoothinf.attacks.presets import preset_attacks
+from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack, is_randomised
+from smoothinf.attacks.presets import preset_attacks, tempered_name
 from smoothinf.data import load_splits
 from smoothinf.errors import ConfigError
 from smoothinf.experiments.study import (  # noqa: F401  (re-exported)
@@ -241,12 +241,14 @@ def adaptive_preset(
     scale: int = 1,
     budget: tuple[int, int] | None = None,
     restarts: int = 1,
+    temperatures: Sequence[float] = (),
 ) -> dict[str, Callable]:
     """The ``default`` preset of one row at ``scale`` x (apgd_steps, draws), or at ``budget`` =
     (steps, draws) when given, each APGD attack ``restarts`` times: PGD-20 on the base model,
     APGD-CE on the expected softmax and APGD-DLR on the expected loss through the noise, judged by
-    a soft-vote smoothed classifier at the largest m. ``sigma`` None: the unsmoothed base model
-    (its own weight noise only, no judge); sigma 0: the weight-noise vote."""
+    a soft-vote smoothed classifier at the largest m, then per ``temperatures`` T a tempered
+    APGD-CE. ``sigma`` None: the unsmoothed base model (its own weight noise only, no judge);
+    sigma 0: the weight-noise vote."""
     steps, draws = budget if budget is not None else (study.apgd_steps, study.draws)
     judge = None if sigma is None else SmoothedClassifier(model, sigma, max(study.ms), "soft")
     noise = sigma if sigma else None
@@ -261,6 +263,7 @@ def adaptive_preset(
             draws=draws,
             scale=scale,
             restarts=restarts,
+            temperatures=temperatures,
         )
     )
 
@@ -836,21 +839,14 @@ def plateau_attacks(model: nn.Module, study: StudyConfig, sigma: float | None) -
     per ``plateau_temperature`` T APGD-CE on the expected softmax of logits / T (a surrogate of
     the hard vote; ``tempered_attack_name``)."""
     budget = (study.plateau_steps, study.plateau_draws)
-    presets = adaptive_preset(model, study, sigma, budget=budget, restarts=study.plateau_restarts)
-    attacks = {f"{a}@plateau": fn for a, fn in presets.items() if a != "pgd"}
-    ce = presets["apgd-ce"]
-    for position, temperature in enumerate(study.plateau_temperatures()):
-        attacks[tempered_attack_name(position, temperature)] = APGD(
-            model,
-            study.eps,
-            ce.steps,
-            noise=ce.noise,
-            m=ce.m,
-            reduce="softmax",
-            temperature=temperature,
-            restarts=study.plateau_restarts,
-            judge=ce.judge,
-        )
+    temperatures = study.plateau_temperatures()
+    presets = adaptive_preset(
+        model, study, sigma, budget=budget, restarts=study.plateau_restarts, temperatures=temperatures
+    )
+    tempered = [tempered_name(t) for t in temperatures]
+    attacks = {f"{a}@plateau": fn for a, fn in presets.items() if a != "pgd" and a not in tempered}
+    for position, (temperature, name) in enumerate(zip(temperatures, tempered, strict=True)):
+        attacks[tempered_attack_name(position, temperature)] = presets[name]
     return attacks
 
 
