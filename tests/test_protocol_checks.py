@@ -102,6 +102,34 @@ def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model(
     assert "convergence" not in base["checks"]  # deterministic rows: AutoAttack is the check
 
 
+def test_weight_noise_rows_get_the_convergence_check():
+    """A weight-noise model is random without input noise: its own forward and its sigma-0 vote
+    get the doubled-budget check too (each doubled attack has twice the steps and draws)."""
+    from smoothinf.noise import inject_noise
+
+    model = inject_noise(nn.Sequential(nn.Flatten(), nn.Linear(16, 10)), "pni-w").eval()
+    x, y = _data(_linear10(), 8)
+    cfg = EvalConfig(
+        checkpoint="unused",
+        votes=["hard"],
+        sigmas=[0.0],
+        ms=[4],
+        eps=[0.05],
+        attacks=["default"],
+        apgd_steps=4,
+        attack_m=2,
+        judgements=4,
+        runs=1,
+        check_examples=8,
+        autoattack_check=False,
+        blackbox_check=False,
+    )
+    for rec in evaluate(cfg, model, x, y, progress=False):
+        conv = rec["checks"]["convergence"]
+        assert conv["attack"] in rec["attacks"] and conv["n"] == 8 and conv["extra"] >= 0
+        assert rec["worst_case"] <= min(rec["attacks"].values())
+
+
 def test_cascade_runs_later_attacks_only_on_robust_examples_with_the_same_worst_case():
     from smoothinf.attacks import robust_accuracy
 

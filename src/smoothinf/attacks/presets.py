@@ -16,8 +16,8 @@
   vote's tally, which the expected softmax at T = 1 does not: on three smoothed MNIST models
   (hard@8, sigma 0.1, 100 images, 200 x 64) T 0.5 and 0.25 left 2.7-9.6 points fewer right than
   APGD-CE at T = 1 (at most 1.2 on a fourth, hard@1), and after every other attack of the paper
-  study one of them still took 2.4-2.7 points off (BENCHMARKS.md, "Tempered APGD-CE");
-  ``HARD_VOTE_TEMPERATURES`` are those two.
+  study T 0.5 still took 0.2-3.2 points off its smoothed rows, T 0.25 then 0.3-1.7 more
+  (BENCHMARKS.md, "Tempered APGD-CE"); ``HARD_VOTE_TEMPERATURES`` are those two.
 ``scale`` multiplies steps and draws (2: the convergence check's doubled budget); ``restarts`` runs
 each APGD attack that many times from fresh random starts on the examples not yet fooled.
 """

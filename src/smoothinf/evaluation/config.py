@@ -55,15 +55,16 @@ class EvalConfig:
     Cross-checks on the first ``check_examples`` examples (0: off): ``autoattack_check`` (the
     official AutoAttack, rand for randomised rows), ``blackbox_check`` (Square with
     ``square_queries`` queries: gradient masking), ``convergence_check`` (the strongest attack of a
-    smoothed row with twice the steps and draws). ``cascade`` (default: on with the ``default``
-    preset) runs each attack only on the examples the earlier ones left robust, as AutoAttack does;
-    per-attack accuracies are then cumulative. ``judgements``: a randomised defence (smoothed with
-    sigma > 0, or weight noise) judges every point this many times with fresh noise, and an
-    example's correctness is the fraction right (``smoothinf.attacks.judge``); worst cases and
-    accuracies are means of those probabilities. ``temperatures``: the ``default`` preset's tempered
-    APGD-CE (logits / T, one attack per T) on the rows judged by argmax counts: hard and weighted
-    votes with input noise or weight noise, and a weight-noise model's own unsmoothed forward
-    ([]: off; it is skipped on soft votes and deterministic rows).
+    randomised row, smoothed or with weight noise, with twice the steps and draws). ``cascade``
+    (default: on with the ``default`` preset) runs each attack only on the examples the earlier ones
+    left robust, as AutoAttack does; per-attack accuracies are then cumulative. ``judgements``: a
+    randomised defence (smoothed with sigma > 0, or weight noise) judges every point this many times
+    with fresh noise, and an example's correctness is the fraction right
+    (``smoothinf.attacks.judge``); worst cases and accuracies are means of those probabilities.
+    ``temperatures``: the ``default`` preset's tempered APGD-CE (logits / T, one attack per T) on
+    the rows judged by argmax counts: hard and weighted votes with input noise or weight noise, and
+    a weight-noise model's own unsmoothed forward ([]: off; it is skipped on soft votes and
+    deterministic rows).
     """
 
     checkpoint: str = ""

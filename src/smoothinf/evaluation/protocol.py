@@ -159,8 +159,9 @@ def _checks(
 ) -> tuple[dict, torch.Tensor]:
     """The cross-checks of one row on its first ``cfg.check_examples`` examples, run only on the
     examples the protocol's attacks left robust: the official AutoAttack (flag: it finds more),
-    a black-box Square attack (flag: gradient masking suspected) and, for smoothed rows, the
-    strongest attack with twice the steps and draws (flag: not converged). Each check's ``extra`` is
+    a black-box Square attack (flag: gradient masking suspected) and, for randomised rows
+    (smoothed with input noise, or a weight-noise model's votes and own forward), the strongest
+    attack with twice the steps and draws (flag: not converged). Each check's ``extra`` is
     what it takes off the worst case of those examples (in examples: a sum of probabilities for a
     randomised defence, judged ``cfg.judgements`` times). A check flags when ``extra`` exceeds the
     judge's Monte Carlo error (0 for a deterministic defence; else how far two fresh judgements of
@@ -216,7 +217,7 @@ def _checks(
         start = time.time()
         found = counted(autoattack_for(model, vote, sigma, eps, cfg, attacks=["square"]))
         checks["blackbox"] = entry(found, start, attack=f"square ({cfg.square_queries} queries)")
-    if cfg.convergence_check and vote != "none" and sigma > 0 and strongest is not None:
+    if cfg.convergence_check and is_randomised(defended) and strongest is not None:
         doubled = build_attacks(model, cfg, vote, sigma, eps, defended, None, scale=2).get(strongest)
         if doubled is not None and idx.numel():
             start = time.time()
