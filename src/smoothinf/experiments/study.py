@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smoothinf.attacks.base import is_positive_number
+from smoothinf.attacks.presets import check_temperatures
 from smoothinf.errors import ConfigError
 from smoothinf.training.trainer import TrainConfig
 from smoothinf.utils import check_config_types
@@ -133,12 +133,13 @@ class StudyConfig:
         for key in ("plateau_steps", "plateau_draws", "plateau_examples"):
             if type(getattr(self, key)) is not int or getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be an integer >= 0, not {getattr(self, key)!r}")
-        values = self._temperature_values()
-        if not all(map(is_positive_number, values)) or len(set(values)) < len(values):
+        try:
+            check_temperatures(self._temperature_values())
+        except ConfigError:
             raise ConfigError(
                 "plateau_temperature must be a number >= 0 (0: off) or a list of distinct numbers "
                 f"> 0, not {self.plateau_temperature!r}"
-            )
+            ) from None
         if type(self.plateau_restarts) is not int or self.plateau_restarts < 1:
             raise ConfigError(f"plateau_restarts must be an integer >= 1, not {self.plateau_restarts!r}")
         if self.plateau_steps and (self.plateau_draws < 1 or not 1 <= self.plateau_examples <= self.examples):
