@@ -381,3 +381,29 @@ def test_compute_sweep_cli_and_checks(synthetic_model, tmp_path, capsys):
     # The check fires when more steps raise accuracy, and stays silent otherwise.
     assert not compute_checks({("epgd", 1, 1): (0.5, 0), ("epgd", 4, 1): (0.7, 0)})[0].passed
     assert compute_checks({("epgd", 1, 1): (0.5, 0), ("epgd", 4, 1): (0.4, 0)})[0].passed
+
+
+def test_report_compute_table_gives_mean_seconds_per_run_per_attack_and_check():
+    from smoothinf.evaluation.report import compute_table
+
+    recs = []
+    for run, (sec, ex) in enumerate([(10.0, 40), (20.0, 60)]):
+        r = record(run, "hard", 0.1, 0.9, {"pgd": 0.5, "apgd-ce": 0.4}, 0.4) | {"m": 8, "seconds": 3 * sec}
+        r["attack_time"] = {
+            "pgd": {"examples": 100, "seconds": 1.0},
+            "apgd-ce": {"examples": ex, "seconds": sec},
+        }
+        check = {"version": "rand", "n": 50, "robust_before": 20, "extra": 0, "flag": False, "seconds": sec}
+        r["checks"] = {"autoattack": check}
+        recs.append(r)
+    # a record written before per-attack timing gives its total only
+    old = record(0, "none", 0.0, 0.9, {"pgd": 0.3}, 0.3) | {"m": 1, "seconds": 7.0}
+    lines = compute_table(aggregate(recs + [old])).splitlines()
+    assert lines[2:] == [
+        "| base (no smoothing) eps 0.1 | **total** (clean judging included) | - | **7.0** |",
+        "| hard sigma=0.1 m=8 eps 0.1 | pgd | 100.0 | 1.0 |",
+        "| hard sigma=0.1 m=8 eps 0.1 | apgd-ce | 50.0 | 15.0 |",
+        "| hard sigma=0.1 m=8 eps 0.1 | check: autoattack (rand) | of the first 50 | 15.0 |",
+        "| hard sigma=0.1 m=8 eps 0.1 | **total** (clean judging included) | - | **45.0** |",
+    ]
+    assert compute_table(aggregate([record(0, "none", 0.0, 0.9, {"pgd": 0.3}, 0.3)])) == ""

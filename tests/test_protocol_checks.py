@@ -64,6 +64,11 @@ def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
     assert rec["worst_case"] == pytest.approx(rec["worst_case_attacks"] - bb["extra"] / 12)
     assert set(rec["budget"]) == {"pgd", "apgd-ce", "apgd-t"}
     assert rec["budget"]["apgd-t"] == {"steps": 10, "draws": 1, "restarts": 9, "gradients": 90}
+    # the cascade's first attack runs on every (clean-correct) example, the later ones on fewer
+    timing = rec["attack_time"]
+    assert list(timing) == ["pgd", "apgd-ce", "apgd-t"] and timing["pgd"]["examples"] == rec["n"]
+    assert timing["apgd-t"]["examples"] <= timing["apgd-ce"]["examples"] <= rec["n"]
+    assert sum(t["seconds"] for t in timing.values()) <= rec["attack_seconds"]
     row = next(iter(aggregate([rec]).values()))
     assert row_flags(row).startswith("gradient masking suspected (+")
     assert "gradient masking suspected" in markdown_table(aggregate([rec]))
@@ -163,6 +168,9 @@ def test_cascade_runs_later_attacks_only_on_robust_examples_with_the_same_worst_
     assert torch.equal(casc.robust, full.robust)
     assert casc.accuracy["a2"] == casc.worst_case_accuracy == full.worst_case_accuracy
     assert casc.accuracy["a1"] == full.accuracy["a1"]
+    # each attack's cost is recorded with the examples it ran on
+    assert full.attacked == {"a1": 10, "a2": 10} and casc.attacked == {"a1": 10, "a2": 10 - fooled1}
+    assert set(casc.seconds) == {"a1", "a2"} and all(s >= 0 for s in casc.seconds.values())
 
 
 def test_cascade_skips_an_attack_once_nothing_is_left_robust():

@@ -13,6 +13,7 @@ defence's robust accuracy low by an amount that grows with the number of attacks
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ class RobustResult:
     worst_case_accuracy: float = 0.0
     mean_accuracy: float = 0.0  # mean over attacks of their robust accuracies
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)  # attack -> x_adv (N,C,H,W)
+    attacked: dict[str, int] = field(default_factory=dict)  # attack -> examples it ran on
+    seconds: dict[str, float] = field(default_factory=dict)  # attack -> wall seconds, crafting + judging
 
     def to_dict(self) -> dict[str, float | dict[str, float] | int]:
         """JSON-friendly summary (no tensors)."""
@@ -52,6 +55,8 @@ class RobustResult:
             "accuracy": dict(self.accuracy),
             "worst_case_accuracy": self.worst_case_accuracy,
             "mean_accuracy": self.mean_accuracy,
+            "attacked": dict(self.attacked),
+            "seconds": dict(self.seconds),
         }
 
 
@@ -141,10 +146,13 @@ def robust_accuracy(
         robust = clean.clone()
         correct: dict[str, torch.Tensor] = {}
         adversarial: dict[str, torch.Tensor] = {}
+        attacked: dict[str, int] = {}
+        seconds: dict[str, float] = {}
         idx = clean.nonzero().squeeze(1)  # attack only what the defence classifies correctly
         for name, attack in attacks.items():
             if cascade:
                 idx = robust.nonzero().squeeze(1)
+            start = time.perf_counter()
             ok = robust.clone() if cascade else torch.zeros_like(clean)
             x_adv_all = x.clone() if keep_adversarial else None
             # (split() of an empty index yields one empty batch: skip it)
@@ -159,6 +167,10 @@ def robust_accuracy(
                     x_adv_all[ib] = x_adv.to(x.device)
             correct[name] = ok
             robust = torch.minimum(robust, ok)
+            if robust.is_cuda:  # time the kernels, not their launch
+                torch.cuda.synchronize(robust.device)
+            attacked[name] = int(idx.numel())
+            seconds[name] = time.perf_counter() - start
             if x_adv_all is not None:
                 adversarial[name] = x_adv_all
     finally:
@@ -175,4 +187,6 @@ def robust_accuracy(
         worst_case_accuracy=robust.sum().item() / n,
         mean_accuracy=sum(accuracy.values()) / len(accuracy) if accuracy else clean.sum().item() / n,
         adversarial=adversarial,
+        attacked=attacked,
+        seconds=seconds,
     )

@@ -298,6 +298,10 @@ def evaluate(
                 "checks": checks,
                 "seconds": time.time() - start,
                 "attack_seconds": attack_seconds,
+                "attack_time": {
+                    name: {"examples": result.attacked[name], "seconds": round(result.seconds[name], 3)}
+                    for name in result.seconds
+                },
                 "fingerprint": cfg.fingerprint(),
                 "config": cfg.to_dict(),
                 "version": __version__,

@@ -42,8 +42,23 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
             ),
             "budget": rs[0].get("budget", {}),
             "checks": _merge_checks([r.get("checks", {}) for r in rs]),
+            "seconds": _mean_std([r["seconds"] for r in rs]) if all("seconds" in r for r in rs) else None,
+            "attack_time": _mean_attack_time(rs),
         }
     return rows
+
+
+def _mean_attack_time(records: list[dict]) -> dict[str, tuple[float, float]]:
+    """attack -> (examples attacked, wall seconds), each the mean over the runs that recorded it
+    (records written before per-attack timing give nothing)."""
+    per_attack: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        for name, t in r.get("attack_time", {}).items():
+            per_attack[name].append(t)
+    return {
+        name: (statistics.fmean(t["examples"] for t in ts), statistics.fmean(t["seconds"] for t in ts))
+        for name, ts in per_attack.items()
+    }
 
 
 def _merge_checks(per_run: list[dict]) -> dict[str, dict]:
@@ -51,8 +66,11 @@ def _merge_checks(per_run: list[dict]) -> dict[str, dict]:
     merged: dict[str, dict] = {}
     for checks in per_run:
         for name, c in checks.items():
-            m = merged.setdefault(name, {"runs": 0, "n": 0, "robust_before": 0, "extra": 0, "flag": False})
+            m = merged.setdefault(
+                name, {"runs": 0, "n": 0, "robust_before": 0, "extra": 0, "flag": False, "seconds": 0.0}
+            )
             m["runs"] += 1
+            m["seconds"] += c.get("seconds", 0.0)
             m["n"] += c["n"]
             m["robust_before"] += c["robust_before"]
             m["extra"] += c["extra"]
@@ -108,6 +126,30 @@ def checks_table(rows: dict[tuple, dict]) -> str:
             cells += [count_text(c["robust_before"]), count_text(c["extra"])]
             cells.append(FLAG_TEXT[name] if c["flag"] else "ok")
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def compute_table(rows: dict[tuple, dict]) -> str:
+    """Per setting: each attack's examples attacked and wall seconds (means per run; a cascade
+    attacks only what the earlier attacks left), each cross-check's seconds, and the row's total."""
+    lines = [
+        "| setting | step | examples attacked per run | seconds per run |",
+        "|---|---|---|---|",
+    ]
+    for (vote, sigma, m, eps), row in sorted(
+        rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0])
+    ):
+        if row.get("seconds") is None:
+            continue
+        label = f"{setting_name(vote, sigma, m)} eps {eps:g}"
+        for name, (examples, seconds) in row.get("attack_time", {}).items():
+            lines.append(f"| {label} | {name} | {examples:.1f} | {seconds:.1f} |")
+        for name, c in sorted(row.get("checks", {}).items()):
+            lines.append(
+                f"| {label} | check: {name} ({c['label']}) | of the first {c['n'] / c['runs']:.0f} | "
+                f"{c['seconds'] / c['runs']:.1f} |"
+            )
+        lines.append(f"| {label} | **total** (clean judging included) | - | **{row['seconds'][0]:.1f}** |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -282,6 +324,17 @@ def write_report(
             "Carlo error of the judge (the examples whose verdict flips when judged again).",
             "",
             cross,
+            "",
+        ]
+    compute = compute_table(rows)
+    if compute:
+        parts += [
+            "## Compute",
+            "",
+            "Wall seconds per run on the machine that ran it (mean over runs): each attack's crafting and "
+            "judging, each cross-check, and the whole row.",
+            "",
+            compute,
             "",
         ]
     plot = plot_sigma_sweep(rows, out / "sigma_sweep.png")
