@@ -106,3 +106,35 @@ def test_autoattack_adapter_runs_official_package(mnist_small_model):
         AutoAttackAdapter(model, eps=eps, version="custom")
     with pytest.raises(SmoothinfError, match="norm"):
         AutoAttackAdapter(model, norm="l0", eps=eps)
+
+
+def test_autoattack_custom_square_on_a_randomised_model_drops_only_the_rand_advice(mnist_small_model, caplog):
+    """Square as a black-box check on a randomised model is chosen on purpose: AutoAttack's advice to
+    use version="rand" is dropped for that call, and its logger keeps no filter afterwards."""
+    import logging
+
+    pytest.importorskip("pyautoattack")
+    model, x, y = mnist_small_model
+
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.inner(z) + 0.1 * torch.randn(z.shape[0], 10)
+
+    logger = logging.getLogger("auto-attack")
+    filters = list(logger.filters)
+    with caplog.at_level(logging.WARNING, logger="auto-attack"):
+        AutoAttackAdapter(Noisy(), eps=0.1, version="custom", attacks=["square"], square_queries=5, seed=0)(
+            x[:8], y[:8]
+        )
+    assert not [r for r in caplog.records if "randomized defense" in r.getMessage()]
+    assert logger.filters == filters
+    # the advice itself still reaches the log when the filter is not in place (the check is real)
+    with caplog.at_level(logging.WARNING, logger="auto-attack"):
+        from pyautoattack import checks
+
+        checks.check_randomized(Noisy(), x[:8], y[:8], logger=logger)
+    assert [r for r in caplog.records if "randomized defense" in r.getMessage()]

@@ -7,6 +7,10 @@ with EOT over 20 draws, for randomised defences) on our models and SmoothedClass
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -16,6 +20,23 @@ from smoothinf.utils import check_images, check_labels, model_device
 
 _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 VERSIONS = ("standard", "rand", "plus", "custom")
+
+
+def _not_the_randomised_advice(record: logging.LogRecord) -> bool:
+    return "randomized defense" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _chosen_attacks_on_purpose(version: str) -> Iterator[None]:
+    """With version="custom" the attacks were chosen on purpose (e.g. Square as a black-box check on
+    a randomised model): drop AutoAttack's advice to use version="rand" for this call only."""
+    logger = logging.getLogger("auto-attack")
+    if version == "custom":
+        logger.addFilter(_not_the_randomised_advice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_the_randomised_advice)
 
 
 class AutoAttackAdapter:
@@ -121,9 +142,10 @@ class AutoAttackAdapter:
             adversary.verbose = self.verbose
             if self.square_queries is not None:
                 adversary.square.n_queries = self.square_queries
-            x_adv, _ = adversary.run_standard_evaluation(
-                x.detach().clone(), y.detach().clone(), batch_size=self.batch_size
-            )
+            with _chosen_attacks_on_purpose(self.version):
+                x_adv, _ = adversary.run_standard_evaluation(
+                    x.detach().clone(), y.detach().clone(), batch_size=self.batch_size
+                )
         finally:
             for m, t in training:
                 m.training = t
