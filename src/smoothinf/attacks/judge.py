@@ -116,6 +116,7 @@ def robust_accuracy(
     keep_adversarial: bool = False,
     cascade: bool = False,
     judgements: int = 16,
+    on_attack: Callable[[str], None] | None = None,
 ) -> RobustResult:
     """Run every attack on the examples the defended classifier gets right and judge with it.
 
@@ -132,6 +133,7 @@ def robust_accuracy(
         judgements: judgements per point of a randomised defence (``is_randomised``): each
             example's correctness is the fraction right (see the module docstring); a deterministic
             defence is judged once. The cascade attacks every example still right in some judgement.
+        on_attack: called with each attack's name as it starts (e.g. to show it in a progress bar).
     """
     if not isinstance(attacks, Mapping):
         raise SmoothinfError("attacks must be a mapping name -> attack")
@@ -153,6 +155,8 @@ def robust_accuracy(
             if cascade:
                 idx = robust.nonzero().squeeze(1)
             start = time.perf_counter()
+            if on_attack is not None:
+                on_attack(name)
             ok = robust.clone() if cascade else torch.zeros_like(clean)
             x_adv_all = x.clone() if keep_adversarial else None
             # (split() of an empty index yields one empty batch: skip it)

@@ -25,6 +25,7 @@ from smoothinf.attacks import (
 from smoothinf.attacks.presets import preset_attacks
 from smoothinf.distributed import gather_json, init_distributed
 from smoothinf.evaluation.config import EvalConfig
+from smoothinf.evaluation.report import setting_name
 from smoothinf.evaluation.results import ResultsStore
 from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import SmoothedClassifier
@@ -256,9 +257,10 @@ def evaluate(
     dist_info = init_distributed(device)
     mine = jobs[dist_info.rank :: dist_info.world_size]
     records = []
-    for run, (vote, sigma, m), eps in tqdm(
-        mine, desc="evaluate", disable=not progress or not dist_info.is_main
-    ):
+    bar = tqdm(mine, desc="evaluate", disable=not progress or not dist_info.is_main)
+    for run, (vote, sigma, m), eps in bar:
+        row = f"run {run}, {setting_name(vote, sigma, m)}, eps {eps:g}"
+        bar.set_postfix_str(row)
         seed = cfg.seed + run
         gen = torch.Generator(device=device).manual_seed(seed)
         start = time.time()
@@ -274,8 +276,10 @@ def evaluate(
             keep_adversarial=cfg.convergence_check,
             cascade=cfg.cascades(),
             judgements=cfg.judgements,
+            on_attack=lambda name, row=row: bar.set_postfix_str(f"{row}: {name}"),
         )
         attack_seconds = time.time() - start
+        bar.set_postfix_str(f"{row}: cross-checks")
         checks, robust = _checks(cfg, model, defended, vote, sigma, eps, x, y, result, gen)
         acc = result.accuracy
         strongest = _strongest(acc, result.clean_accuracy, cfg.cascades())
