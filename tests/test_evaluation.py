@@ -407,3 +407,12 @@ def test_report_compute_table_gives_mean_seconds_per_run_per_attack_and_check():
         "| hard sigma=0.1 m=8 eps 0.1 | **total** (clean judging included) | - | **45.0** |",
     ]
     assert compute_table(aggregate([record(0, "none", 0.0, 0.9, {"pgd": 0.3}, 0.3)])) == ""
+
+
+def test_report_header_counts_the_runs_the_records_hold():
+    from smoothinf.evaluation.report import runs_text
+
+    recs = [record(r, "hard", 0.1, 0.9, {"pgd": 0.5}, 0.4) | {"seed": 5 + r} for r in range(3)]
+    assert runs_text(recs) == "3 runs (seeds 5..7)"  # whatever the first record's config said
+    assert runs_text(recs[:1]) == "1 run (seed 5)"
+    assert runs_text([recs[0], recs[2]]) == "2 runs (seeds 5, 7)"

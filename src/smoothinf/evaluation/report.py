@@ -272,6 +272,18 @@ def plot_certified(radius: np.ndarray, correct: np.ndarray, sigma: float, path: 
     return path
 
 
+def runs_text(records: list[dict]) -> str:
+    """ "3 runs (seeds 0..2)": the runs the records hold (a results file grown by a later, larger
+    ``--runs`` holds more than its first record's config says)."""
+    seeds = sorted({int(r["seed"]) for r in records if "seed" in r})
+    runs = len({r["run"] for r in records})
+    if not seeds:
+        return f"{runs} runs"
+    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
+    listed = f"{seeds[0]}..{seeds[-1]}" if contiguous and len(seeds) > 1 else ", ".join(map(str, seeds))
+    return f"{runs} run{'s' if runs != 1 else ''} (seed{'s' if len(seeds) != 1 else ''} {listed})"
+
+
 def write_report(
     records: list[dict],
     out_dir: str | Path,
@@ -294,8 +306,7 @@ def write_report(
         cfg = records[0]["config"]
         parts += [
             f"Checkpoint `{cfg['checkpoint']}`, data {cfg['data']} ({cfg['split']}, "
-            f"{records[0]['n']} examples), "
-            f"{cfg['runs']} runs (seeds {cfg['seed']}..{cfg['seed'] + cfg['runs'] - 1}), attacks "
+            f"{records[0]['n']} examples), {runs_text(records)}, attacks "
             f"{', '.join(cfg['attacks'])} (budgets below). Accuracies in %, mean ± std over "
             "runs; the worst case counts an example as robust only if every attack failed on it, judged by "
             "the defended (smoothed) classifier with fresh noise; it includes the successes of the "
