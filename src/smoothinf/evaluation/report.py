@@ -91,6 +91,11 @@ FLAG_TEXT = {
 }
 
 
+def _in_table_order(rows: dict[tuple, dict]) -> list[tuple[tuple, dict]]:
+    """(key, row) pairs by eps, then the base model first, then vote, sigma and m."""
+    return sorted(rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0]))
+
+
 def row_flags(row: dict) -> str:
     """The report's flags for one aggregated row ("-" when none)."""
     checks = row.get("checks", {}).items()
@@ -101,9 +106,7 @@ def row_flags(row: dict) -> str:
 def budget_table(rows: dict[tuple, dict]) -> str:
     """Per setting and attack: steps x draws x restarts and gradient evaluations per example."""
     lines = ["| setting | attack | steps x draws x restarts | gradients per example |", "|---|---|---|---|"]
-    for (vote, sigma, m, eps), row in sorted(
-        rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0])
-    ):
+    for (vote, sigma, m, eps), row in _in_table_order(rows):
         for name, b in sorted(row.get("budget", {}).items()):
             if b:
                 cells = [f"{setting_name(vote, sigma, m)} eps {eps:g}", name]
@@ -118,9 +121,7 @@ def checks_table(rows: dict[tuple, dict]) -> str:
         "| setting | check | examples (all runs) | robust before | extra fooled | flag |",
         "|---|---|---|---|---|---|",
     ]
-    for (vote, sigma, m, eps), row in sorted(
-        rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0])
-    ):
+    for (vote, sigma, m, eps), row in _in_table_order(rows):
         for name, c in sorted(row.get("checks", {}).items()):
             cells = [f"{setting_name(vote, sigma, m)} eps {eps:g}", f"{name}: {c['label']}", str(c["n"])]
             cells += [count_text(c["robust_before"]), count_text(c["extra"])]
@@ -136,9 +137,7 @@ def compute_table(rows: dict[tuple, dict]) -> str:
         "| setting | step | examples attacked per run | seconds per run |",
         "|---|---|---|---|",
     ]
-    for (vote, sigma, m, eps), row in sorted(
-        rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0])
-    ):
+    for (vote, sigma, m, eps), row in _in_table_order(rows):
         if row.get("seconds") is None:
             continue
         label = f"{setting_name(vote, sigma, m)} eps {eps:g}"
@@ -162,9 +161,7 @@ def markdown_table(rows: dict[tuple, dict]) -> str:
     names = list(dict.fromkeys(a for row in rows.values() for a in row["attacks"]))
     head = ["setting", "eps", "runs", "clean"] + names + ["worst case", "strongest", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (vote, sigma, m, eps), row in sorted(
-        rows.items(), key=lambda kv: (kv[0][3], kv[0][0] != "none", kv[0])
-    ):
+    for (vote, sigma, m, eps), row in _in_table_order(rows):
         cells = [setting_name(vote, sigma, m), f"{eps:g}", str(row["runs"]), _pm(row["clean"])]
         cells += [_pm(row["attacks"][a]) if a in row["attacks"] else "-" for a in names]
         cells += [_pm(row["worst_case"]), row["strongest"], row_flags(row)]
