@@ -319,3 +319,35 @@ def test_refused_pickle_raises_without_a_torch_warning(ws):
         with pytest.raises(CheckpointError, match="refused to unpickle"):
             read_torch_file(ws / "plain.pkl")
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"seconds": "12 s"}, {"attack_time": {"pgd": {"seconds": 1.0}}}, {"attack_time": ["pgd"]}],
+)
+def test_report_refuses_a_record_with_malformed_wall_times(tmp_path, capsys, bad):
+    record = {
+        "run": 0,
+        "vote": "none",
+        "sigma": 0.0,
+        "m": 1,
+        "eps": 0.1,
+        "n": 4,
+        "clean": 1.0,
+        "attacks": {"pgd": 0.5},
+        "worst_case": 0.5,
+        "fingerprint": "f",
+        "config": {},
+        "seconds": 3.0,
+        "attack_time": {"pgd": {"examples": 4, "seconds": 1.0}},
+    }
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(record) + "\n")
+    from smoothinf.evaluation import read_results
+
+    assert read_results(good)[0]["attack_time"]["pgd"]["examples"] == 4
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(record | bad) + "\n")
+    assert main(["report", str(path), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.jsonl:1: 'seconds' must be a number" in err

@@ -212,6 +212,21 @@ class ResultsStore:
         self.records.append(record)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _timing_ok(record: dict) -> bool:
+    """The optional wall times of a record, when present, have the shapes the report reads."""
+    if "seconds" in record and not _is_number(record["seconds"]):
+        return False
+    timing = record.get("attack_time", {})
+    return isinstance(timing, dict) and all(
+        isinstance(t, dict) and _is_number(t.get("examples")) and _is_number(t.get("seconds"))
+        for t in timing.values()
+    )
+
+
 def _read(
     path: Path, allow_torn_tail: bool, required: tuple[str, ...] = RECORD_KEYS
 ) -> tuple[list[dict], int | None]:
@@ -238,6 +253,11 @@ def _read(
             )
         if "attacks" in required and not isinstance(record["attacks"], dict):
             raise ConfigError(f"{path}:{i}: 'attacks' must be an object of attack -> accuracy")
+        if not _timing_ok(record):
+            raise ConfigError(
+                f"{path}:{i}: 'seconds' must be a number and 'attack_time' an object of attack -> "
+                "{examples, seconds}; remove that line and rerun evaluate to recompute it"
+            )
         records.append(record)
     return records, None
 
