@@ -628,6 +628,8 @@ def test_quick_study_end_to_end_cli(tmp_path):
     assert "logits / T for T = 0.25, 0.5 in turn" in page  # both tempered plateau attacks ran
     for claim in range(1, 8):
         assert f"## Claim {claim}." in page
+    assert "## Longer training: pni_w_pgd_at at 2 epochs" in page  # the stage ran last
+    assert len((out / "long" / "eval" / "pni_w_pgd_at.jsonl").read_text().splitlines()) == 6
     proc = subprocess.run(cmd + ["--report-only"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and (out / "paper-reproduction.md").read_text() == page
 

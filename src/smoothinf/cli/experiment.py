@@ -35,6 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="end after this stage (the page is written from what exists)",
     )
     q.add_argument(
+        "--only",
+        choices=("long",),
+        default=None,
+        help="run only this stage (long: the longer-training stage, whose models train from scratch), "
+        "then rebuild the page",
+    )
+    q.add_argument(
         "--jobs",
         type=count(1),
         default=None,
@@ -61,6 +68,7 @@ def run_paper_mnist(args: argparse.Namespace) -> int:
             device=args.device,
             jobs=args.jobs,
             profile=args.profile,
+            only=args.only,
         )
     print(f"report: {path}" + (f" (copied to {args.doc})" if args.doc else ""))
     return 0

@@ -584,11 +584,18 @@ def evaluate_model(
 
 
 def _train_config(
-    configs: Path, name: str, out: Path, study: StudyConfig, refs: dict[str, str]
+    configs: Path,
+    name: str,
+    out: Path,
+    study: StudyConfig,
+    refs: dict[str, str],
+    extra: dict | None = None,
 ) -> TrainConfig:
+    """Model ``name``'s TrainConfig: its YAML, the study's overrides, then ``extra``; trained into
+    ``out/models/<name>``."""
     path = configs / f"{name}.yaml"
     cfg = TrainConfig.from_yaml(path)
-    for k, v in study.train_overrides(name).items():  # fields checked by StudyConfig.validate
+    for k, v in {**study.train_overrides(name), **(extra or {})}.items():  # checked by validate
         setattr(cfg, k, v)
     if cfg.init and cfg.init.startswith("@"):
         ref = cfg.init[1:]
@@ -619,8 +626,19 @@ def model_checkpoint(model_dir: Path) -> Path:
     return best if best.exists() else model_dir / "model.safetensors"
 
 
-def _train_step(configs: Path, name: str, out: Path, study: StudyConfig, refs: dict[str, str], log) -> str:
-    cfg = _train_config(configs, name, out, study, refs)
+def _train_step(
+    configs: Path,
+    name: str,
+    out: Path,
+    study: StudyConfig,
+    refs: dict[str, str],
+    log,
+    stage: str = "",
+    extra: dict | None = None,
+) -> str:
+    """Train model ``name`` (step ``train/<name>``; under a ``stage`` such as "long", step
+    ``<stage>/train/<name>`` into ``out/<stage>/models``, with ``extra`` TrainConfig overrides)."""
+    cfg = _train_config(configs, name, out / stage if stage else out, study, refs, extra)
     ident = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "init")}
     fp = fingerprint(ident, [cfg.init] if cfg.init else [])
     model_dir = Path(cfg.out)
@@ -629,7 +647,7 @@ def _train_step(configs: Path, name: str, out: Path, study: StudyConfig, refs: d
         metrics = train(cfg, resume=True)
         return {"metrics": metrics}
 
-    _run_step(out, f"train/{name}", fp, [model_dir], work, log)
+    _run_step(out, f"{stage}/train/{name}" if stage else f"train/{name}", fp, [model_dir], work, log)
     return str(model_checkpoint(model_dir))
 
 
@@ -1121,35 +1139,9 @@ def _init_ref(configs: Path, name: str) -> list[str]:
     return [init[1:]] if init and init.startswith("@") else []
 
 
-def run_study(
-    out: str | os.PathLike,
-    configs: str | os.PathLike = DEFAULT_CONFIGS,
-    quick: bool = False,
-    doc: str | os.PathLike | None = None,
-    stop_after: str | None = None,
-    log: Callable[[str], None] = print,
-    profile: str | None = None,
-    **overrides,
-) -> Path:
-    """Run (or resume) the whole study into ``out``; returns the path of the report it writes.
-
-    ``profile`` applies that block of study.yaml ("quick": minutes, the same as ``quick=True``;
-    "gpu": the full specification). ``stop_after`` ("train", "eval", "convergence", "certify")
-    ends the run after that stage (the report is still written from what exists). ``doc`` also
-    copies the report there. ``overrides`` replace study.yaml fields (``jobs=2``: two steps at once).
-    """
-    out, configs = Path(out), Path(configs)
-    study = load_study(configs, quick, profile, **overrides)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
-    full = load_study(configs, False, None if study.quick else profile, **overrides)
-    (out / "study_full.json").write_text(json.dumps(_plan(configs, full, out), indent=1))
-    if not (out / "started.json").exists():  # the study's first pass: its wall time counts from here
-        (out / "started.json").write_text(json.dumps({"time": time.time()}))
-    stages = ("train", "eval", "convergence", "certify")
-    if stop_after is not None and stop_after not in stages:
-        raise ConfigError(f"stop_after must be one of {', '.join(stages)}")
-    t_start = time.time()
+def _main_stages(out: Path, configs: Path, study: StudyConfig, stop_after: str | None, log) -> None:
+    """Train, select, fine-tune, evaluate, then the convergence, headline, plateau and certify
+    stages (up to ``stop_after``)."""
     base = study.models + ([study.transfer_source] if study.transfer_source else [])
     train_tasks = {n: (_init_ref(configs, n), _train_job, (configs, n, out, study, {})) for n in base}
     refs: dict[str, str] = dict(_schedule(train_tasks, study.jobs, log))  # type: ignore[arg-type]
@@ -1200,6 +1192,50 @@ def run_study(
                 certified = [n for n in order if study.for_model(n).certify]
                 tasks = {n: ([], _certify_job, (out, n, refs[n], study)) for n in certified}
                 _schedule(tasks, study.jobs, log)
+
+
+def run_study(
+    out: str | os.PathLike,
+    configs: str | os.PathLike = DEFAULT_CONFIGS,
+    quick: bool = False,
+    doc: str | os.PathLike | None = None,
+    stop_after: str | None = None,
+    log: Callable[[str], None] = print,
+    profile: str | None = None,
+    only: str | None = None,
+    **overrides,
+) -> Path:
+    """Run (or resume) the whole study into ``out``; returns the path of the report it writes.
+
+    ``profile`` applies that block of study.yaml ("quick": minutes, the same as ``quick=True``;
+    "gpu": the full specification). ``stop_after`` ("train", "eval", "convergence", "certify")
+    ends the run after that stage (the report is still written from what exists); the longer-training
+    stage (study.yaml's ``long_training``) runs last, and ``only="long"`` runs it alone (its models
+    train from scratch: it needs nothing of the other stages). ``doc`` also
+    copies the report there. ``overrides`` replace study.yaml fields (``jobs=2``: two steps at once).
+    """
+    out, configs = Path(out), Path(configs)
+    study = load_study(configs, quick, profile, **overrides)
+    if only is not None and only != "long":
+        raise ConfigError(f"only must be 'long' (the one stage that needs no other), not {only!r}")
+    if only is not None and study.long() is None:
+        raise ConfigError("only='long': study.yaml gives no long_training stage")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
+    full = load_study(configs, False, None if study.quick else profile, **overrides)
+    (out / "study_full.json").write_text(json.dumps(_plan(configs, full, out), indent=1))
+    if not (out / "started.json").exists():  # the study's first pass: its wall time counts from here
+        (out / "started.json").write_text(json.dumps({"time": time.time()}))
+    stages = ("train", "eval", "convergence", "certify")
+    if stop_after is not None and stop_after not in stages:
+        raise ConfigError(f"stop_after must be one of {', '.join(stages)}")
+    t_start = time.time()
+    if only is None:
+        _main_stages(out, configs, study, stop_after, log)
+    if study.long() is not None and stop_after is None:
+        from smoothinf.experiments.long_training import long_tasks
+
+        _schedule(long_tasks(configs, out, study), study.jobs, log)
     wall = time.time() - t_start
     log(f"pipeline pass: {wall:.1f} s")
     with (out / "passes.jsonl").open("a") as f:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from smoothinf.errors import ConfigError
+from smoothinf.experiments.long_training import load_long, long_headline, long_lines
 from smoothinf.experiments.study import (
     CASCADED,
     CERT_RADII,
@@ -1303,6 +1304,7 @@ def build_page(out: str | os.PathLike) -> str:
             "selected on a validation split), so it is biased upward; the per-claim tables give every row.",
             "",
         ]
+    L += long_headline(out, study, TARGET)
     # claims
     claims = [
         (
@@ -1371,6 +1373,7 @@ def build_page(out: str | os.PathLike) -> str:
                 intro=f"The best row with input noise ({pos['model']}, {pos['key']}, sigma {pos['sigma']}) "
                 "under the same ladder, without the doubling check:",
             )
+    L += long_lines(out, study)
     # certification
     L += ["## Certified L2 accuracy (Cohen et al.)", ""]
     if res["certs"]:
@@ -1421,6 +1424,7 @@ def build_page(out: str | os.PathLike) -> str:
         stage: sum(r["craft_seconds"] + r["judge_seconds"] for r in res[key])
         for stage, key in (("eval", "rows"), ("headline", "headline"), ("plateau", "plateau"))
     }
+    row_seconds["long"] = sum(r["seconds"] for f in load_long(out, study).values() for r in f["records"])
     L += ["## Compute", "", "| stage | step seconds (last pass) | rows' crafting + judging seconds |"]
     L += ["|---|---|---|"]
     L += [

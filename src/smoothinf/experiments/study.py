@@ -25,6 +25,67 @@ CERT_RADII = (0.0, 0.25, 0.5, 1.0)
 PROFILES = ("quick", "gpu")
 
 
+# EvalConfig fields the longer-training stage takes from the study, never from its own block
+LONG_FROM_STUDY = ("checkpoint", "data", "root", "eps", "seed", "device")
+
+
+@dataclass
+class LongTrainingConfig:
+    """The longer-training stage (study.yaml's ``long_training``; empty: off). The study's recipes
+    ``models`` train again from scratch with ``train`` (TrainConfig fields over the study's own
+    overrides, e.g. 30 epochs) into ``out/long/models``, and each is evaluated with ``smoothinf
+    evaluate``'s protocol: ``evaluate`` (EvalConfig fields shared by every model), then
+    ``models[name]`` (that model's own, e.g. votes and sigmas); data, eps, seed and device are the
+    study's."""
+
+    models: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
+
+    def eval_config(self, name: str, checkpoint: str, study: StudyConfig):
+        """The EvalConfig of model ``name`` (checkpoint path ``checkpoint``), validated."""
+        from smoothinf.evaluation.config import EvalConfig
+
+        fixed = {"data": study.data, "eps": [float(study.eps)], "seed": study.seed, "device": study.device}
+        cfg = EvalConfig(**{**self.evaluate, **(self.models.get(name) or {})}, checkpoint=checkpoint, **fixed)
+        cfg.validate()
+        return cfg
+
+    def validate(self, study: StudyConfig) -> None:
+        from smoothinf.evaluation.config import EvalConfig
+
+        where = "long_training"
+        if not isinstance(self.models, dict) or not self.models:
+            raise ConfigError(f"{where}.models must map model names to their evaluate settings")
+        strangers = sorted(set(self.models) - set(study.models))
+        if strangers:
+            raise ConfigError(f"{where}.models names {', '.join(strangers)}, not among the study's models")
+        train_fields = {f.name for f in fields(TrainConfig)}
+        if not isinstance(self.train, dict):
+            raise ConfigError(f"{where}.train must be a mapping of TrainConfig fields, not {self.train!r}")
+        unknown = sorted(set(self.train) - train_fields)
+        if unknown:
+            raise ConfigError(f"{where}.train: {', '.join(unknown)} is not a TrainConfig field")
+        self.train.update(check_config_types(TrainConfig, self.train, f"{where}.train"))
+        eval_fields = {f.name for f in fields(EvalConfig)} - set(LONG_FROM_STUDY)
+        for label, block in [("evaluate", self.evaluate)] + [
+            (f"models[{n!r}]", b or {}) for n, b in self.models.items()
+        ]:
+            if not isinstance(block, dict):
+                raise ConfigError(f"{where}.{label} must be a mapping of EvalConfig fields, not {block!r}")
+            unknown = sorted(set(block) - eval_fields)
+            if unknown:
+                raise ConfigError(
+                    f"{where}.{label}: {', '.join(unknown)} is not an EvalConfig field the stage takes "
+                    f"(the study sets {', '.join(LONG_FROM_STUDY)})"
+                )
+        for name in self.models:
+            try:
+                self.eval_config(name, "<checkpoint>", study)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}, model {name}: {exc}") from None
+
+
 @dataclass
 class StudyConfig:
     """What the study trains and how it evaluates (``configs/paper_mnist/study.yaml``)."""
@@ -94,6 +155,8 @@ class StudyConfig:
     train: dict = field(default_factory=dict)  # overrides applied to every TrainConfig
     # per-model TrainConfig overrides, applied after ``train``: {name: {field: value}}
     model_train: dict = field(default_factory=dict)
+    # the longer-training stage (LongTrainingConfig's fields; {}: off)
+    long_training: dict = field(default_factory=dict)
     batch_size: int = 250
     seed: int = 0
     device: str = "auto"
@@ -167,6 +230,18 @@ class StudyConfig:
                 raise ConfigError(f"model_eval names {name!r}, which is not among the study's models")
             if not isinstance(over, dict) or set(over) - allowed:
                 raise ConfigError(f"model_eval[{name!r}] may only set {', '.join(sorted(allowed))}")
+        long = self.long()
+        if long is not None:
+            long.validate(self)
+
+    def long(self) -> LongTrainingConfig | None:
+        """The longer-training stage, or None when study.yaml gives none."""
+        if not self.long_training:
+            return None
+        keys = {"models", "train", "evaluate"}
+        if not isinstance(self.long_training, dict) or set(self.long_training) - keys:
+            raise ConfigError("long_training may only set models, train and evaluate")
+        return LongTrainingConfig(**self.long_training)
 
     def for_model(self, name: str) -> StudyConfig:
         """This study with ``model_eval[name]``'s overrides (fewer runs or sigmas for a costly model)."""

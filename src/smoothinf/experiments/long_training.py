@@ -1,0 +1,223 @@
+"""The study's longer-training stage: some of its recipes trained again for longer, each evaluated
+with ``smoothinf evaluate``'s protocol, and the page's section on them.
+
+Files, all under ``out/long``: ``models/<name>/`` (the training run, resumable from its ``last.pt``)
+and ``eval/<name>.jsonl`` (``smoothinf evaluate`` records, keyed by the weights' sha256, the data's
+hash and every setting that changes a number: a file of other weights is set aside as
+``<name>.stale.jsonl``, never mixed in). Steps ``long/train/<name>`` and ``long/eval/<name>``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from smoothinf.data import load_dataset
+from smoothinf.evaluation.config import EvalConfig
+from smoothinf.evaluation.protocol import evaluate
+from smoothinf.evaluation.report import aggregate, row_flags, setting_name
+from smoothinf.evaluation.results import ResultsStore, evaluation_identity, fingerprint_of, weights_digest
+from smoothinf.experiments.paper_mnist import _run_step, _set_aside_foreign_rows, _train_step, fingerprint
+from smoothinf.experiments.study import StudyConfig, read_jsonl
+from smoothinf.models import load_checkpoint
+from smoothinf.utils import resolve_device
+
+STAGE = "long"
+
+
+def _train_task(name: str) -> str:
+    return f"{STAGE}-train-{name}"
+
+
+def long_train_job(configs: Path, name: str, out: Path, study: StudyConfig, _refs, log) -> str:
+    """Train model ``name`` with the stage's ``train`` overrides; returns its checkpoint."""
+    return _train_step(configs, name, out, study, {}, log, stage=STAGE, extra=study.long().train)
+
+
+def results_path(out: Path, name: str) -> Path:
+    return Path(out) / STAGE / "eval" / f"{name}.jsonl"
+
+
+def long_eval_job(out: Path, name: str, study: StudyConfig, refs: dict, log) -> None:
+    """Evaluate model ``name``'s long-trained checkpoint (``refs``: the finished training task's)
+    with ``smoothinf evaluate``'s protocol, resuming record by record."""
+    ckpt = str(refs[_train_task(name)])
+    cfg = study.long().eval_config(name, ckpt, study)
+    device = resolve_device(cfg.device)
+    model, meta = load_checkpoint(ckpt, device=device)
+    data, _ = load_dataset(cfg.data, cfg.split, cfg.root)
+    x, y = data.tensors(cfg.max_examples)
+    identity = evaluation_identity(cfg, meta.get("weights_sha256") or weights_digest(model), x, y, device)
+    results = results_path(out, name)
+    grid = {"votes": cfg.votes, "sigmas": cfg.sigmas, "ms": cfg.ms, "eps": cfg.eps, "runs": cfg.runs}
+
+    def work():
+        _set_aside_foreign_rows(results, fingerprint_of(identity))  # other weights, data or settings
+        store = ResultsStore(results, identity=identity)
+        evaluate(cfg, model, x, y, store)
+
+    fp = fingerprint({"identity": identity, "grid": grid})
+    _run_step(out, f"{STAGE}/eval/{name}", fp, [results], work, log, discard=False)
+
+
+def long_tasks(configs: Path, out: Path, study: StudyConfig) -> dict:
+    """The stage's tasks for ``paper_mnist._schedule``: per model its training, then its evaluation."""
+    tasks = {}
+    for name in study.long().models:
+        tasks[_train_task(name)] = ([], long_train_job, (configs, name, out, study))
+    for name in study.long().models:
+        tasks[f"{STAGE}-eval-{name}"] = ([_train_task(name)], long_eval_job, (out, name, study))
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def _in_grid(record: dict, cfg: EvalConfig) -> bool:
+    """A record of the stage's current grid (records of runs or settings since dropped stay on disk)."""
+    setting = (record["vote"], float(record["sigma"]), int(record["m"]))
+    return record["run"] < cfg.runs and setting in cfg.settings() and float(record["eps"]) in cfg.eps
+
+
+def load_long(out: str | os.PathLike, study: StudyConfig) -> dict:
+    """model -> {"config": its EvalConfig, "rows": aggregated records (``evaluation.report.aggregate``),
+    "records": the records, "training": its metrics.jsonl}, for the models that have records."""
+    long = study.long()
+    found = {}
+    for name in long.models if long else []:
+        cfg = long.eval_config(name, "-", study)
+        records = [r for r in read_jsonl(results_path(Path(out), name)) if _in_grid(r, cfg)]
+        if records:
+            training = read_jsonl(Path(out) / STAGE / "models" / name / "metrics.jsonl")
+            found[name] = {"config": cfg, "rows": aggregate(records), "records": records}
+            found[name]["training"] = training
+    return found
+
+
+def _pm(ms: tuple[float, float]) -> str:
+    return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+
+
+def best_rows(found: dict) -> tuple[tuple | None, tuple | None]:
+    """The best smoothed row over the models ((model, key, row) by mean worst case; any sigma) and
+    the best with input noise (sigma > 0); None when there is none."""
+    smoothed = [(n, k, r) for n, f in found.items() for k, r in f["rows"].items() if k[0] != "none"]
+    best = max(smoothed, key=lambda t: t[2]["worst_case"][0], default=None)
+    noisy = max((t for t in smoothed if t[1][1] > 0), key=lambda t: t[2]["worst_case"][0], default=None)
+    return best, noisy
+
+
+def _base(found: dict, name: str) -> dict | None:
+    return next((r for k, r in found[name]["rows"].items() if k[0] == "none"), None)
+
+
+def _describe(row: tuple, found: dict) -> str:
+    name, (vote, sigma, m, _), r = row
+    base = _base(found, name)
+    return (
+        f"{name}, {vote}@{m}, sigma {sigma:g}: {_pm(r['worst_case'])} worst case, {_pm(r['clean'])} clean "
+        f"({r['runs']} runs; its base model: {_pm(base['worst_case']) if base else 'not measured'})"
+    )
+
+
+def _epochs(found: dict) -> str:
+    epochs = sorted({f["training"][-1]["epoch"] for f in found.values() if f["training"]})
+    return "/".join(str(e) for e in epochs) or "?"
+
+
+def long_headline(out: str | os.PathLike, study: StudyConfig, target: float) -> list[str]:
+    """The headline's lines on the long-trained models ([] when the stage has no records)."""
+    found = load_long(out, study)
+    best, noisy = best_rows(found)
+    if best is None:
+        return []
+    n = min(r["n"] for f in found.values() for r in f["rows"].values())
+    lines = [
+        f"**After longer training** ({_epochs(found)} epochs; `smoothinf evaluate`'s protocol on the first "
+        f"{n} images; see 'Longer training'), the best smoothed classifier is {_describe(best, found)}."
+    ]
+    if best[1][1] == 0:
+        lines.append(
+            "Its sigma is 0: the vote is over the model's own weight noise, no input noise."
+            + (f" The best with input noise is {_describe(noisy, found)}." if noisy else "")
+        )
+    reach = "reaches" if best[2]["worst_case"][0] >= target else "does not reach"
+    lines.append(f"It {reach} the {100 * target:.0f}% target.")
+    return [" ".join(lines), ""]
+
+
+def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
+    """The page's section on the long-trained models ([] when the stage is off)."""
+    long = study.long()
+    if long is None:
+        return []
+    found = load_long(out, study)
+    title = f"## Longer training: {', '.join(long.models)} at {long.train.get('epochs', '?')} epochs"
+    if not found:
+        return [title, "", "Not measured yet.", ""]
+    cfg = next(iter(found.values()))["config"]
+    temps = f", then APGD-CE at T {', '.join(f'{t:g}' for t in cfg.temperatures)}" if cfg.temperatures else ""
+    L = [
+        title,
+        "",
+        "The study's models train for the few epochs this machine allows (see 'Models'). This stage "
+        "trains these recipes again from scratch, from the same configs with "
+        + ", ".join(f"{k} {v}" for k, v in long.train.items())
+        + ", and evaluates each with `smoothinf evaluate`'s protocol (its records in "
+        f"`{Path(out) / STAGE / 'eval'}`): attacks {', '.join(cfg.attacks)} (PGD-{cfg.steps} on the base "
+        f"model, APGD-CE and APGD-DLR through the noise at {cfg.apgd_steps} steps x {cfg.attack_m} "
+        f"draws{temps} on hard and weighted votes), cascaded; on the first {cfg.check_examples} images of "
+        "every run the official AutoAttack (rand on randomised rows), the black-box Square attack "
+        f"({cfg.square_queries} queries) and the strongest attack at twice its steps and draws, whose "
+        f"finds count in the worst case. The first {cfg.max_examples} test images, seed {cfg.seed} + run; "
+        f"a randomised row is judged {cfg.judgements} times per image (its accuracy is the mean "
+        "P(correct)). Mean ± std over runs.",
+        "",
+        "| model | epochs | train s | val clean | val PGD |",
+        "|---|---|---|---|---|",
+    ]
+    for name, f in found.items():
+        if f["training"]:
+            last = f["training"][-1]
+            best_pgd = max(r.get("val_pgd", float("nan")) for r in f["training"])
+            L.append(
+                f"| {name} | {last['epoch']} | {last['seconds']:.0f} | {100 * last['val_clean']:.1f} | "
+                f"{100 * last.get('val_pgd', float('nan')):.1f} (best {100 * best_pgd:.1f}) |"
+            )
+    L += [
+        "",
+        "| model | setting | runs | clean | PGD on the base model | worst case | row seconds | flags |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f in found.items():
+        for (vote, sigma, m, _), r in sorted(f["rows"].items(), key=lambda kv: (kv[0][0] != "none", kv[0])):
+            pgd = _pm(r["attacks"]["pgd"]) if "pgd" in r["attacks"] else "-"
+            secs = f"{r['seconds'][0]:.0f}" if r.get("seconds") else "-"
+            L.append(
+                f"| {name} | {setting_name(vote, sigma, m)} | {r['runs']} | {_pm(r['clean'])} | {pgd} | "
+                f"**{_pm(r['worst_case'])}** | {secs} | {row_flags(r)} |"
+            )
+    L += [""]
+    for name in found:
+        base = _base(found, name)
+        noisy = [(k, r) for k, r in found[name]["rows"].items() if k[0] != "none" and k[1] > 0]
+        if base is None or not noisy:
+            continue
+        k, r = max(noisy, key=lambda kr: kr[1]["worst_case"][0])
+        diff = 100 * (r["worst_case"][0] - base["worst_case"][0])
+        L.append(
+            f"- {name}: its best row with input noise ({setting_name(*k[:3])}) changes the worst case "
+            f"by {diff:+.1f} points against its base model ({_pm(base['worst_case'])} to "
+            f"{_pm(r['worst_case'])})."
+        )
+    L += [
+        "",
+        "A flag means a cross-check found more than the white-box attacks on the checked images; its "
+        "finds are in the worst case. Each row's seconds are per run, on the machine that ran it.",
+        "",
+    ]
+    return L
+
+
+__all__ = ["long_headline", "long_lines", "long_tasks", "load_long"]

@@ -1,0 +1,106 @@
+"""The study's longer-training stage: its config checks, its resume keyed by the weights' hash, and
+its section of the page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smoothinf.errors import ConfigError
+from smoothinf.evaluation.report import aggregate
+from smoothinf.evaluation.results import fingerprint_of
+from smoothinf.experiments import run_study
+from smoothinf.experiments.long_training import load_long, long_lines, results_path
+from smoothinf.experiments.study import load_study, read_jsonl
+from smoothinf.models import read_sidecar
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "paper_mnist"
+PNI = "pni_w_pgd_at"
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"models": {"nope": {}}}, r"long_training.models names nope, not among the study's models"),
+        ({"models": {PNI: {"eps": [0.1]}}}, r"models\['pni_w_pgd_at'\]: eps is not an EvalConfig field"),
+        ({"models": {PNI: {"votes": ["majority"]}}}, "model pni_w_pgd_at: unknown vote 'majority'"),
+        ({"models": {PNI: {}}, "evaluate": {"runs": 0}}, "model pni_w_pgd_at: m, runs, steps"),
+        ({"models": {PNI: {}}, "train": {"epoch": 3}}, "long_training.train: epoch is not a TrainConfig"),
+        ({"models": {PNI: {}}, "train": {"epochs": "ten"}}, "epochs must be an integer"),
+        ({"models": {PNI: {}}, "extra": 1}, "long_training may only set models, train and evaluate"),
+        ({"models": []}, "long_training.models must map model names"),
+    ],
+)
+def test_long_training_config_is_checked(block, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study(CONFIGS, long_training=block)
+
+
+def test_committed_long_stage_matches_evaluates_defaults():
+    """The committed stage evaluates at `smoothinf evaluate`'s converged budget on the study's data."""
+    study = load_study(CONFIGS)
+    long = study.long()
+    assert set(long.models) <= set(study.models) and long.train == {"epochs": 30, "milestones": [25]}
+    cfg = long.eval_config(PNI, "ckpt", study)
+    assert (cfg.apgd_steps, cfg.attack_m, cfg.check_examples, cfg.runs) == (200, 64, 100, 3)
+    assert cfg.eps == [study.eps] and cfg.data == study.data and cfg.seed == study.seed
+    assert load_study(CONFIGS, profile="gpu").long() is None  # the GPU profile trains long already
+
+
+def test_only_long_needs_the_stage(tmp_path):
+    (tmp_path / "study.yaml").write_text("models: [a]\n")
+    with pytest.raises(ConfigError, match="gives no long_training stage"):
+        run_study(tmp_path / "out", tmp_path, only="long")
+    with pytest.raises(ConfigError, match="only must be 'long'"):
+        run_study(tmp_path / "out", tmp_path, only="certify")
+
+
+def test_long_stage_runs_resumes_and_sets_aside_records_of_other_weights(tmp_path):
+    """The quick profile's stage alone: it trains, evaluates every run and setting, and the page's
+    section shows the records' numbers; a rerun skips both steps; a results file whose records were
+    made with other weights is set aside (kept, never mixed in) and the stage evaluates again."""
+    out = tmp_path / "out"
+    logs: list[str] = []
+    run_study(out, CONFIGS, quick=True, only="long", device="cpu", log=logs.append)
+    study = load_study(CONFIGS, quick=True, device="cpu")
+    cfg = study.long().eval_config(PNI, "-", study)
+    path = results_path(out, PNI)
+    records = read_jsonl(path)
+    keys = {(r["run"], r["vote"], r["sigma"], r["m"]) for r in records}
+    assert keys == {(run, v, s, m) for run in range(cfg.runs) for v, s, m in cfg.settings()}
+    assert len(records) == len(keys) == 6
+    sha = read_sidecar(out / "long" / "models" / PNI / "best.safetensors")["weights_sha256"]
+    assert {r["identity"]["weights_sha256"] for r in records} == {sha}
+    assert {r["identity"]["data"]["examples"] for r in records} == {cfg.max_examples}
+    for r in records:
+        assert 0 <= r["worst_case"] <= r["clean"] and set(r["checks"]) >= {"autoattack", "blackbox"}
+
+    page = (out / "paper-reproduction.md").read_text()
+    assert "## Longer training: pni_w_pgd_at at 2 epochs" in page and "**After longer training**" in page
+    rows = aggregate(records)
+    hard = rows[("hard", 0.1, 2, 0.3)]["worst_case"]
+    assert f"| {PNI} | hard sigma=0.1 m=2 | 2 | " in page
+    assert f"**{100 * hard[0]:.1f} ± {100 * hard[1]:.1f}**" in page
+    assert "\n".join(long_lines(out, study)) in page
+
+    logs.clear()
+    run_study(out, CONFIGS, quick=True, only="long", device="cpu", log=logs.append)
+    assert f"[skip] long/train/{PNI}" in "\n".join(logs) and f"[skip] long/eval/{PNI}" in "\n".join(logs)
+    assert read_jsonl(path) == records
+
+    # the same file, as if written for other weights: set aside whole, then evaluated afresh
+    foreign = []
+    for r in records:
+        identity = {**r["identity"], "weights_sha256": "0" * 64}
+        foreign.append({**r, "identity": identity, "fingerprint": fingerprint_of(identity)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in foreign))
+    (out / "state" / "long__eval__pni_w_pgd_at.json").unlink()
+    run_study(out, CONFIGS, quick=True, only="long", device="cpu", log=logs.append)
+    assert read_jsonl(path.with_suffix(".stale.jsonl")) == foreign
+    again = read_jsonl(path)
+    assert {r["identity"]["weights_sha256"] for r in again} == {sha} and len(again) == 6
+    assert [r["worst_case"] for r in again] == [r["worst_case"] for r in records]  # same seeds
+    assert set(load_long(out, study)) == {PNI}
