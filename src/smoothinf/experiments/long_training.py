@@ -18,7 +18,7 @@ from smoothinf.evaluation.protocol import evaluate
 from smoothinf.evaluation.report import aggregate, row_flags, setting_name
 from smoothinf.evaluation.results import ResultsStore, evaluation_identity, fingerprint_of, weights_digest
 from smoothinf.experiments.paper_mnist import _run_step, _set_aside_foreign_rows, _train_step, fingerprint
-from smoothinf.experiments.study import StudyConfig, read_jsonl
+from smoothinf.experiments.study import MADRY_MNIST_ROW, StudyConfig, read_jsonl
 from smoothinf.models import load_checkpoint
 from smoothinf.utils import resolve_device
 
@@ -112,39 +112,67 @@ def _base(found: dict, name: str) -> dict | None:
     return next((r for k, r in found[name]["rows"].items() if k[0] == "none"), None)
 
 
-def _describe(row: tuple, found: dict) -> str:
-    name, (vote, sigma, m, _), r = row
-    base = _base(found, name)
-    return (
-        f"{name}, {vote}@{m}, sigma {sigma:g}: {_pm(r['worst_case'])} worst case, {_pm(r['clean'])} clean "
-        f"({r['runs']} runs; its base model: {_pm(base['worst_case']) if base else 'not measured'})"
-    )
-
-
 def _epochs(found: dict) -> str:
     epochs = sorted({f["training"][-1]["epoch"] for f in found.values() if f["training"]})
     return "/".join(str(e) for e in epochs) or "?"
 
 
-def long_headline(out: str | os.PathLike, study: StudyConfig, target: float) -> list[str]:
-    """The headline's lines on the long-trained models ([] when the stage has no records)."""
+def _headline_row(label: str, row: tuple, found: dict) -> list[str]:
+    name, (vote, sigma, m, _), r = row
+    base = _base(found, name)
+    lines = [f"| {label}: {name}, {vote}@{m}, sigma {sigma:g} | {_pm(r['clean'])} | {_pm(r['worst_case'])} |"]
+    if base is not None:
+        scores = f"{_pm(base['clean'])} | {_pm(base['worst_case'])}"
+        lines.append(f"| its base model, unsmoothed, same attacks | {scores} |")
+    return lines
+
+
+def long_headline(
+    out: str | os.PathLike, study: StudyConfig, target: float, grid_best: float | None = None
+) -> list[str]:
+    """The headline's table of the long-trained models ([] when the stage has no records):
+    the best smoothed row and its base, and the best with input noise (sigma > 0) and its base.
+    ``grid_best``: the grid's best smoothed worst case (fraction), to say which is the better."""
     found = load_long(out, study)
     best, noisy = best_rows(found)
     if best is None:
         return []
     n = min(r["n"] for f in found.values() for r in f["rows"].values())
-    lines = [
+    runs = sorted({r["runs"] for f in found.values() for r in f["rows"].values()})
+    L = [
         f"**After longer training** ({_epochs(found)} epochs; `smoothinf evaluate`'s protocol on the first "
-        f"{n} images; see 'Longer training'), the best smoothed classifier is {_describe(best, found)}."
+        f"{n} images, {'/'.join(map(str, runs))} runs; see 'Longer training'):",
+        "",
+        "| classifier | clean | worst case |",
+        "|---|---|---|",
+        *_headline_row("best smoothed", best, found),
+    ]
+    if noisy is not None and noisy[:2] != best[:2]:
+        L += _headline_row("best with input noise (sigma > 0)", noisy, found)
+    L += [MADRY_MNIST_ROW, ""]
+    worst = best[2]["worst_case"][0]
+    words = [
+        f"The best long-trained smoothed classifier {'reaches' if worst >= target else 'does not reach'} "
+        f"the {100 * target:.0f}% target"
+        + (
+            f", and it is the best smoothed classifier on this page ({100 * worst:.1f} against the grid's "
+            f"{100 * grid_best:.1f}, on fewer images and under its own protocol)."
+            if grid_best is not None and worst > grid_best
+            else "."
+        )
     ]
     if best[1][1] == 0:
-        lines.append(
-            "Its sigma is 0: the vote is over the model's own weight noise, no input noise."
-            + (f" The best with input noise is {_describe(noisy, found)}." if noisy else "")
-        )
-    reach = "reaches" if best[2]["worst_case"][0] >= target else "does not reach"
-    lines.append(f"It {reach} the {100 * target:.0f}% target.")
-    return [" ".join(lines), ""]
+        words.append("Its sigma is 0: the vote is over the model's own weight noise, no input noise.")
+    noisy_rows = [
+        (name, r)
+        for name in found
+        if _base(found, name) is not None
+        for k, r in found[name]["rows"].items()
+        if k[0] != "none" and k[1] > 0
+    ]
+    if noisy_rows and all(r["worst_case"][0] < _base(found, n)["worst_case"][0] for n, r in noisy_rows):
+        words.append("**Every long-trained row with input noise is below its base model's worst case.**")
+    return L + [" ".join(words), ""]
 
 
 def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:

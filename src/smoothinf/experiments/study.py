@@ -23,6 +23,12 @@ CERT_RADII = (0.0, 0.25, 0.5, 1.0)
 # Named blocks of study.yaml that override its top level: "quick" (minutes on 2 CPU cores, the test
 # suite's run) and "gpu" (the issue's full specification, a GPU machine's job)
 PROFILES = ("quick", "gpu")
+MADRY_MNIST = 0.89  # Madry et al. (2018), MNIST, PGD at eps 0.3 (about 89%)
+MADRY_MNIST_CLEAN = 98.8  # the same model's clean accuracy, %
+# its line in the pages' headline tables (classifier | clean | robust)
+MADRY_MNIST_ROW = (
+    f"| Madry et al. (2018), published MNIST model, PGD | {MADRY_MNIST_CLEAN} | ~{100 * MADRY_MNIST:.0f} |"
+)
 
 
 # EvalConfig fields the longer-training stage takes from the study, never from its own block
