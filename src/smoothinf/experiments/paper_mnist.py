@@ -13,7 +13,11 @@ stopped (training resumes from its ``last.pt``; evaluation from its last appende
 4. ``convergence``: the best smoothed setting under doubled attack budgets, and claim 5's EPGD
    k x m against PGD with k*m steps.
 5. ``certify/<name>``: Cohen et al.'s certified L2 accuracy.
-6. the report (``smoothinf.experiments.paper_report``), rebuilt from the files every time.
+6. ``long/train/<name>``, ``long/eval/<name>``: the longer-training stage (study.yaml's
+   ``long_training``; ``smoothinf.experiments.long_training``), some recipes trained again for longer
+   and evaluated with ``smoothinf evaluate``'s protocol; it needs nothing of the stages above
+   (``--only long`` runs it alone).
+7. the report (``smoothinf.experiments.paper_report``), rebuilt from the files every time.
 """
 
 from __future__ import annotations

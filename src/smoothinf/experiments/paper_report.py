@@ -2,7 +2,8 @@
 
 Everything here reads the files that ``smoothinf.experiments.paper_mnist`` writes (``study.json``,
 ``state/*.json``, ``selection.json``, ``eval/*.jsonl``, ``convergence.jsonl``, ``certify/*.json``,
-``models/*/metrics.jsonl``) and nothing else, so the page is rebuilt by one command
+``models/*/metrics.jsonl``; the longer-training stage's ``long/eval/*.jsonl`` and
+``long/models/*/metrics.jsonl``) and nothing else, so the page is rebuilt by one command
 (``smoothinf experiment paper-mnist --report-only``).
 
 Accuracy of a row (model, setting, sigma, vote@m, run): an example is robust when the defence is
