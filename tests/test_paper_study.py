@@ -88,11 +88,11 @@ def test_gpu_profile_is_the_issues_full_specification():
 def test_gpu_profile_configs_take_a_training_step(tmp_path, name):
     """The pipeline's own TrainConfig under the gpu profile (its overrides applied, None included)
     takes one optimizer step on random MNIST-shaped data."""
-    from smoothinf.experiments.paper_mnist import _train_config
+    from smoothinf.experiments.steps import train_config
 
     study = load_study(ROOT / "configs" / "paper_mnist", profile="gpu")
     refs = {"best_noise": str(tmp_path / "noise.safetensors"), "pgd_at": str(tmp_path / "at.safetensors")}
-    cfg = _train_config(ROOT / "configs" / "paper_mnist", name, tmp_path, study, refs)
+    cfg = train_config(ROOT / "configs" / "paper_mnist", name, tmp_path, study, refs)
     assert cfg.epochs == study.train_overrides(name)["epochs"]
     if name == "ft_epgd":
         assert cfg.max_train_examples is None and cfg.init == refs["best_noise"]
@@ -987,7 +987,7 @@ def test_worst_case_noise_of_a_row_averages_its_runs_and_ignores_other_rows():
 def test_a_step_that_keeps_its_outputs_keeps_their_time(tmp_path, discard):
     """A step redone under a new fingerprint: when it keeps and extends its outputs (discard False,
     the cascaded stages) the earlier attempt's seconds carry on; when it discards them they do not."""
-    from smoothinf.experiments.paper_mnist import StepState, _run_step
+    from smoothinf.experiments.steps import StepState, run_step
 
     out, logs = tmp_path, []
     state = StepState(out, "plateau/row", "old")
@@ -997,7 +997,7 @@ def test_a_step_that_keeps_its_outputs_keeps_their_time(tmp_path, discard):
     state.path.write_text(json.dumps({**record, "seconds": 100.0}))
     output = tmp_path / "rows.jsonl"
     output.write_text("{}\n")
-    assert _run_step(out, "plateau/row", "new", [output], lambda: None, logs.append, discard=discard)
+    assert run_step(out, "plateau/row", "new", [output], lambda: None, logs.append, discard=discard)
     seconds = json.loads(state.path.read_text())["seconds"]
     assert (100.0 <= seconds < 105.0) if not discard else seconds < 5.0
     assert output.exists() != discard and any(line.startswith("[redo]") for line in logs)

@@ -17,7 +17,7 @@ from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.protocol import evaluate
 from smoothinf.evaluation.report import aggregate, row_flags, setting_name
 from smoothinf.evaluation.results import ResultsStore, evaluation_identity, fingerprint_of, weights_digest
-from smoothinf.experiments.paper_mnist import _run_step, _set_aside_foreign_rows, _train_step, fingerprint
+from smoothinf.experiments.steps import fingerprint, run_step, set_aside_foreign_rows, train_step
 from smoothinf.experiments.study import MADRY_MNIST_ROW, StudyConfig, read_jsonl
 from smoothinf.models import load_checkpoint
 from smoothinf.utils import resolve_device
@@ -31,7 +31,7 @@ def _train_task(name: str) -> str:
 
 def long_train_job(configs: Path, name: str, out: Path, study: StudyConfig, _refs, log) -> str:
     """Train model ``name`` with the stage's ``train`` overrides; returns its checkpoint."""
-    return _train_step(configs, name, out, study, {}, log, stage=STAGE, extra=study.long().train)
+    return train_step(configs, name, out, study, {}, log, stage=STAGE, extra=study.long().train)
 
 
 def results_path(out: Path, name: str) -> Path:
@@ -52,12 +52,12 @@ def long_eval_job(out: Path, name: str, study: StudyConfig, refs: dict, log) -> 
     grid = {"votes": cfg.votes, "sigmas": cfg.sigmas, "ms": cfg.ms, "eps": cfg.eps, "runs": cfg.runs}
 
     def work():
-        _set_aside_foreign_rows(results, fingerprint_of(identity))  # other weights, data or settings
+        set_aside_foreign_rows(results, fingerprint_of(identity))  # other weights, data or settings
         store = ResultsStore(results, identity=identity)
         evaluate(cfg, model, x, y, store)
 
     fp = fingerprint({"identity": identity, "grid": grid})
-    _run_step(out, f"{STAGE}/eval/{name}", fp, [results], work, log, discard=False)
+    run_step(out, f"{STAGE}/eval/{name}", fp, [results], work, log, discard=False)
 
 
 def long_tasks(configs: Path, out: Path, study: StudyConfig) -> dict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -40,6 +39,13 @@ from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack, is_r
 from smoothinf.attacks.presets import preset_attacks, tempered_name
 from smoothinf.data import load_splits
 from smoothinf.errors import ConfigError
+from smoothinf.experiments.long_training import long_tasks
+from smoothinf.experiments.steps import (
+    fingerprint,
+    run_step,
+    set_aside_foreign_rows,
+    train_step,
+)
 from smoothinf.experiments.study import (  # noqa: F401  (re-exported)
     CASCADED,
     CERT_RADII,
@@ -57,97 +63,8 @@ from smoothinf.experiments.study import (  # noqa: F401  (re-exported)
 from smoothinf.models import load_checkpoint
 from smoothinf.smoothing import SmoothedClassifier, certify
 from smoothinf.smoothing.votes import apply_vote
-from smoothinf.training.trainer import TrainConfig, train
+from smoothinf.training.trainer import TrainConfig
 from smoothinf.utils import resolve_device
-
-# ---------------------------------------------------------------------------------------------
-# Fingerprints and step state
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fingerprint(config: dict, inputs: Sequence[str | os.PathLike] = ()) -> str:
-    """sha256 over a JSON config and the contents of its input files (weights), 16 hex digits."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for path in inputs:
-        digest.update(sha256_file(path).encode())
-    return digest.hexdigest()[:16]
-
-
-class StepState:
-    """``out/state/<name>.json``: a step's fingerprint, status (running/done) and seconds spent."""
-
-    def __init__(self, out: Path, name: str, fp: str) -> None:
-        self.path = out / "state" / (name.replace("/", "__") + ".json")
-        self.name, self.fp = name, fp
-        self.record = json.loads(self.path.read_text()) if self.path.exists() else None
-
-    @property
-    def done(self) -> bool:
-        return bool(self.record) and self.record["fingerprint"] == self.fp and self.record["status"] == "done"
-
-    @property
-    def stale(self) -> bool:
-        """Started or finished under another fingerprint: its outputs must be discarded."""
-        return bool(self.record) and self.record["fingerprint"] != self.fp
-
-    def _write(self, **kw) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.record = {"step": self.name, "fingerprint": self.fp, **kw}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.record))
-        os.replace(tmp, self.path)
-
-    def begin(self, carried: float = 0.0) -> None:
-        """Mark the step running; seconds of earlier attempts under this fingerprint carry on, and
-        ``carried`` seconds of a stale attempt whose outputs the step keeps and extends."""
-        self._start = time.time()
-        self._before = float(self.record.get("seconds", 0.0)) if self.record and not self.stale else 0.0
-        self._before += carried
-        self._write(status="running", seconds=self._before)
-
-    def finish(self, **extra) -> None:
-        self._write(status="done", seconds=round(self._before + time.time() - self._start, 3), **extra)
-
-
-def _run_step(
-    out: Path,
-    name: str,
-    fp: str,
-    outputs: Sequence[Path],
-    work: Callable[[], dict | None],
-    log: Callable[[str], None],
-    discard: bool = True,
-) -> bool:
-    """Run ``work`` unless the step is done under ``fp`` with its ``outputs`` present. A stale
-    step's outputs are removed first when ``discard``. Returns True when work ran."""
-    state = StepState(out, name, fp)
-    if state.done and all(p.exists() for p in outputs):
-        log(f"[skip] {name} (done, fingerprint {fp})")
-        return False
-    carried = 0.0
-    if state.stale:
-        # kept outputs (discard False) keep their time: rows the step then sets aside count too
-        carried = 0.0 if discard else float(state.record.get("seconds", 0.0))
-        log(f"[redo] {name}: its inputs or config changed")
-        for p in outputs if discard else ():
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        state.record = None
-    log(f"[run ] {name}")
-    state.begin(carried)
-    extra = work() or {}
-    state.finish(**extra)
-    return True
-
 
 # ---------------------------------------------------------------------------------------------
 # Judging every vote and m from one set of draws
@@ -361,14 +278,6 @@ def _done_rows(results: Path, fp: str) -> dict[tuple, dict]:
         for r in read_jsonl(results)
         if r.get("fingerprint") == fp
     }
-
-
-def _set_aside_foreign_rows(results: Path, fp: str) -> None:
-    """Move ``results`` to ``*.stale.jsonl`` when it holds rows of another configuration (never
-    mixed in, never deleted), and make sure its folder exists."""
-    if any(r.get("fingerprint") != fp for r in read_jsonl(results)):
-        results.rename(results.with_suffix(".stale.jsonl"))
-    results.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _retire_row(results: Path, row: dict) -> None:
@@ -587,30 +496,6 @@ def evaluate_model(
 # The pipeline
 
 
-def _train_config(
-    configs: Path,
-    name: str,
-    out: Path,
-    study: StudyConfig,
-    refs: dict[str, str],
-    extra: dict | None = None,
-) -> TrainConfig:
-    """Model ``name``'s TrainConfig: its YAML, the study's overrides, then ``extra``; trained into
-    ``out/models/<name>``."""
-    path = configs / f"{name}.yaml"
-    cfg = TrainConfig.from_yaml(path)
-    for k, v in {**study.train_overrides(name), **(extra or {})}.items():  # checked by validate
-        setattr(cfg, k, v)
-    if cfg.init and cfg.init.startswith("@"):
-        ref = cfg.init[1:]
-        if ref not in refs:
-            raise ConfigError(f"{path}: init {cfg.init!r} names no earlier step of the study")
-        cfg.init = refs[ref]
-    cfg.out = str(out / "models" / name)
-    cfg.device = study.device
-    return cfg
-
-
 def _plan(configs: Path, study: StudyConfig, out: Path) -> dict:
     """The full (non-quick) study and each model's training size, for the report's time estimate."""
     train = {}
@@ -622,37 +507,6 @@ def _plan(configs: Path, study: StudyConfig, out: Path) -> dict:
             "examples": cfg.max_train_examples or 50_000,
         }
     return {"study": asdict(study), "train": train}
-
-
-def model_checkpoint(model_dir: Path) -> Path:
-    """The checkpoint the study uses: ``best.safetensors`` (selected on val) when present."""
-    best = model_dir / "best.safetensors"
-    return best if best.exists() else model_dir / "model.safetensors"
-
-
-def _train_step(
-    configs: Path,
-    name: str,
-    out: Path,
-    study: StudyConfig,
-    refs: dict[str, str],
-    log,
-    stage: str = "",
-    extra: dict | None = None,
-) -> str:
-    """Train model ``name`` (step ``train/<name>``; under a ``stage`` such as "long", step
-    ``<stage>/train/<name>`` into ``out/<stage>/models``, with ``extra`` TrainConfig overrides)."""
-    cfg = _train_config(configs, name, out / stage if stage else out, study, refs, extra)
-    ident = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "init")}
-    fp = fingerprint(ident, [cfg.init] if cfg.init else [])
-    model_dir = Path(cfg.out)
-
-    def work():
-        metrics = train(cfg, resume=True)
-        return {"metrics": metrics}
-
-    _run_step(out, f"{stage}/train/{name}" if stage else f"train/{name}", fp, [model_dir], work, log)
-    return str(model_checkpoint(model_dir))
 
 
 SELECT_CLEAN_MARGIN = 0.10
@@ -684,7 +538,7 @@ def _select_best_noise(out: Path, study: StudyConfig, refs: dict[str, str], log)
         path.write_text(json.dumps({"best_noise": best, "scores": scores, "rule": rule}))
         log(f"  best noise model: {best} (val PGD, val clean: {scores[best]})")
 
-    _run_step(out, "select", fp, [path], work, log)
+    run_step(out, "select", fp, [path], work, log)
     return best
 
 
@@ -703,10 +557,10 @@ def _eval_step(out: Path, name: str, ckpt: str, source: str | None, study: Study
         device = resolve_device(study.device)
         model, _ = load_checkpoint(ckpt, device=device)
         src = load_checkpoint(source, device=device)[0] if source else None
-        _set_aside_foreign_rows(results, row_fp)
+        set_aside_foreign_rows(results, row_fp)
         evaluate_model(model, name, x.to(device), y.to(device), study, results, row_fp, src, log)
 
-    _run_step(out, f"eval/{name}", fp, [results], work, log, discard=False)
+    run_step(out, f"eval/{name}", fp, [results], work, log, discard=False)
 
 
 def _load_rows(out: Path) -> list[dict]:
@@ -809,7 +663,7 @@ def _headline_step(
                     f"{row['accuracy'][f'hard@{max(study.ms)}']:.3f}"
                 )
 
-    _run_step(out, kind, fp, [path], work, log)
+    run_step(out, kind, fp, [path], work, log)
 
 
 def headline_rows(out: Path, study: StudyConfig) -> list[tuple[tuple[str, str, float], bool]]:
@@ -965,7 +819,7 @@ def _cascade_job(
         x, y = (t[:n].to(device) for t in _test_data(study))
         model, _ = load_checkpoint(ckpt, device=device)
         model.eval()
-        _set_aside_foreign_rows(results, fp)
+        set_aside_foreign_rows(results, fp)
         alive = {k: v[:n] for k, v in _alive_from(prior, study.examples, device).items()}
         attacks = attacks_of(model)
         evaluate_setting(
@@ -984,7 +838,7 @@ def _cascade_job(
             log=log,
         )
 
-    _run_step(out, f"{stage}/{results.stem}", step_fp, [results], work, log, discard=False)
+    run_step(out, f"{stage}/{results.stem}", step_fp, [results], work, log, discard=False)
 
 
 def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
@@ -1011,7 +865,7 @@ def _calibrate_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, l
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"model": name, "batch": n, "gradient_s": grad_s, "forward_s": fwd_s}))
 
-    _run_step(out, f"calibrate/{name}", fp, [path], work, log)
+    run_step(out, f"calibrate/{name}", fp, [path], work, log)
 
 
 def _certify_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log) -> None:
@@ -1063,7 +917,7 @@ def _certify_step(out: Path, name: str, ckpt: str, study: StudyConfig, x, y, log
             )
         )
 
-    _run_step(out, f"certify/{name}", fp, [path], work, log)
+    run_step(out, f"certify/{name}", fp, [path], work, log)
 
 
 def _init_worker(threads: int) -> None:
@@ -1110,7 +964,7 @@ def _schedule(tasks: dict[str, tuple[list[str], Callable, tuple]], jobs: int, lo
 def _train_job(configs: Path, name: str, out: Path, study: StudyConfig, fixed: dict, refs: dict, log) -> str:
     """Train one model; its ``@name`` init resolves in ``fixed`` (e.g. ``best_noise``) or in the
     checkpoints of the steps finished before it (``refs``)."""
-    return _train_step(configs, name, out, study, {**refs, **fixed}, log)
+    return train_step(configs, name, out, study, {**refs, **fixed}, log)
 
 
 def _test_data(study: StudyConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1237,8 +1091,6 @@ def run_study(
     if only is None:
         _main_stages(out, configs, study, stop_after, log)
     if study.long() is not None and stop_after is None:
-        from smoothinf.experiments.long_training import long_tasks
-
         _schedule(long_tasks(configs, out, study), study.jobs, log)
     wall = time.time() - t_start
     log(f"pipeline pass: {wall:.1f} s")

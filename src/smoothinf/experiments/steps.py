@@ -1,0 +1,165 @@
+"""A study's resumable steps: fingerprints, each step's state file, the step runner, and the step
+that trains one model. Shared by the study's stages (``paper_mnist``, ``long_training``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from smoothinf.errors import ConfigError
+from smoothinf.experiments.study import StudyConfig, read_jsonl
+from smoothinf.training.trainer import TrainConfig, train
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(config: dict, inputs: Sequence[str | os.PathLike] = ()) -> str:
+    """sha256 over a JSON config and the contents of its input files (weights), 16 hex digits."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()[:16]
+
+
+class StepState:
+    """``out/state/<name>.json``: a step's fingerprint, status (running/done) and seconds spent."""
+
+    def __init__(self, out: Path, name: str, fp: str) -> None:
+        self.path = out / "state" / (name.replace("/", "__") + ".json")
+        self.name, self.fp = name, fp
+        self.record = json.loads(self.path.read_text()) if self.path.exists() else None
+
+    @property
+    def done(self) -> bool:
+        return bool(self.record) and self.record["fingerprint"] == self.fp and self.record["status"] == "done"
+
+    @property
+    def stale(self) -> bool:
+        """Started or finished under another fingerprint: its outputs must be discarded."""
+        return bool(self.record) and self.record["fingerprint"] != self.fp
+
+    def _write(self, **kw) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.record = {"step": self.name, "fingerprint": self.fp, **kw}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.record))
+        os.replace(tmp, self.path)
+
+    def begin(self, carried: float = 0.0) -> None:
+        """Mark the step running; seconds of earlier attempts under this fingerprint carry on, and
+        ``carried`` seconds of a stale attempt whose outputs the step keeps and extends."""
+        self._start = time.time()
+        self._before = float(self.record.get("seconds", 0.0)) if self.record and not self.stale else 0.0
+        self._before += carried
+        self._write(status="running", seconds=self._before)
+
+    def finish(self, **extra) -> None:
+        self._write(status="done", seconds=round(self._before + time.time() - self._start, 3), **extra)
+
+
+def run_step(
+    out: Path,
+    name: str,
+    fp: str,
+    outputs: Sequence[Path],
+    work: Callable[[], dict | None],
+    log: Callable[[str], None],
+    discard: bool = True,
+) -> bool:
+    """Run ``work`` unless the step is done under ``fp`` with its ``outputs`` present. A stale
+    step's outputs are removed first when ``discard``. Returns True when work ran."""
+    state = StepState(out, name, fp)
+    if state.done and all(p.exists() for p in outputs):
+        log(f"[skip] {name} (done, fingerprint {fp})")
+        return False
+    carried = 0.0
+    if state.stale:
+        # kept outputs (discard False) keep their time: rows the step then sets aside count too
+        carried = 0.0 if discard else float(state.record.get("seconds", 0.0))
+        log(f"[redo] {name}: its inputs or config changed")
+        for p in outputs if discard else ():
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        state.record = None
+    log(f"[run ] {name}")
+    state.begin(carried)
+    extra = work() or {}
+    state.finish(**extra)
+    return True
+
+
+def set_aside_foreign_rows(results: Path, fp: str) -> None:
+    """Move ``results`` to ``*.stale.jsonl`` when it holds rows of another configuration (never
+    mixed in, never deleted), and make sure its folder exists."""
+    if any(r.get("fingerprint") != fp for r in read_jsonl(results)):
+        results.rename(results.with_suffix(".stale.jsonl"))
+    results.parent.mkdir(parents=True, exist_ok=True)
+
+
+def train_config(
+    configs: Path,
+    name: str,
+    out: Path,
+    study: StudyConfig,
+    refs: dict[str, str],
+    extra: dict | None = None,
+) -> TrainConfig:
+    """Model ``name``'s TrainConfig: its YAML, the study's overrides, then ``extra``; trained into
+    ``out/models/<name>``."""
+    path = configs / f"{name}.yaml"
+    cfg = TrainConfig.from_yaml(path)
+    for k, v in {**study.train_overrides(name), **(extra or {})}.items():  # checked by validate
+        setattr(cfg, k, v)
+    if cfg.init and cfg.init.startswith("@"):
+        ref = cfg.init[1:]
+        if ref not in refs:
+            raise ConfigError(f"{path}: init {cfg.init!r} names no earlier step of the study")
+        cfg.init = refs[ref]
+    cfg.out = str(out / "models" / name)
+    cfg.device = study.device
+    return cfg
+
+
+def model_checkpoint(model_dir: Path) -> Path:
+    """The checkpoint the study uses: ``best.safetensors`` (selected on val) when present."""
+    best = model_dir / "best.safetensors"
+    return best if best.exists() else model_dir / "model.safetensors"
+
+
+def train_step(
+    configs: Path,
+    name: str,
+    out: Path,
+    study: StudyConfig,
+    refs: dict[str, str],
+    log,
+    stage: str = "",
+    extra: dict | None = None,
+) -> str:
+    """Train model ``name`` (step ``train/<name>``; under a ``stage`` such as "long", step
+    ``<stage>/train/<name>`` into ``out/<stage>/models``, with ``extra`` TrainConfig overrides)."""
+    cfg = train_config(configs, name, out / stage if stage else out, study, refs, extra)
+    ident = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "init")}
+    fp = fingerprint(ident, [cfg.init] if cfg.init else [])
+    model_dir = Path(cfg.out)
+
+    def work():
+        metrics = train(cfg, resume=True)
+        return {"metrics": metrics}
+
+    run_step(out, f"{stage}/train/{name}" if stage else f"train/{name}", fp, [model_dir], work, log)
+    return str(model_checkpoint(model_dir))
