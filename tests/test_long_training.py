@@ -56,6 +56,9 @@ def test_only_long_needs_the_stage(tmp_path):
         run_study(tmp_path / "out", tmp_path, only="long")
     with pytest.raises(ConfigError, match="only must be 'long'"):
         run_study(tmp_path / "out", tmp_path, only="certify")
+    with pytest.raises(ConfigError, match="only and stop_after exclude each other"):
+        run_study(tmp_path / "out", tmp_path, only="long", stop_after="eval")
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_long_stage_runs_resumes_and_sets_aside_records_of_other_weights(tmp_path):

@@ -1074,6 +1074,11 @@ def run_study(
     """
     out, configs = Path(out), Path(configs)
     study = load_study(configs, quick, profile, **overrides)
+    stages = ("train", "eval", "convergence", "certify")
+    if stop_after is not None and stop_after not in stages:
+        raise ConfigError(f"stop_after must be one of {', '.join(stages)}")
+    if only is not None and stop_after is not None:
+        raise ConfigError("only and stop_after exclude each other: give one")
     if only is not None and only != "long":
         raise ConfigError(f"only must be 'long' (the one stage that needs no other), not {only!r}")
     if only is not None and study.long() is None:
@@ -1084,9 +1089,6 @@ def run_study(
     (out / "study_full.json").write_text(json.dumps(_plan(configs, full, out), indent=1))
     if not (out / "started.json").exists():  # the study's first pass: its wall time counts from here
         (out / "started.json").write_text(json.dumps({"time": time.time()}))
-    stages = ("train", "eval", "convergence", "certify")
-    if stop_after is not None and stop_after not in stages:
-        raise ConfigError(f"stop_after must be one of {', '.join(stages)}")
     t_start = time.time()
     if only is None:
         _main_stages(out, configs, study, stop_after, log)
