@@ -68,7 +68,8 @@ def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
     timing = rec["attack_time"]
     assert list(timing) == ["pgd", "apgd-ce", "apgd-t"] and timing["pgd"]["examples"] == rec["n"]
     assert timing["apgd-t"]["examples"] <= timing["apgd-ce"]["examples"] <= rec["n"]
-    assert sum(t["seconds"] for t in timing.values()) <= rec["attack_seconds"]
+    # each attack's seconds are rounded to 1 ms and timed by another clock: a few ms of slack
+    assert sum(t["seconds"] for t in timing.values()) <= rec["attack_seconds"] + 0.002 * len(timing)
     row = next(iter(aggregate([rec]).values()))
     assert row_flags(row).startswith("gradient masking suspected (+")
     assert "gradient masking suspected" in markdown_table(aggregate([rec]))
