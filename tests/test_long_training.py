@@ -59,6 +59,13 @@ def test_only_long_needs_the_stage(tmp_path):
     with pytest.raises(ConfigError, match="only and stop_after exclude each other"):
         run_study(tmp_path / "out", tmp_path, only="long", stop_after="eval")
     assert not (tmp_path / "out").exists()  # refused before anything is written
+    with pytest.raises(
+        ConfigError, match=r"cni_w_pgd_at starts from another step's checkpoint \(init '@pgd_at'\)"
+    ):
+        run_study(
+            tmp_path / "out", CONFIGS, quick=True, only="long", long_training={"models": {"cni_w_pgd_at": {}}}
+        )
+    assert not (tmp_path / "out").exists()
 
 
 def test_long_stage_runs_resumes_and_sets_aside_records_of_other_weights(tmp_path):

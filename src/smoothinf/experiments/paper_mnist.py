@@ -1083,6 +1083,13 @@ def run_study(
         raise ConfigError(f"only must be 'long' (the one stage that needs no other), not {only!r}")
     if only is not None and study.long() is None:
         raise ConfigError("only='long': study.yaml gives no long_training stage")
+    for name in study.long().models if study.long() else []:
+        if _init_ref(configs, name):  # the stage trains from scratch: no other step's checkpoint
+            raise ConfigError(
+                f"long_training.models: {name} starts from another step's checkpoint "
+                f"(init '@{_init_ref(configs, name)[0]}'); the stage trains from scratch: list models "
+                "without one"
+            )
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
     full = load_study(configs, False, None if study.quick else profile, **overrides)

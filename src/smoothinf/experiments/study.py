@@ -31,6 +31,17 @@ MADRY_MNIST_ROW = (
 )
 
 
+def check_train_overrides(over: object, where: str) -> None:
+    """One-line ConfigError unless ``over`` maps TrainConfig fields to values of their types; ints
+    are widened in place where floats go."""
+    if not isinstance(over, dict):
+        raise ConfigError(f"{where} must be a mapping of TrainConfig fields, not {over!r}")
+    unknown = sorted(set(over) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"{where}: {', '.join(unknown)} is not a TrainConfig field")
+    over.update(check_config_types(TrainConfig, over, where))
+
+
 # EvalConfig fields the longer-training stage takes from the study, never from its own block
 LONG_FROM_STUDY = ("checkpoint", "data", "root", "eps", "seed", "device")
 
@@ -66,13 +77,7 @@ class LongTrainingConfig:
         strangers = sorted(set(self.models) - set(study.models))
         if strangers:
             raise ConfigError(f"{where}.models names {', '.join(strangers)}, not among the study's models")
-        train_fields = {f.name for f in fields(TrainConfig)}
-        if not isinstance(self.train, dict):
-            raise ConfigError(f"{where}.train must be a mapping of TrainConfig fields, not {self.train!r}")
-        unknown = sorted(set(self.train) - train_fields)
-        if unknown:
-            raise ConfigError(f"{where}.train: {', '.join(unknown)} is not a TrainConfig field")
-        self.train.update(check_config_types(TrainConfig, self.train, f"{where}.train"))
+        check_train_overrides(self.train, f"{where}.train")
         eval_fields = {f.name for f in fields(EvalConfig)} - set(LONG_FROM_STUDY)
         for label, block in [("evaluate", self.evaluate)] + [
             (f"models[{n!r}]", b or {}) for n, b in self.models.items()
@@ -217,16 +222,10 @@ class StudyConfig:
                 f"(got {self.plateau_draws} draws, {self.plateau_examples} of {self.examples} examples)"
             )
         trained = self.models + self.finetunes + ([self.transfer_source] if self.transfer_source else [])
-        train_fields = {f.name for f in fields(TrainConfig)}
         for where, over in [("train", self.train)] + [
             (f"model_train[{n!r}]", o) for n, o in self.model_train.items()
         ]:
-            if not isinstance(over, dict):
-                raise ConfigError(f"{where} must be a mapping of TrainConfig fields, not {over!r}")
-            unknown = sorted(set(over) - train_fields)
-            if unknown:
-                raise ConfigError(f"{where}: {', '.join(unknown)} is not a TrainConfig field")
-            over.update(check_config_types(TrainConfig, over, where))  # ints widened where floats go
+            check_train_overrides(over, where)
         strangers = sorted(set(self.model_train) - set(trained))
         if strangers:
             raise ConfigError(f"model_train names {', '.join(strangers)}, which the study does not train")
