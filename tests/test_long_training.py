@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.report import aggregate
@@ -32,6 +33,11 @@ PNI = "pni_w_pgd_at"
         ({"models": {PNI: {}}, "train": {"epochs": "ten"}}, "epochs must be an integer"),
         ({"models": {PNI: {}}, "extra": 1}, "long_training may only set models, train and evaluate"),
         ({"models": []}, "long_training.models must map model names"),
+        (
+            {"models": {PNI: {"train": {"epoch": 3}}}},
+            r"models\['pni_w_pgd_at'\].train: epoch is not a TrainConfig",
+        ),
+        ({"models": {PNI: {"train": [1]}}}, r"models\['pni_w_pgd_at'\].train must be a mapping"),
     ],
 )
 def test_long_training_config_is_checked(block, message):
@@ -60,7 +66,9 @@ def test_only_long_needs_the_stage(tmp_path):
         run_study(tmp_path / "out", tmp_path, only="long", stop_after="eval")
     assert not (tmp_path / "out").exists()  # refused before anything is written
     with pytest.raises(
-        ConfigError, match=r"cni_w_pgd_at starts from another step's checkpoint \(init '@pgd_at'\)"
+        ConfigError,
+        match=r"cni_w_pgd_at starts from another step's checkpoint \(init '@pgd_at'\), which the stage "
+        "does not train: list pgd_at in long_training.models too",
     ):
         run_study(
             tmp_path / "out", CONFIGS, quick=True, only="long", long_training={"models": {"cni_w_pgd_at": {}}}
@@ -114,3 +122,47 @@ def test_long_stage_runs_resumes_and_sets_aside_records_of_other_weights(tmp_pat
     assert {r["identity"]["weights_sha256"] for r in again} == {sha} and len(again) == 6
     assert [r["worst_case"] for r in again] == [r["worst_case"] for r in records]  # same seeds
     assert set(load_long(out, study)) == {PNI}
+
+
+def test_long_stage_fine_tune_starts_from_the_stages_own_checkpoint(tmp_path):
+    """A model whose config starts from ``@pgd_at`` (CNI-W) starts from the stage's own long-trained
+    pgd_at, trains with its own overrides over the stage's, and the page says so; a retrained
+    pgd_at (other weights) retrains the fine-tune too."""
+    out = tmp_path / "out"
+    block = {
+        "train": {"epochs": 2, "max_train_examples": 256, "eval_examples": 32},
+        "evaluate": {
+            "attacks": ["pgd"],
+            "max_examples": 4,
+            "runs": 1,
+            "ms": [2],
+            "steps": 2,
+            "check_examples": 0,
+        },
+        "models": {
+            "cni_w_pgd_at": {"votes": ["hard"], "sigmas": [0.1], "train": {"epochs": 1}},
+            "pgd_at": {},
+        },
+    }
+    logs: list[str] = []
+    run_study(out, CONFIGS, quick=True, only="long", device="cpu", long_training=block, log=logs.append)
+    models = out / "long" / "models"
+    start = Path(yaml.safe_load((models / "cni_w_pgd_at" / "config.yaml").read_text())["init"])
+    assert start.parent == models / "pgd_at" and start.name in ("best.safetensors", "model.safetensors")
+    assert [r["epoch"] for r in read_jsonl(models / "cni_w_pgd_at" / "metrics.jsonl")] == [1]
+    assert [r["epoch"] for r in read_jsonl(models / "pgd_at" / "metrics.jsonl")] == [1, 2]
+    assert "\n".join(logs).index("[run ] long/train/pgd_at") < "\n".join(logs).index(
+        "[run ] long/train/cni_w"
+    )
+    page = (out / "paper-reproduction.md").read_text()
+    assert "; cni_w_pgd_at starts from the stage's own pgd_at, with epochs 1, max_train_examples 256" in page
+    assert "| cni_w_pgd_at | hard sigma=0.1 m=2 | 1 | " in page
+
+    # pgd_at trained again, one epoch longer: other weights, so the fine-tune trains again
+    block["models"]["pgd_at"] = {"train": {"epochs": 3}}
+    logs.clear()
+    run_study(out, CONFIGS, quick=True, only="long", device="cpu", long_training=block, log=logs.append)
+    assert "[redo] long/train/pgd_at" in "\n".join(logs) and "[redo] long/train/cni_w_pgd_at" in "\n".join(
+        logs
+    )
+    assert [r["epoch"] for r in read_jsonl(models / "pgd_at" / "metrics.jsonl")] == [1, 2, 3]

@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--only",
         choices=("long",),
         default=None,
-        help="run only this stage (long: the longer-training stage, whose models train from scratch), "
-        "then rebuild the page",
+        help="run only this stage (long: the longer-training stage, whose models train from scratch or "
+        "from one another), then rebuild the page",
     )
     q.add_argument(
         "--jobs",

@@ -12,12 +12,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
+
 from smoothinf.data import load_dataset
+from smoothinf.errors import ConfigError
 from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.protocol import evaluate
 from smoothinf.evaluation.report import aggregate, row_flags, setting_name
 from smoothinf.evaluation.results import ResultsStore, evaluation_identity, fingerprint_of, weights_digest
-from smoothinf.experiments.steps import fingerprint, run_step, set_aside_foreign_rows, train_step
+from smoothinf.experiments.steps import (
+    fingerprint,
+    init_refs,
+    run_step,
+    set_aside_foreign_rows,
+    train_step,
+)
 from smoothinf.experiments.study import MADRY_MNIST_ROW, StudyConfig, read_jsonl
 from smoothinf.models import load_checkpoint
 from smoothinf.utils import resolve_device
@@ -29,9 +38,26 @@ def _train_task(name: str) -> str:
     return f"{STAGE}-train-{name}"
 
 
-def long_train_job(configs: Path, name: str, out: Path, study: StudyConfig, _refs, log) -> str:
-    """Train model ``name`` with the stage's ``train`` overrides; returns its checkpoint."""
-    return train_step(configs, name, out, study, {}, log, stage=STAGE, extra=study.long().train)
+def check_long_inits(configs: Path, study: StudyConfig) -> None:
+    """One-line ConfigError unless every model of the stage trains from scratch or starts from
+    another model of the stage (``init: "@pgd_at"``: the stage's own long-trained pgd_at)."""
+    models = study.long().models
+    for name in models:
+        for ref in init_refs(configs, name):
+            if ref not in models or ref == name:
+                raise ConfigError(
+                    f"long_training.models: {name} starts from another step's checkpoint (init '@{ref}'), "
+                    f"which the stage does not train: list {ref} in long_training.models too"
+                )
+
+
+def long_train_job(configs: Path, name: str, out: Path, study: StudyConfig, refs: dict, log) -> str:
+    """Train model ``name`` with the stage's ``train`` overrides, then its own; an ``@other`` init is
+    the stage's own checkpoint of ``other`` (``refs``: the finished tasks'). Returns its checkpoint."""
+    starts = {ref: refs[_train_task(ref)] for ref in init_refs(configs, name)}
+    return train_step(
+        configs, name, out, study, starts, log, stage=STAGE, extra=study.long().train_overrides(name)
+    )
 
 
 def results_path(out: Path, name: str) -> Path:
@@ -64,7 +90,8 @@ def long_tasks(configs: Path, out: Path, study: StudyConfig) -> dict:
     """The stage's tasks for ``paper_mnist._schedule``: per model its training, then its evaluation."""
     tasks = {}
     for name in study.long().models:
-        tasks[_train_task(name)] = ([], long_train_job, (configs, name, out, study))
+        deps = [_train_task(ref) for ref in init_refs(configs, name)]
+        tasks[_train_task(name)] = (deps, long_train_job, (configs, name, out, study))
     for name in study.long().models:
         tasks[f"{STAGE}-eval-{name}"] = ([_train_task(name)], long_eval_job, (out, name, study))
     return tasks
@@ -175,12 +202,25 @@ def long_headline(
     return L + [" ".join(words), ""]
 
 
+def _overrides(train: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in train.items())
+
+
+def _init_model(out: Path, name: str) -> str | None:
+    """The model whose checkpoint model ``name``'s training started from (its folder's name, read
+    from the training's ``config.yaml``), or None (from scratch, or not trained yet)."""
+    path = out / STAGE / "models" / name / "config.yaml"
+    init = (yaml.safe_load(path.read_text()) or {}).get("init") if path.exists() else None
+    return Path(init).parent.name if init else None
+
+
 def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
     """The page's section on the long-trained models ([] when the stage is off)."""
     long = study.long()
     if long is None:
         return []
-    found = load_long(out, study)
+    found, out = load_long(out, study), Path(out)
+    starts = {name: _init_model(out, name) for name in long.models}
     title = f"## Longer training: {', '.join(long.models)} at {long.train.get('epochs', '?')} epochs"
     if not found:
         return [title, "", "Not measured yet.", ""]
@@ -190,8 +230,15 @@ def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
         title,
         "",
         "The study's models train for the few epochs this machine allows (see 'Models'). This stage "
-        "trains these recipes again from scratch, from the same configs with "
-        + ", ".join(f"{k} {v}" for k, v in long.train.items())
+        "trains these recipes again, from the same configs, from scratch with "
+        + _overrides(long.train)
+        + "".join(
+            f"; {name}"
+            + (f" starts from the stage's own {starts[name]}," if starts[name] else "")
+            + f" with {_overrides(long.train_overrides(name))}"
+            for name in long.models
+            if long.train_overrides(name) != long.train or starts[name]
+        )
         + ", and evaluates each with `smoothinf evaluate`'s protocol (its records in "
         f"`{Path(out) / STAGE / 'eval'}`): attacks {', '.join(cfg.attacks)} (PGD-{cfg.steps} on the base "
         f"model, APGD-CE and APGD-DLR through the noise at {cfg.apgd_steps} steps x {cfg.attack_m} "
@@ -248,4 +295,4 @@ def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
     return L
 
 
-__all__ = ["long_headline", "long_lines", "long_tasks", "load_long"]
+__all__ = ["check_long_inits", "long_headline", "long_lines", "long_tasks", "load_long"]

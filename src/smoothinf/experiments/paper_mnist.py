@@ -39,9 +39,10 @@ from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack, is_r
 from smoothinf.attacks.presets import preset_attacks, tempered_name
 from smoothinf.data import load_splits
 from smoothinf.errors import ConfigError
-from smoothinf.experiments.long_training import long_tasks
+from smoothinf.experiments.long_training import check_long_inits, long_tasks
 from smoothinf.experiments.steps import (
     fingerprint,
+    init_refs,
     run_step,
     set_aside_foreign_rows,
     train_step,
@@ -992,16 +993,11 @@ def _machine(study: StudyConfig) -> str:
     return f"{torch.cuda.get_device_name(device)}, {cores}" if device.type == "cuda" else cores
 
 
-def _init_ref(configs: Path, name: str) -> list[str]:
-    init = TrainConfig.from_yaml(configs / f"{name}.yaml").init
-    return [init[1:]] if init and init.startswith("@") else []
-
-
 def _main_stages(out: Path, configs: Path, study: StudyConfig, stop_after: str | None, log) -> None:
     """Train, select, fine-tune, evaluate, then the convergence, headline, plateau and certify
     stages (up to ``stop_after``)."""
     base = study.models + ([study.transfer_source] if study.transfer_source else [])
-    train_tasks = {n: (_init_ref(configs, n), _train_job, (configs, n, out, study, {})) for n in base}
+    train_tasks = {n: (init_refs(configs, n), _train_job, (configs, n, out, study, {})) for n in base}
     refs: dict[str, str] = dict(_schedule(train_tasks, study.jobs, log))  # type: ignore[arg-type]
     if study.finetunes:
         best = _select_best_noise(out, study, refs, log)
@@ -1069,7 +1065,7 @@ def run_study(
     "gpu": the full specification). ``stop_after`` ("train", "eval", "convergence", "certify")
     ends the run after that stage (the report is still written from what exists); the longer-training
     stage (study.yaml's ``long_training``) runs last, and ``only="long"`` runs it alone (its models
-    train from scratch: it needs nothing of the other stages). ``doc`` also
+    train from scratch or from one another: it needs nothing of the other stages). ``doc`` also
     copies the report there. ``overrides`` replace study.yaml fields (``jobs=2``: two steps at once).
     """
     out, configs = Path(out), Path(configs)
@@ -1083,13 +1079,8 @@ def run_study(
         raise ConfigError(f"only must be 'long' (the one stage that needs no other), not {only!r}")
     if only is not None and study.long() is None:
         raise ConfigError("only='long': study.yaml gives no long_training stage")
-    for name in study.long().models if study.long() else []:
-        if _init_ref(configs, name):  # the stage trains from scratch: no other step's checkpoint
-            raise ConfigError(
-                f"long_training.models: {name} starts from another step's checkpoint "
-                f"(init '@{_init_ref(configs, name)[0]}'); the stage trains from scratch: list models "
-                "without one"
-            )
+    if study.long() is not None:
+        check_long_inits(configs, study)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
     full = load_study(configs, False, None if study.quick else profile, **overrides)

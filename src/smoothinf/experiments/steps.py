@@ -134,6 +134,12 @@ def train_config(
     return cfg
 
 
+def init_refs(configs: Path, name: str) -> list[str]:
+    """The step names that model ``name``'s config starts from (``init: "@other"``: [other]; else [])."""
+    init = TrainConfig.from_yaml(configs / f"{name}.yaml").init
+    return [init[1:]] if init and init.startswith("@") else []
+
+
 def model_checkpoint(model_dir: Path) -> Path:
     """The checkpoint the study uses: ``best.safetensors`` (selected on val) when present."""
     best = model_dir / "best.safetensors"

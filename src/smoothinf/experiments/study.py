@@ -49,11 +49,12 @@ LONG_FROM_STUDY = ("checkpoint", "data", "root", "eps", "seed", "device")
 @dataclass
 class LongTrainingConfig:
     """The longer-training stage (study.yaml's ``long_training``; empty: off). The study's recipes
-    ``models`` train again from scratch with ``train`` (TrainConfig fields over the study's own
+    ``models`` train again (from scratch, or from one another) with ``train`` (TrainConfig fields over the study's own
     overrides, e.g. 30 epochs) into ``out/long/models``, and each is evaluated with ``smoothinf
     evaluate``'s protocol: ``evaluate`` (EvalConfig fields shared by every model), then
-    ``models[name]`` (that model's own, e.g. votes and sigmas); data, eps, seed and device are the
-    study's."""
+    ``models[name]`` (that model's own, e.g. votes and sigmas, and under its key ``train`` its own
+    TrainConfig fields over ``train``); data, eps, seed and device are the study's. A model whose
+    config starts from ``@other`` starts from the stage's own ``other``, which must be listed too."""
 
     models: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -64,9 +65,14 @@ class LongTrainingConfig:
         from smoothinf.evaluation.config import EvalConfig
 
         fixed = {"data": study.data, "eps": [float(study.eps)], "seed": study.seed, "device": study.device}
-        cfg = EvalConfig(**{**self.evaluate, **(self.models.get(name) or {})}, checkpoint=checkpoint, **fixed)
+        own = {k: v for k, v in (self.models.get(name) or {}).items() if k != "train"}
+        cfg = EvalConfig(**{**self.evaluate, **own}, checkpoint=checkpoint, **fixed)
         cfg.validate()
         return cfg
+
+    def train_overrides(self, name: str) -> dict:
+        """Model ``name``'s TrainConfig overrides: the stage's ``train``, then its own."""
+        return {**self.train, **((self.models.get(name) or {}).get("train") or {})}
 
     def validate(self, study: StudyConfig) -> None:
         from smoothinf.evaluation.config import EvalConfig
@@ -84,7 +90,9 @@ class LongTrainingConfig:
         ]:
             if not isinstance(block, dict):
                 raise ConfigError(f"{where}.{label} must be a mapping of EvalConfig fields, not {block!r}")
-            unknown = sorted(set(block) - eval_fields)
+            if label != "evaluate" and "train" in block:
+                check_train_overrides(block["train"], f"{where}.{label}.train")
+            unknown = sorted(set(block) - eval_fields - ({"train"} if label != "evaluate" else set()))
             if unknown:
                 raise ConfigError(
                     f"{where}.{label}: {', '.join(unknown)} is not an EvalConfig field the stage takes "
