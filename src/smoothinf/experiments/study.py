@@ -49,9 +49,9 @@ LONG_FROM_STUDY = ("checkpoint", "data", "root", "eps", "seed", "device")
 @dataclass
 class LongTrainingConfig:
     """The longer-training stage (study.yaml's ``long_training``; empty: off). The study's recipes
-    ``models`` train again (from scratch, or from one another) with ``train`` (TrainConfig fields over the study's own
-    overrides, e.g. 30 epochs) into ``out/long/models``, and each is evaluated with ``smoothinf
-    evaluate``'s protocol: ``evaluate`` (EvalConfig fields shared by every model), then
+    ``models`` train again (from scratch, or from one another) with ``train`` (TrainConfig fields
+    over the study's own overrides, e.g. 30 epochs) into ``out/long/models``, and each is evaluated
+    with ``smoothinf evaluate``'s protocol: ``evaluate`` (EvalConfig fields shared by every model), then
     ``models[name]`` (that model's own, e.g. votes and sigmas, and under its key ``train`` its own
     TrainConfig fields over ``train``); data, eps, seed and device are the study's. A model whose
     config starts from ``@other`` starts from the stage's own ``other``, which must be listed too."""
