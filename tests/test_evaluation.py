@@ -416,3 +416,13 @@ def test_report_header_counts_the_runs_the_records_hold():
     assert runs_text(recs) == "3 runs (seeds 5..7)"  # whatever the first record's config said
     assert runs_text(recs[:1]) == "1 run (seed 5)"
     assert runs_text([recs[0], recs[2]]) == "2 runs (seeds 5, 7)"
+
+
+def test_dataset_name_is_the_request_else_the_checkpoints():
+    from smoothinf.errors import SmoothinfError
+    from smoothinf.evaluation.loading import dataset_name
+
+    assert dataset_name("cifar10", {"dataset": "mnist"}) == "cifar10"
+    assert dataset_name(None, {"dataset": {"name": "mnist"}}) == "mnist"
+    with pytest.raises(SmoothinfError, match="the checkpoint names no data set; pass --data"):
+        dataset_name(None, {})

@@ -158,11 +158,12 @@ def test_long_stage_fine_tune_starts_from_the_stages_own_checkpoint(tmp_path):
     assert "; cni_w_pgd_at starts from the stage's own pgd_at, with epochs 1, max_train_examples 256" in page
     assert "| cni_w_pgd_at | hard sigma=0.1 m=2 | 1 | " in page
 
-    # pgd_at trained again, one epoch longer: other weights, so the fine-tune trains again
-    block["models"]["pgd_at"] = {"train": {"epochs": 3}}
+    # pgd_at trained again at another learning rate: other weights, so the fine-tune trains again
+    # (a change that left pgd_at's selected checkpoint as it was would leave the fine-tune done)
+    block["models"]["pgd_at"] = {"train": {"lr": 0.002}}
     logs.clear()
     run_study(out, CONFIGS, quick=True, only="long", device="cpu", long_training=block, log=logs.append)
     assert "[redo] long/train/pgd_at" in "\n".join(logs) and "[redo] long/train/cni_w_pgd_at" in "\n".join(
         logs
     )
-    assert [r["epoch"] for r in read_jsonl(models / "pgd_at" / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["lr"] for r in read_jsonl(models / "pgd_at" / "metrics.jsonl")] == [0.002, 0.002]

@@ -68,24 +68,6 @@ def set_threads(threads: int | None) -> int | None:
     return threads
 
 
-def dataset_name(requested: str | None, meta: dict) -> str:
-    """The data set to use: ``--data`` when given, else the one the checkpoint was trained on."""
-    name = requested or meta.get("dataset")
-    if isinstance(name, dict):
-        name = name.get("name")
-    if not name:
-        raise SmoothinfError("the checkpoint names no data set; pass --data")
-    return name
-
-
-def check_data_fits(model, x, y, name: str, split: str) -> None:
-    """One-line error unless the data set's examples fit the checkpoint's recorded input shape,
-    dtype and classes (``--data synthetic`` into an MNIST model, CIFAR into an MNIST model, ...)."""
-    from smoothinf.models.inputs import check_model_input
-
-    check_model_input(model, x, y, name=f"--data {name} ({split} split)", check_device=False)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="smoothinf",

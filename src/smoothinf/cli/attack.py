@@ -167,25 +167,21 @@ def _check_smoothing_flags(args: argparse.Namespace) -> None:
 
 def run_attack(args: argparse.Namespace) -> int:
     from smoothinf.attacks import defended_predict, is_randomised, robust_accuracy
-    from smoothinf.cli import check_data_fits, dataset_name
-    from smoothinf.data import get_dataset_info, load_dataset
-    from smoothinf.models.checkpoint import load_checkpoint
+    from smoothinf.evaluation.loading import load_checkpoint_and_examples
     from smoothinf.utils import make_generator, resolve_device, seed_everything
 
     _check_smoothing_flags(args)
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    model, meta = load_checkpoint(args.checkpoint, device=device)
-    data = dataset_name(args.data, meta)
-    info = get_dataset_info(data)
+    got = load_checkpoint_and_examples(
+        args.checkpoint, args.data, args.split, args.root, args.max_examples, device
+    )
+    model, data, info, x, y = got.model, got.data, got.info, got.x, got.y
     eps = args.eps
     if eps is None:
         if args.norm != "linf":
             raise SmoothinfError("--eps is required with --norm l2")
         eps = info.eps_linf
-    dataset, _ = load_dataset(data, args.split, args.root)
-    x, y = dataset.tensors(args.max_examples)
-    check_data_fits(model, x, y, data, args.split)
     x, y = x.to(device), y.to(device)
     defended = _smoothed(model, args, args.m, args.vote) if args.smooth else model
     attack = _build(args, model, defended, eps, device)

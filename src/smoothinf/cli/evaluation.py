@@ -6,13 +6,11 @@ import argparse
 import os
 from pathlib import Path
 
-from smoothinf.cli import add_common_args, check_data_fits, count, dataset_name
-from smoothinf.data import load_dataset
+from smoothinf.cli import add_common_args, count
 from smoothinf.errors import SmoothinfError
 from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate, read_results, write_report
+from smoothinf.evaluation.loading import load_checkpoint_and_examples, protocol_inputs
 from smoothinf.evaluation.quickstart import QuickstartConfig, run_quickstart
-from smoothinf.evaluation.results import evaluation_identity, weights_digest
-from smoothinf.models import load_checkpoint, read_sidecar
 from smoothinf.training.trainer import accuracy
 from smoothinf.utils import resolve_device
 
@@ -157,31 +155,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not protocol:
         if not args.checkpoint:
             raise SmoothinfError("pass --checkpoint (and --attacks or --config for the full protocol)")
-        model, meta = load_checkpoint(args.checkpoint, device=device)
         split = args.split or "test"
-        name = dataset_name(args.data, meta)
-        data, _ = load_dataset(name, split, args.root)
-        x, y = data.tensors(args.max_examples)
-        check_data_fits(model, x, y, name, split)
-        print(f"{name} {split}: clean accuracy {accuracy(model, x, y):.4f} on {x.shape[0]} examples")
+        got = load_checkpoint_and_examples(
+            args.checkpoint, args.data, split, args.root, args.max_examples, device
+        )
+        acc = accuracy(got.model, got.x, got.y)
+        print(f"{got.data} {split}: clean accuracy {acc:.4f} on {got.x.shape[0]} examples")
         return 0
     if args.config:
         cfg = EvalConfig.from_yaml(args.config, **overrides)
     else:
         cfg = EvalConfig(**{k: v for k, v in overrides.items() if v is not None})
     cfg.validate()
-    model, meta = load_checkpoint(cfg.checkpoint, device=device)
-    cfg.data = dataset_name(cfg.data, meta)
-    data, _ = load_dataset(cfg.data, cfg.split, cfg.root)
-    x, y = data.tensors(cfg.max_examples)
-    check_data_fits(model, x, y, cfg.data, cfg.split)
+    got, identity = protocol_inputs(cfg, device)
     results = Path(args.results or Path(cfg.checkpoint).parent / "results.jsonl")
-    source_sha = read_sidecar(cfg.transfer_source).get("weights_sha256") if cfg.transfer_source else None
-    identity = evaluation_identity(
-        cfg, meta.get("weights_sha256") or weights_digest(model), x, y, device, source_sha
-    )
     store = ResultsStore(results, identity=identity)
-    evaluate(cfg, model, x, y, store)
+    evaluate(cfg, got.model, got.x, got.y, store)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
         return 0
     report = write_report(store.records, args.report_dir or results.parent / "report")
@@ -194,16 +183,14 @@ def run_sweep(args: argparse.Namespace) -> int:
     from smoothinf.evaluation.sweeps import ComputeSweepConfig, compute_sweep, write_compute_report
 
     device = resolve_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device=device)
-    name = dataset_name(args.data, meta)
-    data, info = load_dataset(name, args.split, args.root)
-    x, y = data.tensors(args.max_examples)
-    check_data_fits(model, x, y, name, args.split)
+    got = load_checkpoint_and_examples(
+        args.checkpoint, args.data, args.split, args.root, args.max_examples, device
+    )
     cfg = ComputeSweepConfig(
         sigma=args.sigma,
         m=args.m,
         vote=args.vote,
-        eps=args.eps if args.eps is not None else info.eps_linf,
+        eps=args.eps if args.eps is not None else got.info.eps_linf,
         steps=args.steps,
         draws=args.draws,
         attacks=args.attacks,
@@ -213,7 +200,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     )
     out = Path(args.out or Path(args.checkpoint).parent / "compute_sweep")
     records = compute_sweep(
-        model, x, y, cfg, out / "compute_sweep.jsonl", weights_sha256=meta.get("weights_sha256")
+        got.model,
+        got.x,
+        got.y,
+        cfg,
+        out / "compute_sweep.jsonl",
+        weights_sha256=got.meta.get("weights_sha256"),
     )
     report = write_compute_report(records, out)
     print(report.read_text())

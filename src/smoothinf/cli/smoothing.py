@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from smoothinf.cli import add_common_args, check_data_fits, count, dataset_name
-from smoothinf.data import load_dataset
+from smoothinf.cli import add_common_args, count
 from smoothinf.errors import SmoothinfError
+from smoothinf.evaluation.loading import load_checkpoint_and_examples
 from smoothinf.evaluation.report import plot_certified
 from smoothinf.evaluation.results import (
     mismatch_message,
@@ -23,7 +23,6 @@ from smoothinf.evaluation.results import (
     truncate_to,
     weights_digest,
 )
-from smoothinf.models import load_checkpoint
 from smoothinf.noise import NOISE_FAMILIES
 from smoothinf.smoothing import (
     VOTES,
@@ -92,12 +91,10 @@ def _check_sigma_alpha(args: argparse.Namespace, certifying: bool) -> None:
 
 def _load(args: argparse.Namespace):
     device = resolve_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device=device)
-    name = dataset_name(args.data, meta)
-    data, _ = load_dataset(name, args.split, args.root)
-    x, y = data.tensors(args.max_examples)
-    check_data_fits(model, x, y, name, args.split)
-    return model, meta, name, data, x, y, device
+    got = load_checkpoint_and_examples(
+        args.checkpoint, args.data, args.split, args.root, args.max_examples, device
+    )
+    return got.model, got.meta, got.data, got.dataset, got.x, got.y, device
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import yaml
 
-from smoothinf.data import load_dataset
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.config import EvalConfig
+from smoothinf.evaluation.loading import protocol_inputs
 from smoothinf.evaluation.protocol import evaluate
 from smoothinf.evaluation.report import aggregate, row_flags, setting_name
-from smoothinf.evaluation.results import ResultsStore, evaluation_identity, fingerprint_of, weights_digest
+from smoothinf.evaluation.results import ResultsStore, fingerprint_of
 from smoothinf.experiments.steps import (
     fingerprint,
     init_refs,
@@ -28,7 +28,6 @@ from smoothinf.experiments.steps import (
     train_step,
 )
 from smoothinf.experiments.study import MADRY_MNIST_ROW, StudyConfig, read_jsonl
-from smoothinf.models import load_checkpoint
 from smoothinf.utils import resolve_device
 
 STAGE = "long"
@@ -69,18 +68,14 @@ def long_eval_job(out: Path, name: str, study: StudyConfig, refs: dict, log) -> 
     with ``smoothinf evaluate``'s protocol, resuming record by record."""
     ckpt = str(refs[_train_task(name)])
     cfg = study.long().eval_config(name, ckpt, study)
-    device = resolve_device(cfg.device)
-    model, meta = load_checkpoint(ckpt, device=device)
-    data, _ = load_dataset(cfg.data, cfg.split, cfg.root)
-    x, y = data.tensors(cfg.max_examples)
-    identity = evaluation_identity(cfg, meta.get("weights_sha256") or weights_digest(model), x, y, device)
+    got, identity = protocol_inputs(cfg, resolve_device(cfg.device))  # as `smoothinf evaluate`
     results = results_path(out, name)
     grid = {"votes": cfg.votes, "sigmas": cfg.sigmas, "ms": cfg.ms, "eps": cfg.eps, "runs": cfg.runs}
 
     def work():
         set_aside_foreign_rows(results, fingerprint_of(identity))  # other weights, data or settings
         store = ResultsStore(results, identity=identity)
-        evaluate(cfg, model, x, y, store)
+        evaluate(cfg, got.model, got.x, got.y, store)
 
     fp = fingerprint({"identity": identity, "grid": grid})
     run_step(out, f"{STAGE}/eval/{name}", fp, [results], work, log, discard=False)
