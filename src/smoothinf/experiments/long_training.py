@@ -134,9 +134,15 @@ def _base(found: dict, name: str) -> dict | None:
     return next((r for k, r in found[name]["rows"].items() if k[0] == "none"), None)
 
 
-def _epochs(found: dict) -> str:
-    epochs = sorted({f["training"][-1]["epoch"] for f in found.values() if f["training"]})
-    return "/".join(str(e) for e in epochs) or "?"
+def _epochs(out: Path, study: StudyConfig) -> str:
+    """How long the stage trains, e.g. "30 epochs; cni_w_pgd_at 10 more from pgd_at"."""
+    long = study.long()
+    words = [f"{long.train.get('epochs', '?')} epochs"]
+    for name in long.models:
+        start = _init_model(out, name)
+        if start:
+            words.append(f"{name} {long.train_overrides(name).get('epochs', '?')} more from {start}")
+    return "; ".join(words)
 
 
 def _headline_row(label: str, row: tuple, found: dict) -> list[str]:
@@ -162,8 +168,8 @@ def long_headline(
     n = min(r["n"] for f in found.values() for r in f["rows"].values())
     runs = sorted({r["runs"] for f in found.values() for r in f["rows"].values()})
     L = [
-        f"**After longer training** ({_epochs(found)} epochs; `smoothinf evaluate`'s protocol on the first "
-        f"{n} images, {'/'.join(map(str, runs))} runs; see 'Longer training'):",
+        f"**After longer training** ({_epochs(Path(out), study)}; `smoothinf evaluate`'s protocol on the "
+        f"first {n} images, {'/'.join(map(str, runs))} runs; see 'Longer training'):",
         "",
         "| classifier | clean | worst case |",
         "|---|---|---|",
@@ -216,7 +222,7 @@ def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
         return []
     found, out = load_long(out, study), Path(out)
     starts = {name: _init_model(out, name) for name in long.models}
-    title = f"## Longer training: {', '.join(long.models)} at {long.train.get('epochs', '?')} epochs"
+    title = f"## Longer training: {', '.join(long.models)} at {_epochs(out, study)}"
     if not found:
         return [title, "", "Not measured yet.", ""]
     cfg = next(iter(found.values()))["config"]
