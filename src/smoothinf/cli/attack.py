@@ -171,17 +171,15 @@ def run_attack(args: argparse.Namespace) -> int:
     from smoothinf.utils import make_generator, resolve_device, seed_everything
 
     _check_smoothing_flags(args)
+    if args.eps is None and args.norm != "linf":  # before anything is loaded
+        raise SmoothinfError("--eps is required with --norm l2")
     device = resolve_device(args.device)
     seed_everything(args.seed)
     got = load_checkpoint_and_examples(
         args.checkpoint, args.data, args.split, args.root, args.max_examples, device
     )
     model, data, info, x, y = got.model, got.data, got.info, got.x, got.y
-    eps = args.eps
-    if eps is None:
-        if args.norm != "linf":
-            raise SmoothinfError("--eps is required with --norm l2")
-        eps = info.eps_linf
+    eps = info.eps_linf if args.eps is None else args.eps
     x, y = x.to(device), y.to(device)
     defended = _smoothed(model, args, args.m, args.vote) if args.smooth else model
     attack = _build(args, model, defended, eps, device)

@@ -43,7 +43,9 @@ def check_long_inits(configs: Path, study: StudyConfig) -> None:
     models = study.long().models
     for name in models:
         for ref in init_refs(configs, name):
-            if ref not in models or ref == name:
+            if ref == name:
+                raise ConfigError(f"long_training.models: {name} starts from itself (init '@{ref}')")
+            if ref not in models:
                 raise ConfigError(
                     f"long_training.models: {name} starts from another step's checkpoint (init '@{ref}'), "
                     f"which the stage does not train: list {ref} in long_training.models too"
