@@ -20,6 +20,7 @@ from smoothinf.evaluation import (
     read_results,
     run_sanity_checks,
 )
+from smoothinf.evaluation.results import row_key
 from smoothinf.models import load_checkpoint
 from smoothinf.training.trainer import TrainConfig, train
 
@@ -426,3 +427,61 @@ def test_dataset_name_is_the_request_else_the_checkpoints():
     assert dataset_name(None, {"dataset": {"name": "mnist"}}) == "mnist"
     with pytest.raises(SmoothinfError, match="the checkpoint names no data set; pass --data"):
         dataset_name(None, {})
+
+
+def test_slices_of_an_evaluation_merge_to_the_whole(synthetic_model, tmp_path, capsys):
+    """An evaluation in two slices (--first-example) merges, per row, into the evaluation of the
+    whole: exactly so for a deterministic row (base model, FGSM); overlapping slices, slices of other
+    settings and past-the-end slices are refused, and a slice that some run lacks is left out."""
+    from smoothinf.evaluation.slices import merge_slices
+
+    ckpt, *_ = synthetic_model
+
+    def run(name, *extra):
+        args = ["evaluate", "-c", ckpt, "--attacks", "fgsm", "--votes", "hard", "--sigmas", "0.05"]
+        args += ["--ms", "4", "--steps", "3", "--results", str(tmp_path / name), "--device", "cpu"]
+        args += ["--report-dir", str(tmp_path / f"rep-{name}"), *extra]
+        assert main(args) == 0
+        return read_results(tmp_path / name)
+
+    whole = run("whole.jsonl", "--max-examples", "40", "--runs", "2", "--eps", "0.1")
+    a = run("a.jsonl", "--max-examples", "25", "--runs", "2", "--eps", "0.1")
+    b = run("b.jsonl", "--max-examples", "15", "--first-example", "25", "--runs", "2", "--eps", "0.1")
+    assert a[0]["identity"]["settings"].get("first_example") is None  # slice 0: as before slices
+    assert b[0]["identity"]["settings"]["first_example"] == 25
+    merged, left_out = merge_slices(a + b)
+    assert left_out == 0 and len(merged) == len(whole) == 4
+    for m, w in zip(sorted(merged, key=row_key), sorted(whole, key=row_key), strict=True):
+        assert row_key(m) == row_key(w) and m["n"] == 40 and m["slices"] == [[0, 25], [25, 15]]
+        assert m["clean"] == pytest.approx(w["clean"])  # a clean judgement of the same 40 images
+        if m["vote"] == "none":  # deterministic model and attack: the same numbers
+            assert m["attacks"] == pytest.approx(w["attacks"]) and m["worst_case"] == pytest.approx(
+                w["worst_case"]
+            )
+    capsys.readouterr()
+    assert (
+        main(["report", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "m")])
+        == 0
+    )
+    base_line = next(
+        line for line in (tmp_path / "m" / "results.md").read_text().splitlines() if "base" in line
+    )
+    assert base_line == next(
+        line
+        for line in (tmp_path / "rep-whole.jsonl" / "results.md").read_text().splitlines()
+        if "base" in line
+    )
+    c = run("c.jsonl", "--max-examples", "5", "--first-example", "40", "--runs", "1", "--eps", "0.1")
+    merged, left_out = merge_slices(a + b + c)  # run 1 lacks slice c: c is left out of both rows
+    assert left_out == 2 and {m["n"] for m in merged} == {40}
+    assert main(["report", str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl")]) == 2
+    assert "hold the same examples (from 0 and from 0)" in capsys.readouterr().err
+    other = run("other.jsonl", "--max-examples", "15", "--first-example", "25", "--runs", "2", "--steps", "4")
+    with pytest.raises(ConfigError, match="not slices of one evaluation: settings.steps differs"):
+        merge_slices(a + other)
+    capsys.readouterr()
+    assert (
+        main(["evaluate", "-c", ckpt, "--attacks", "fgsm", "--first-example", "1000000", "--device", "cpu"])
+        == 2
+    )
+    assert "past the end" in capsys.readouterr().err

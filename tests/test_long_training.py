@@ -38,6 +38,16 @@ PNI = "pni_w_pgd_at"
             r"models\['pni_w_pgd_at'\].train: epoch is not a TrainConfig",
         ),
         ({"models": {PNI: {"train": [1]}}}, r"models\['pni_w_pgd_at'\].train must be a mapping"),
+        ({"models": {PNI: {"extend": [1]}}}, "model pni_w_pgd_at: extend must be a mapping of examples"),
+        (
+            {"models": {PNI: {"extend": {"examples": 100}}}, "evaluate": {"max_examples": 100}},
+            r"extend.examples must be an integer above max_examples \(100\), got 100",
+        ),
+        (
+            {"models": {PNI: {"sigmas": [0.1], "extend": {"examples": 300, "sigmas": [0.2]}}}},
+            r"extend.sigmas names 0.2, not one of the model's sigmas \[0.1\]",
+        ),
+        ({"models": {PNI: {"first_example": 100}}}, "first_example is not an EvalConfig field the stage"),
     ],
 )
 def test_long_training_config_is_checked(block, message):
@@ -76,6 +86,21 @@ def test_only_long_needs_the_stage(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_cycle_of_starts_is_refused_before_anything_is_written(tmp_path):
+    import shutil
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    pgd_at = yaml.safe_load((configs / "pgd_at.yaml").read_text())
+    (configs / "pgd_at.yaml").write_text(yaml.safe_dump({**pgd_at, "init": "@cni_w_pgd_at"}))
+    block = {"models": {"pgd_at": {}, "cni_w_pgd_at": {}}}
+    with pytest.raises(
+        ConfigError, match="pgd_at -> cni_w_pgd_at -> pgd_at start from one another in a cycle"
+    ):
+        run_study(tmp_path / "out", configs, quick=True, only="long", long_training=block)
+    assert not (tmp_path / "out").exists()
+
+
 def test_long_stage_runs_resumes_and_sets_aside_records_of_other_weights(tmp_path):
     """The quick profile's stage alone: it trains, evaluates every run and setting, and the page's
     section shows the records' numbers; a rerun skips both steps; a results file whose records were
@@ -96,17 +121,40 @@ def test_long_stage_runs_resumes_and_sets_aside_records_of_other_weights(tmp_pat
     for r in records:
         assert 0 <= r["worst_case"] <= r["clean"] and set(r["checks"]) >= {"autoattack", "blackbox"}
 
+    # `extend`: the base model and sigma 0 on images 6-9 too, a slice of its own file and step
+    assert study.long().slice_starts(PNI, study) == [6]
+    more = read_jsonl(results_path(out, PNI, 6))
+    assert {(r["run"], r["vote"], r["sigma"]) for r in more} == {
+        (run, v, 0.0) for run in range(cfg.runs) for v in ("none", "hard")
+    }
+    assert {(r["config"]["first_example"], r["n"]) for r in more} == {(6, 4)}
+    assert {r["identity"]["weights_sha256"] for r in more} == {sha}
+
     page = (out / "paper-reproduction.md").read_text()
     assert "## Longer training: pni_w_pgd_at at 2 epochs" in page and "**After longer training**" in page
     rows = aggregate(records)
     hard = rows[("hard", 0.1, 2, 0.3)]["worst_case"]
-    assert f"| {PNI} | hard sigma=0.1 m=2 | 2 | " in page
+    assert f"| {PNI} | hard sigma=0.1 m=2 | 6 | 2 | " in page
     assert f"**{100 * hard[0]:.1f} ± {100 * hard[1]:.1f}**" in page
+    # the base row over both slices: per run the example-weighted mean of its two records
+    merged = load_long(out, study)[PNI]["rows"][("none", 0.0, 1, 0.3)]
+    per_run = [
+        (6 * a["worst_case"] + 4 * b["worst_case"]) / 10
+        for a, b in zip(
+            sorted((r for r in records if r["vote"] == "none"), key=lambda r: r["run"]),
+            sorted((r for r in more if r["vote"] == "none"), key=lambda r: r["run"]),
+            strict=True,
+        )
+    ]
+    assert merged["n"] == 10 and merged["worst_case"][0] == pytest.approx(sum(per_run) / 2)
+    assert f"| {PNI} | base (no smoothing) | 10 | 2 | " in page
+    assert "pni_w_pgd_at's the base model and sigma 0 on the first 10, in slices of 6" in page
     assert "\n".join(long_lines(out, study)) in page
 
     logs.clear()
     run_study(out, CONFIGS, quick=True, only="long", device="cpu", log=logs.append)
     assert f"[skip] long/train/{PNI}" in "\n".join(logs) and f"[skip] long/eval/{PNI}" in "\n".join(logs)
+    assert f"[skip] long/eval/{PNI}.from6" in "\n".join(logs)
     assert read_jsonl(path) == records
 
     # the same file, as if written for other weights: set aside whole, then evaluated afresh
@@ -156,7 +204,7 @@ def test_long_stage_fine_tune_starts_from_the_stages_own_checkpoint(tmp_path):
     )
     page = (out / "paper-reproduction.md").read_text()
     assert "; cni_w_pgd_at starts from the stage's own pgd_at, with epochs 1, max_train_examples 256" in page
-    assert "| cni_w_pgd_at | hard sigma=0.1 m=2 | 1 | " in page
+    assert "| cni_w_pgd_at | hard sigma=0.1 m=2 | 4 | 1 | " in page
 
     # pgd_at trained again at another learning rate: other weights, so the fine-tune trains again
     # (a change that left pgd_at's selected checkpoint as it was would leave the fine-tune done)

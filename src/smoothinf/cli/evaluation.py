@@ -11,6 +11,7 @@ from smoothinf.errors import SmoothinfError
 from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate, read_results, write_report
 from smoothinf.evaluation.loading import load_checkpoint_and_examples, protocol_inputs
 from smoothinf.evaluation.quickstart import QuickstartConfig, run_quickstart
+from smoothinf.evaluation.slices import merge_slices
 from smoothinf.training.trainer import accuracy
 from smoothinf.utils import resolve_device
 
@@ -25,6 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None)
     p.add_argument("--split", default=None)
     p.add_argument("--max-examples", type=count(1), default=None)
+    p.add_argument(
+        "--first-example",
+        type=count(0),
+        default=None,
+        help="skip the split's first N examples (one slice of a larger evaluation; `smoothinf report` "
+        "merges the slices' results files)",
+    )
     p.add_argument(
         "--attacks",
         nargs="+",
@@ -69,9 +77,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_args(p)
     p.set_defaults(func=run_evaluate)
 
-    r = subparsers.add_parser("report", help="rebuild tables and plots from a results JSONL file")
-    r.add_argument("results")
-    r.add_argument("--out", default=None, help="report folder (default: next to the results file)")
+    r = subparsers.add_parser(
+        "report", help="rebuild tables and plots from a results JSONL file (or the files of its slices)"
+    )
+    r.add_argument(
+        "results",
+        nargs="+",
+        help="results file; several: slices of one evaluation (--first-example), merged per row",
+    )
+    r.add_argument("--out", default=None, help="report folder (default: next to the first results file)")
     r.set_defaults(func=run_report)
 
     w = subparsers.add_parser("sweep", help="attack-compute sweep: accuracy vs steps x draws")
@@ -133,6 +147,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "root": args.root,
         "split": args.split,
         "max_examples": args.max_examples,
+        "first_example": args.first_example,
         "attacks": args.attacks,
         "eps": args.eps,
         "votes": args.votes,
@@ -157,7 +172,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise SmoothinfError("pass --checkpoint (and --attacks or --config for the full protocol)")
         split = args.split or "test"
         got = load_checkpoint_and_examples(
-            args.checkpoint, args.data, split, args.root, args.max_examples, device
+            args.checkpoint, args.data, split, args.root, args.max_examples, device, args.first_example or 0
         )
         acc = accuracy(got.model, got.x, got.y)
         print(f"{got.data} {split}: clean accuracy {acc:.4f} on {got.x.shape[0]} examples")
@@ -213,10 +228,17 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    records = read_results(args.results)
-    if not records:
-        raise SmoothinfError(f"{args.results} holds no results")
-    report = write_report(records, args.out or Path(args.results).parent / "report")
+    records = []
+    for path in args.results:
+        got = read_results(path)
+        if not got:
+            raise SmoothinfError(f"{path} holds no results")
+        records += got
+    if len(args.results) > 1:
+        records, left_out = merge_slices(records)
+        if left_out:
+            print(f"note: {left_out} records left out: slices that not every run of their setting has")
+    report = write_report(records, args.out or Path(args.results[0]).parent / "report")
     print((report.parent / "results.md").read_text())
     print(f"report: {report}")
     return 0

@@ -61,6 +61,9 @@ class EvalConfig:
     randomised defence (smoothed with sigma > 0, or weight noise) judges every point this many times
     with fresh noise, and an example's correctness is the fraction right
     (``smoothinf.attacks.judge``); worst cases and accuracies are means of those probabilities.
+    ``first_example``: skip the split's first N examples, so the protocol runs on examples
+    [first_example, first_example + max_examples): one slice of a larger evaluation, whose files
+    ``smoothinf report`` merges (``evaluation.slices``).
     ``temperatures``: the ``default`` preset's tempered APGD-CE (logits / T, one attack per T) on
     the rows judged by argmax counts: hard and weighted votes with input noise or weight noise, and
     a weight-noise model's own unsmoothed forward ([]: off; it is skipped on soft votes and
@@ -71,6 +74,7 @@ class EvalConfig:
     data: str | None = None
     root: str | None = None
     split: str = "test"
+    first_example: int = 0
     max_examples: int = 200
     eps: list[float] = field(default_factory=lambda: [0.3])
     votes: list[str] = field(default_factory=lambda: ["hard", "soft"])
@@ -112,6 +116,8 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.checkpoint:
             raise ConfigError("an evaluation needs a checkpoint")
+        if self.first_example < 0:
+            raise ConfigError(f"first_example must be >= 0, got {self.first_example}")
         unknown = [v for v in self.votes if v not in VOTES]
         if unknown:
             raise ConfigError(f"unknown vote {unknown[0]!r}; choose from {', '.join(VOTES)}")
@@ -144,6 +150,8 @@ class EvalConfig:
 
     def fingerprint(self) -> str:
         ident = {k: getattr(self, k) for k in _IDENTITY}
+        if self.first_example:  # absent at 0: records from before slices keep their fingerprint
+            ident["first_example"] = self.first_example
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

@@ -49,14 +49,21 @@ def load_checkpoint_and_examples(
     root: str | os.PathLike | None = None,
     max_examples: int | None = None,
     device: str | torch.device = "cpu",
+    first_example: int = 0,
 ) -> CheckpointExamples:
-    """Load ``checkpoint`` onto ``device`` and the first ``max_examples`` (None: all) of ``split`` of
-    data set ``data`` (None: the checkpoint's). One-line error unless the examples fit the
-    checkpoint's recorded input shape, dtype and classes."""
+    """Load ``checkpoint`` onto ``device`` and ``max_examples`` (None: all the rest) examples of
+    ``split`` of data set ``data`` (None: the checkpoint's), from example ``first_example`` on.
+    One-line error unless the examples fit the checkpoint's recorded input shape, dtype and classes."""
     model, meta = load_checkpoint(checkpoint, device=device)
     name = dataset_name(data, meta)
     dataset, info = load_dataset(name, split, root)
-    x, y = dataset.tensors(max_examples)
+    if first_example >= len(dataset):
+        raise SmoothinfError(
+            f"first example {first_example} is past the end of {name}'s {split} split "
+            f"({len(dataset)} examples); pass a smaller --first-example"
+        )
+    x, y = dataset.tensors(None if max_examples is None else first_example + max_examples)
+    x, y = x[first_example:], y[first_example:]
     check_model_input(model, x, y, name=f"--data {name} ({split} split)", check_device=False)
     return CheckpointExamples(model, meta, name, dataset, info, x, y)
 
@@ -66,7 +73,7 @@ def protocol_inputs(cfg: EvalConfig, device: str | torch.device) -> tuple[Checkp
     and the identity of its records (``results.evaluation_identity``): the weights' sha256, the
     examples' hash, every setting but the grid axes, the transfer source's weights."""
     loaded = load_checkpoint_and_examples(
-        cfg.checkpoint, cfg.data, cfg.split, cfg.root, cfg.max_examples, device
+        cfg.checkpoint, cfg.data, cfg.split, cfg.root, cfg.max_examples, device, cfg.first_example
     )
     cfg.data = loaded.data
     source_sha = read_sidecar(cfg.transfer_source).get("weights_sha256") if cfg.transfer_source else None

@@ -129,7 +129,7 @@ def autoattack_for(
     return AutoAttackAdapter(target, "linf", eps, "rand" if randomised else "standard", seed=cfg.seed)
 
 
-def _strongest(acc: dict[str, float], clean: float, cascade: bool) -> str | None:
+def strongest_attack(acc: dict[str, float], clean: float, cascade: bool) -> str | None:
     """The attack with the lowest accuracy; in a cascade (cumulative accuracies), the one that
     fooled the most examples the earlier attacks had left."""
     if not acc:
@@ -175,7 +175,7 @@ def _checks(
         return checks, robust
     idx = robust[:k].nonzero().squeeze(1)
     base_robust = round(float(robust[:k].sum()), 4)
-    strongest = _strongest(result.accuracy, result.clean_accuracy, cfg.cascades())
+    strongest = strongest_attack(result.accuracy, result.clean_accuracy, cfg.cascades())
 
     def judge(x_adv: torch.Tensor) -> torch.Tensor:
         return judged_correct(defended, x_adv, y[idx], gen, cfg.judgements)
@@ -282,7 +282,7 @@ def evaluate(
         bar.set_postfix_str(f"{row}: cross-checks")
         checks, robust = _checks(cfg, model, defended, vote, sigma, eps, x, y, result, gen)
         acc = result.accuracy
-        strongest = _strongest(acc, result.clean_accuracy, cfg.cascades())
+        strongest = strongest_attack(acc, result.clean_accuracy, cfg.cascades())
         records.append(
             {
                 "run": run,

@@ -135,6 +135,8 @@ def evaluation_identity(
     every setting of ``cfg`` but the grid axes, the transfer source's weights and the device type.
     Pass it as ``ResultsStore(path, identity=...)``."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY}
+    if not settings.get("first_example"):  # absent at 0: files from before slices keep their identity
+        settings.pop("first_example", None)
     if settings.get("transfer_source"):
         settings["transfer_source"] = source_sha256 or settings["transfer_source"]
     return {

@@ -4,7 +4,9 @@ with ``smoothinf evaluate``'s protocol, and the page's section on them.
 Files, all under ``out/long``: ``models/<name>/`` (the training run, resumable from its ``last.pt``)
 and ``eval/<name>.jsonl`` (``smoothinf evaluate`` records, keyed by the weights' sha256, the data's
 hash and every setting that changes a number: a file of other weights is set aside as
-``<name>.stale.jsonl``, never mixed in). Steps ``long/train/<name>`` and ``long/eval/<name>``.
+``<name>.stale.jsonl``, never mixed in), and for a model with ``extend`` one
+``eval/<name>.from<first>.jsonl`` per further slice of images. Steps ``long/train/<name>``,
+``long/eval/<name>`` and ``long/eval/<name>.from<first>``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from smoothinf.evaluation.loading import protocol_inputs
 from smoothinf.evaluation.protocol import evaluate
 from smoothinf.evaluation.report import aggregate, row_flags, setting_name
 from smoothinf.evaluation.results import ResultsStore, fingerprint_of
+from smoothinf.evaluation.slices import merge_slices
 from smoothinf.experiments.steps import (
     fingerprint,
     init_refs,
@@ -27,7 +30,7 @@ from smoothinf.experiments.steps import (
     set_aside_foreign_rows,
     train_step,
 )
-from smoothinf.experiments.study import MADRY_MNIST_ROW, StudyConfig, read_jsonl
+from smoothinf.experiments.study import MADRY_MNIST, MADRY_MNIST_CLEAN, StudyConfig, read_jsonl
 from smoothinf.utils import resolve_device
 
 STAGE = "long"
@@ -39,7 +42,8 @@ def _train_task(name: str) -> str:
 
 def check_long_inits(configs: Path, study: StudyConfig) -> None:
     """One-line ConfigError unless every model of the stage trains from scratch or starts from
-    another model of the stage (``init: "@pgd_at"``: the stage's own long-trained pgd_at)."""
+    another model of the stage (``init: "@pgd_at"``: the stage's own long-trained pgd_at), with no
+    cycle of such starts; checked before anything is written."""
     models = study.long().models
     for name in models:
         for ref in init_refs(configs, name):
@@ -50,6 +54,15 @@ def check_long_inits(configs: Path, study: StudyConfig) -> None:
                     f"long_training.models: {name} starts from another step's checkpoint (init '@{ref}'), "
                     f"which the stage does not train: list {ref} in long_training.models too"
                 )
+    for name in models:  # each model starts from at most one other: follow the chain
+        chain = [name]
+        while refs := init_refs(configs, chain[-1]):
+            if refs[0] in chain:
+                raise ConfigError(
+                    f"long_training.models: {' -> '.join([*chain, refs[0]])} start from one another in a "
+                    "cycle; let one of them train from scratch (no '@' init)"
+                )
+            chain.append(refs[0])
 
 
 def long_train_job(configs: Path, name: str, out: Path, study: StudyConfig, refs: dict, log) -> str:
@@ -61,17 +74,23 @@ def long_train_job(configs: Path, name: str, out: Path, study: StudyConfig, refs
     )
 
 
-def results_path(out: Path, name: str) -> Path:
-    return Path(out) / STAGE / "eval" / f"{name}.jsonl"
+def _slice_name(name: str, first_example: int) -> str:
+    return f"{name}.from{first_example}" if first_example else name
 
 
-def long_eval_job(out: Path, name: str, study: StudyConfig, refs: dict, log) -> None:
+def results_path(out: Path, name: str, first_example: int = 0) -> Path:
+    """Model ``name``'s records of the slice of images from ``first_example`` on."""
+    return Path(out) / STAGE / "eval" / f"{_slice_name(name, first_example)}.jsonl"
+
+
+def long_eval_job(out: Path, name: str, study: StudyConfig, first_example: int, refs: dict, log) -> None:
     """Evaluate model ``name``'s long-trained checkpoint (``refs``: the finished training task's)
-    with ``smoothinf evaluate``'s protocol, resuming record by record."""
+    with ``smoothinf evaluate``'s protocol on its slice of images from ``first_example`` on (0: its
+    first ``max_examples``), resuming record by record."""
     ckpt = str(refs[_train_task(name)])
-    cfg = study.long().eval_config(name, ckpt, study)
+    cfg = study.long().eval_config(name, ckpt, study, first_example)
     got, identity = protocol_inputs(cfg, resolve_device(cfg.device))  # as `smoothinf evaluate`
-    results = results_path(out, name)
+    results = results_path(out, name, first_example)
     grid = {"votes": cfg.votes, "sigmas": cfg.sigmas, "ms": cfg.ms, "eps": cfg.eps, "runs": cfg.runs}
 
     def work():
@@ -80,17 +99,23 @@ def long_eval_job(out: Path, name: str, study: StudyConfig, refs: dict, log) -> 
         evaluate(cfg, got.model, got.x, got.y, store)
 
     fp = fingerprint({"identity": identity, "grid": grid})
-    run_step(out, f"{STAGE}/eval/{name}", fp, [results], work, log, discard=False)
+    run_step(out, f"{STAGE}/eval/{_slice_name(name, first_example)}", fp, [results], work, log, discard=False)
 
 
 def long_tasks(configs: Path, out: Path, study: StudyConfig) -> dict:
-    """The stage's tasks for ``paper_mnist._schedule``: per model its training, then its evaluation."""
+    """The stage's tasks for ``paper_mnist._schedule``: per model its training, then its evaluation
+    (its first images; the slices of ``extend`` after every model's first)."""
     tasks = {}
-    for name in study.long().models:
+    long = study.long()
+    for name in long.models:
         deps = [_train_task(ref) for ref in init_refs(configs, name)]
         tasks[_train_task(name)] = (deps, long_train_job, (configs, name, out, study))
-    for name in study.long().models:
-        tasks[f"{STAGE}-eval-{name}"] = ([_train_task(name)], long_eval_job, (out, name, study))
+    for name in long.models:
+        tasks[f"{STAGE}-eval-{name}"] = ([_train_task(name)], long_eval_job, (out, name, study, 0))
+    for name in long.models:
+        for start in long.slice_starts(name, study):
+            task = f"{STAGE}-eval-{_slice_name(name, start)}"
+            tasks[task] = ([_train_task(name)], long_eval_job, (out, name, study, start))
     return tasks
 
 
@@ -104,6 +129,17 @@ def _in_grid(record: dict, cfg: EvalConfig) -> bool:
     return record["run"] < cfg.runs and setting in cfg.settings() and float(record["eps"]) in cfg.eps
 
 
+def _model_records(out: Path, name: str, study: StudyConfig) -> list[dict]:
+    """Model ``name``'s records of the current grid, one per (run, setting) over the slices of
+    images that every run of its setting has (``evaluation.slices.merge_slices``)."""
+    long = study.long()
+    records = []
+    for start in [0, *long.slice_starts(name, study)]:
+        cfg = long.eval_config(name, "-", study, start)
+        records += [r for r in read_jsonl(results_path(out, name, start)) if _in_grid(r, cfg)]
+    return merge_slices(records)[0]
+
+
 def load_long(out: str | os.PathLike, study: StudyConfig) -> dict:
     """model -> {"config": its EvalConfig, "rows": aggregated records (``evaluation.report.aggregate``),
     "records": the records, "training": its metrics.jsonl}, for the models that have records."""
@@ -111,7 +147,7 @@ def load_long(out: str | os.PathLike, study: StudyConfig) -> dict:
     found = {}
     for name in long.models if long else []:
         cfg = long.eval_config(name, "-", study)
-        records = [r for r in read_jsonl(results_path(Path(out), name)) if _in_grid(r, cfg)]
+        records = _model_records(Path(out), name, study)
         if records:
             training = read_jsonl(Path(out) / STAGE / "models" / name / "metrics.jsonl")
             found[name] = {"config": cfg, "rows": aggregate(records), "records": records}
@@ -150,11 +186,18 @@ def _epochs(out: Path, study: StudyConfig) -> str:
 def _headline_row(label: str, row: tuple, found: dict) -> list[str]:
     name, (vote, sigma, m, _), r = row
     base = _base(found, name)
-    lines = [f"| {label}: {name}, {vote}@{m}, sigma {sigma:g} | {_pm(r['clean'])} | {_pm(r['worst_case'])} |"]
+    scores = f"{r['n']} | {_pm(r['clean'])} | {_pm(r['worst_case'])}"
+    lines = [f"| {label}: {name}, {vote}@{m}, sigma {sigma:g} | {scores} |"]
     if base is not None:
-        scores = f"{_pm(base['clean'])} | {_pm(base['worst_case'])}"
+        scores = f"{base['n']} | {_pm(base['clean'])} | {_pm(base['worst_case'])}"
         lines.append(f"| its base model, unsmoothed, same attacks | {scores} |")
     return lines
+
+
+def _images(found: dict) -> str:
+    """The rows' image counts: "100", or "100-300" when rows differ."""
+    counts = sorted({r["n"] for f in found.values() for r in f["rows"].values()})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
 def long_headline(
@@ -167,19 +210,22 @@ def long_headline(
     best, noisy = best_rows(found)
     if best is None:
         return []
-    n = min(r["n"] for f in found.values() for r in f["rows"].values())
     runs = sorted({r["runs"] for f in found.values() for r in f["rows"].values()})
     L = [
         f"**After longer training** ({_epochs(Path(out), study)}; `smoothinf evaluate`'s protocol on the "
-        f"first {n} images, {'/'.join(map(str, runs))} runs; see 'Longer training'):",
+        f"first {_images(found)} test images, {'/'.join(map(str, runs))} runs; see 'Longer training'):",
         "",
-        "| classifier | clean | worst case |",
-        "|---|---|---|",
+        "| classifier | images | clean | worst case |",
+        "|---|---|---|---|",
         *_headline_row("best smoothed", best, found),
     ]
     if noisy is not None and noisy[:2] != best[:2]:
         L += _headline_row("best with input noise (sigma > 0)", noisy, found)
-    L += [MADRY_MNIST_ROW, ""]
+    L += [
+        "| Madry et al. (2018), published MNIST model, PGD | 10000 | "
+        f"{MADRY_MNIST_CLEAN} | ~{100 * MADRY_MNIST:.0f} |",
+        "",
+    ]
     worst = best[2]["worst_case"][0]
     words = [
         f"The best long-trained smoothed classifier {'reaches' if worst >= target else 'does not reach'} "
@@ -217,6 +263,22 @@ def _init_model(out: Path, name: str) -> str | None:
     return Path(init).parent.name if init else None
 
 
+def _extended(long, study: StudyConfig) -> str:
+    """The page's words on the models evaluated on more images (`extend`), or ""."""
+    words = []
+    for name, block in long.models.items():
+        extend = (block or {}).get("extend")
+        if extend:
+            rows = "the base model and " + (
+                f"sigma {', '.join(f'{s:g}' for s in extend['sigmas'])}"
+                if "sigmas" in extend
+                else "every row"
+            )
+            size = long.eval_config(name, "-", study).max_examples
+            words.append(f"{name}'s {rows} on the first {extend['examples']}, in slices of {size}")
+    return f" ({'; '.join(words)}: a row counts the slices every run has)" if words else ""
+
+
 def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
     """The page's section on the long-trained models ([] when the stage is off)."""
     long = study.long()
@@ -248,7 +310,8 @@ def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
         f"draws{temps} on hard and weighted votes), cascaded; on the first {cfg.check_examples} images of "
         "every run the official AutoAttack (rand on randomised rows), the black-box Square attack "
         f"({cfg.square_queries} queries) and the strongest attack at twice its steps and draws, whose "
-        f"finds count in the worst case. The first {cfg.max_examples} test images, seed {cfg.seed} + run; "
+        f"finds count in the worst case. The first {cfg.max_examples} test images{_extended(long, study)}, "
+        f"seed {cfg.seed} + run; "
         f"a randomised row is judged {cfg.judgements} times per image (its accuracy is the mean "
         "P(correct)). Mean ± std over runs.",
         "",
@@ -265,15 +328,17 @@ def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
             )
     L += [
         "",
-        "| model | setting | runs | clean | PGD on the base model | worst case | row seconds | flags |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | setting | images | runs | clean | PGD on the base model | worst case | row seconds "
+        "| flags |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, f in found.items():
         for (vote, sigma, m, _), r in sorted(f["rows"].items(), key=lambda kv: (kv[0][0] != "none", kv[0])):
             pgd = _pm(r["attacks"]["pgd"]) if "pgd" in r["attacks"] else "-"
             secs = f"{r['seconds'][0]:.0f}" if r.get("seconds") else "-"
             L.append(
-                f"| {name} | {setting_name(vote, sigma, m)} | {r['runs']} | {_pm(r['clean'])} | {pgd} | "
+                f"| {name} | {setting_name(vote, sigma, m)} | {r['n']} | {r['runs']} | {_pm(r['clean'])} | "
+                f"{pgd} | "
                 f"**{_pm(r['worst_case'])}** | {secs} | {row_flags(r)} |"
             )
     L += [""]
@@ -292,7 +357,8 @@ def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
     L += [
         "",
         "A flag means a cross-check found more than the white-box attacks on the checked images; its "
-        "finds are in the worst case. Each row's seconds are per run, on the machine that ran it.",
+        "finds are in the worst case. Each row's seconds are per run (all its slices of images), on the "
+        "machine that ran it.",
         "",
     ]
     return L

@@ -42,8 +42,8 @@ def check_train_overrides(over: object, where: str) -> None:
     over.update(check_config_types(TrainConfig, over, where))
 
 
-# EvalConfig fields the longer-training stage takes from the study, never from its own block
-LONG_FROM_STUDY = ("checkpoint", "data", "root", "eps", "seed", "device")
+# EvalConfig fields the longer-training stage sets itself (first_example from a model's extend)
+LONG_FROM_STUDY = ("checkpoint", "data", "root", "eps", "seed", "device", "first_example")
 
 
 @dataclass
@@ -53,22 +53,45 @@ class LongTrainingConfig:
     over the study's own overrides, e.g. 30 epochs) into ``out/long/models``, and each is evaluated
     with ``smoothinf evaluate``'s protocol: ``evaluate`` (EvalConfig fields shared by every model), then
     ``models[name]`` (that model's own, e.g. votes and sigmas, and under its key ``train`` its own
-    TrainConfig fields over ``train``); data, eps, seed and device are the study's. A model whose
-    config starts from ``@other`` starts from the stage's own ``other``, which must be listed too."""
+    TrainConfig fields over ``train``, and under ``extend`` more images for some of its rows);
+    data, eps, seed and device are the study's. A model whose config starts from ``@other`` starts
+    from the stage's own ``other``, which must be listed too.
+
+    ``extend: {examples: N, sigmas: [...], votes: [...]}`` evaluates the base model and those rows
+    (default: all of the model's votes and sigmas) on the first N images, in slices of the model's
+    ``max_examples`` past the first, each its own results file and step (``first_example``); the
+    page merges a row's slices that every run has (``evaluation.slices``)."""
 
     models: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     evaluate: dict = field(default_factory=dict)
 
-    def eval_config(self, name: str, checkpoint: str, study: StudyConfig):
-        """The EvalConfig of model ``name`` (checkpoint path ``checkpoint``), validated."""
+    def eval_config(self, name: str, checkpoint: str, study: StudyConfig, first_example: int = 0):
+        """The EvalConfig of model ``name`` (checkpoint path ``checkpoint``), validated; with
+        ``first_example`` > 0, that of its slice of ``extend`` starting there."""
         from smoothinf.evaluation.config import EvalConfig
 
         fixed = {"data": study.data, "eps": [float(study.eps)], "seed": study.seed, "device": study.device}
-        own = {k: v for k, v in (self.models.get(name) or {}).items() if k != "train"}
+        block = self.models.get(name) or {}
+        own = {k: v for k, v in block.items() if k not in ("train", "extend")}
         cfg = EvalConfig(**{**self.evaluate, **own}, checkpoint=checkpoint, **fixed)
+        if first_example:
+            extend = block.get("extend") or {}
+            cfg.votes = list(extend.get("votes", cfg.votes))
+            cfg.sigmas = list(extend.get("sigmas", cfg.sigmas))
+            cfg.max_examples = min(cfg.max_examples, int(extend["examples"]) - first_example)
+            cfg.first_example = first_example
         cfg.validate()
         return cfg
+
+    def slice_starts(self, name: str, study: StudyConfig) -> list[int]:
+        """The first examples of model ``name``'s slices past its first ``max_examples`` ([] without
+        ``extend``)."""
+        extend = (self.models.get(name) or {}).get("extend")
+        if not extend:
+            return []
+        size = self.eval_config(name, "-", study).max_examples
+        return list(range(size, int(extend["examples"]), size))
 
     def train_overrides(self, name: str) -> dict:
         """Model ``name``'s TrainConfig overrides: the stage's ``train``, then its own."""
@@ -92,17 +115,41 @@ class LongTrainingConfig:
                 raise ConfigError(f"{where}.{label} must be a mapping of EvalConfig fields, not {block!r}")
             if label != "evaluate" and "train" in block:
                 check_train_overrides(block["train"], f"{where}.{label}.train")
-            unknown = sorted(set(block) - eval_fields - ({"train"} if label != "evaluate" else set()))
+            own_keys = {"train", "extend"} if label != "evaluate" else set()
+            unknown = sorted(set(block) - eval_fields - own_keys)
             if unknown:
                 raise ConfigError(
                     f"{where}.{label}: {', '.join(unknown)} is not an EvalConfig field the stage takes "
-                    f"(the study sets {', '.join(LONG_FROM_STUDY)})"
+                    f"(the stage sets {', '.join(LONG_FROM_STUDY)})"
                 )
         for name in self.models:
             try:
-                self.eval_config(name, "<checkpoint>", study)
+                self._check_extend(name, self.eval_config(name, "<checkpoint>", study))
+                for start in self.slice_starts(name, study):
+                    self.eval_config(name, "<checkpoint>", study, start)
             except ConfigError as exc:
                 raise ConfigError(f"{where}, model {name}: {exc}") from None
+
+    def _check_extend(self, name: str, cfg) -> None:
+        """One-line ConfigError unless model ``name``'s ``extend`` is well formed for ``cfg``."""
+        extend = (self.models.get(name) or {}).get("extend")
+        if extend is None:
+            return
+        if not isinstance(extend, dict) or set(extend) - {"examples", "sigmas", "votes"}:
+            raise ConfigError("extend must be a mapping of examples, sigmas and votes")
+        examples = extend.get("examples")
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples <= cfg.max_examples:
+            raise ConfigError(
+                f"extend.examples must be an integer above max_examples ({cfg.max_examples}), "
+                f"got {examples!r}"
+            )
+        for axis in ("sigmas", "votes"):
+            strangers = [v for v in extend.get(axis, []) if v not in getattr(cfg, axis)]
+            if strangers:
+                raise ConfigError(
+                    f"extend.{axis} names {strangers[0]!r}, not one of the model's {axis} "
+                    f"{getattr(cfg, axis)}: a slice only adds images to a row the first images have"
+                )
 
 
 @dataclass
