@@ -485,3 +485,35 @@ def test_slices_of_an_evaluation_merge_to_the_whole(synthetic_model, tmp_path, c
         == 2
     )
     assert "past the end" in capsys.readouterr().err
+
+
+def test_combining_slices_weights_by_images_sums_checks_and_keeps_any_flag():
+    """Two slices of one row: accuracies are means weighted by images, the strongest attack is
+    recomputed from the merged cumulative (cascade) columns, cross-checks add up and flag if any did."""
+    from smoothinf.evaluation.slices import combine
+
+    def part(first, n, clean, attacks, worst, check):
+        r = record(0, "hard", 0.1, clean, attacks, worst)
+        r.update(n=n, cascade=True, seconds=10.0, config={"first_example": first})
+        r["checks"] = {"blackbox": check}
+        return r
+
+    check = {"n": 4, "robust_before": 3, "extra": 0, "tolerance": 1, "flag": False, "seconds": 1.0}
+    a = part(0, 4, 1.0, {"pgd": 0.5, "apgd": 0.5}, 0.5, check)  # pgd did all the work here
+    flagged = {**check, "n": 12, "robust_before": 10, "extra": 2, "flag": True}
+    b = part(4, 12, 0.75, {"pgd": 0.75, "apgd": 0.25}, 0.25, flagged)  # apgd did here
+    m = combine([b, a])
+    assert m["n"] == 16 and m["slices"] == [[0, 4], [4, 12]] and m["seconds"] == 20.0
+    assert m["clean"] == pytest.approx(0.8125) and m["worst_case"] == pytest.approx(0.3125)
+    assert m["attacks"] == pytest.approx({"pgd": 0.6875, "apgd": 0.3125})
+    assert m["strongest"] == "apgd"  # 0.375 more fooled by apgd than pgd's 0.125
+    got = m["checks"]["blackbox"]
+    assert (got["n"], got["robust_before"], got["extra"], got["tolerance"], got["flag"]) == (
+        16,
+        13,
+        2,
+        2,
+        True,
+    )
+    with pytest.raises(ConfigError, match=r"same examples \(from 0 and from 2\)"):
+        combine([a, part(2, 4, 1.0, {"pgd": 1.0, "apgd": 1.0}, 1.0, check)])

@@ -170,6 +170,11 @@ def test_long_stage_runs_resumes_and_sets_aside_records_of_other_weights(tmp_pat
     assert {r["identity"]["weights_sha256"] for r in again} == {sha} and len(again) == 6
     assert [r["worst_case"] for r in again] == [r["worst_case"] for r in records]  # same seeds
     assert set(load_long(out, study)) == {PNI}
+    assert load_long(out, study)[PNI]["rows"][("none", 0.0, 1, 0.3)]["n"] == 10
+    # a later slice of other weights (its step not run again yet) is left out of the page's rows
+    stale = [{**r, "identity": {**r["identity"], "weights_sha256": "0" * 64}} for r in more]
+    results_path(out, PNI, 6).write_text("".join(json.dumps(r) + "\n" for r in stale))
+    assert load_long(out, study)[PNI]["rows"][("none", 0.0, 1, 0.3)]["n"] == 6
 
 
 def test_long_stage_fine_tune_starts_from_the_stages_own_checkpoint(tmp_path):

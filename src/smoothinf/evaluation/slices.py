@@ -57,6 +57,12 @@ def check_one_evaluation(records: list[dict]) -> None:
             )
 
 
+def same_evaluation(records: list[dict], reference: dict) -> list[dict]:
+    """The records that are slices of ``reference``'s evaluation (the others are left out)."""
+    wanted = _evaluation(reference)
+    return [r for r in records if not identity_diff(wanted, _evaluation(r))]
+
+
 def _weighted(parts: list[dict], get) -> float:
     return sum(get(p) * p["n"] for p in parts) / sum(p["n"] for p in parts)
 
@@ -151,4 +157,4 @@ def merge_slices(records: list[dict]) -> tuple[list[dict], int]:
     return merged, left_out
 
 
-__all__ = ["check_one_evaluation", "combine", "merge_slices", "slice_of"]
+__all__ = ["check_one_evaluation", "combine", "merge_slices", "same_evaluation", "slice_of"]

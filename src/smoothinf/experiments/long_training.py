@@ -22,7 +22,7 @@ from smoothinf.evaluation.loading import protocol_inputs
 from smoothinf.evaluation.protocol import evaluate
 from smoothinf.evaluation.report import aggregate, row_flags, setting_name
 from smoothinf.evaluation.results import ResultsStore, fingerprint_of
-from smoothinf.evaluation.slices import merge_slices
+from smoothinf.evaluation.slices import merge_slices, same_evaluation
 from smoothinf.experiments.steps import (
     fingerprint,
     init_refs,
@@ -131,12 +131,17 @@ def _in_grid(record: dict, cfg: EvalConfig) -> bool:
 
 def _model_records(out: Path, name: str, study: StudyConfig) -> list[dict]:
     """Model ``name``'s records of the current grid, one per (run, setting) over the slices of
-    images that every run of its setting has (``evaluation.slices.merge_slices``)."""
+    images that every run of its setting has (``evaluation.slices.merge_slices``); a slice's
+    records of other weights or settings than the first images' (a model retrained, its later
+    slices not evaluated again yet) are left out, and without the first images there is none."""
     long = study.long()
     records = []
     for start in [0, *long.slice_starts(name, study)]:
         cfg = long.eval_config(name, "-", study, start)
-        records += [r for r in read_jsonl(results_path(out, name, start)) if _in_grid(r, cfg)]
+        got = [r for r in read_jsonl(results_path(out, name, start)) if _in_grid(r, cfg)]
+        if not start and not got:
+            return []  # later slices count only beside the first images
+        records += same_evaluation(got, records[0]) if start else got
     return merge_slices(records)[0]
 
 
