@@ -129,33 +129,38 @@ def _in_grid(record: dict, cfg: EvalConfig) -> bool:
     return record["run"] < cfg.runs and setting in cfg.settings() and float(record["eps"]) in cfg.eps
 
 
-def _model_records(out: Path, name: str, study: StudyConfig) -> list[dict]:
+def _model_records(out: Path, name: str, study: StudyConfig) -> tuple[list[dict], list[dict]]:
     """Model ``name``'s records of the current grid, one per (run, setting) over the slices of
-    images that every run of its setting has (``evaluation.slices.merge_slices``); a slice's
-    records of other weights or settings than the first images' (a model retrained, its later
-    slices not evaluated again yet) are left out, and without the first images there is none."""
+    images that every run of its setting has (``evaluation.slices.merge_slices``), and those of its
+    first images alone; a slice's records of other weights or settings than the first images' (a
+    model retrained, its later slices not evaluated again yet) are left out, and without the first
+    images there are none."""
     long = study.long()
     records = []
     for start in [0, *long.slice_starts(name, study)]:
         cfg = long.eval_config(name, "-", study, start)
         got = [r for r in read_jsonl(results_path(out, name, start)) if _in_grid(r, cfg)]
         if not start and not got:
-            return []  # later slices count only beside the first images
+            return [], []  # later slices count only beside the first images
         records += same_evaluation(got, records[0]) if start else got
-    return merge_slices(records)[0]
+    first = [r for r in records if not r.get("config", {}).get("first_example")]
+    return merge_slices(records)[0], first
 
 
 def load_long(out: str | os.PathLike, study: StudyConfig) -> dict:
     """model -> {"config": its EvalConfig, "rows": aggregated records (``evaluation.report.aggregate``),
-    "records": the records, "training": its metrics.jsonl}, for the models that have records."""
+    "records": the records, "first_rows": the rows of its first images alone (the rows a row on
+    those images only is compared with), "training": its metrics.jsonl}, for the models that have
+    records."""
     long = study.long()
     found = {}
     for name in long.models if long else []:
         cfg = long.eval_config(name, "-", study)
-        records = _model_records(Path(out), name, study)
+        records, first = _model_records(Path(out), name, study)
         if records:
             training = read_jsonl(Path(out) / STAGE / "models" / name / "metrics.jsonl")
             found[name] = {"config": cfg, "rows": aggregate(records), "records": records}
+            found[name]["first_rows"] = aggregate(first)
             found[name]["training"] = training
     return found
 
@@ -173,8 +178,14 @@ def best_rows(found: dict) -> tuple[tuple | None, tuple | None]:
     return best, noisy
 
 
-def _base(found: dict, name: str) -> dict | None:
-    return next((r for k, r in found[name]["rows"].items() if k[0] == "none"), None)
+def _base(found: dict, name: str, n: int | None = None) -> dict | None:
+    """Model ``name``'s base row (None: none); with ``n``, the one on the same ``n`` images (the
+    base of all its slices, or of its first images alone), else None."""
+    for rows in (found[name]["rows"], found[name].get("first_rows", {})):
+        base = next((r for k, r in rows.items() if k[0] == "none"), None)
+        if base is not None and (n is None or base["n"] == n):
+            return base
+    return None
 
 
 def _epochs(out: Path, study: StudyConfig) -> str:
@@ -190,7 +201,7 @@ def _epochs(out: Path, study: StudyConfig) -> str:
 
 def _headline_row(label: str, row: tuple, found: dict) -> list[str]:
     name, (vote, sigma, m, _), r = row
-    base = _base(found, name)
+    base = _base(found, name, r["n"])
     scores = f"{r['n']} | {_pm(r['clean'])} | {_pm(r['worst_case'])}"
     lines = [f"| {label}: {name}, {vote}@{m}, sigma {sigma:g} | {scores} |"]
     if base is not None:
@@ -245,13 +256,12 @@ def long_headline(
     if best[1][1] == 0:
         words.append("Its sigma is 0: the vote is over the model's own weight noise, no input noise.")
     noisy_rows = [
-        (name, r)
+        (r, base)
         for name in found
-        if _base(found, name) is not None
         for k, r in found[name]["rows"].items()
-        if k[0] != "none" and k[1] > 0
+        if k[0] != "none" and k[1] > 0 and (base := _base(found, name, r["n"])) is not None
     ]
-    if noisy_rows and all(r["worst_case"][0] < _base(found, n)["worst_case"][0] for n, r in noisy_rows):
+    if noisy_rows and all(r["worst_case"][0] < base["worst_case"][0] for r, base in noisy_rows):
         words.append("**Every long-trained row with input noise is below its base model's worst case.**")
     return L + [" ".join(words), ""]
 
@@ -280,8 +290,12 @@ def _extended(long, study: StudyConfig) -> str:
                 else "every row"
             )
             size = long.eval_config(name, "-", study).max_examples
-            words.append(f"{name}'s {rows} on the first {extend['examples']}, in slices of {size}")
-    return f" ({'; '.join(words)}: a row counts the slices every run has)" if words else ""
+            words.append(f"{name}'s {rows} toward the first {extend['examples']}, in slices of {size}")
+    return (
+        f" ({'; '.join(words)}: a row counts the slices every run has, the tables give its images)"
+        if words
+        else ""
+    )
 
 
 def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
@@ -348,16 +362,18 @@ def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
             )
     L += [""]
     for name in found:
-        base = _base(found, name)
         noisy = [(k, r) for k, r in found[name]["rows"].items() if k[0] != "none" and k[1] > 0]
-        if base is None or not noisy:
+        if not noisy:
             continue
         k, r = max(noisy, key=lambda kr: kr[1]["worst_case"][0])
+        base = _base(found, name, r["n"])
+        if base is None:
+            continue
         diff = 100 * (r["worst_case"][0] - base["worst_case"][0])
         L.append(
             f"- {name}: its best row with input noise ({setting_name(*k[:3])}) changes the worst case "
-            f"by {diff:+.1f} points against its base model ({_pm(base['worst_case'])} to "
-            f"{_pm(r['worst_case'])})."
+            f"by {diff:+.1f} points against its base model on the same {r['n']} images "
+            f"({_pm(base['worst_case'])} to {_pm(r['worst_case'])})."
         )
     L += [
         "",
