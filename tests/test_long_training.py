@@ -148,7 +148,7 @@ def test_long_stage_runs_resumes_and_sets_aside_records_of_other_weights(tmp_pat
     ]
     assert merged["n"] == 10 and merged["worst_case"][0] == pytest.approx(sum(per_run) / 2)
     assert f"| {PNI} | base (no smoothing) | 10 | 2 | " in page
-    assert "pni_w_pgd_at's the base model and sigma 0 toward the first 10, in slices of 6" in page
+    assert "pni_w_pgd_at: its base model and its rows at sigma 0, toward the first 10 in slices of 6" in page
     base6 = rows[("none", 0.0, 1, 0.3)]["worst_case"]  # the base on the sigma 0.1 row's 6 images
     assert (
         f"against its base model on the same 6 images ({100 * base6[0]:.1f} ± {100 * base6[1]:.1f} to" in page

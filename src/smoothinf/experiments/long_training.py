@@ -284,13 +284,14 @@ def _extended(long, study: StudyConfig) -> str:
     for name, block in long.models.items():
         extend = (block or {}).get("extend")
         if extend:
-            rows = "the base model and " + (
-                f"sigma {', '.join(f'{s:g}' for s in extend['sigmas'])}"
-                if "sigmas" in extend
-                else "every row"
-            )
+            picked = [
+                f"{key[:-1]} {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in extend[key])}"
+                for key in ("sigmas", "votes")
+                if key in extend
+            ]
+            rows = "its base model and " + (f"its rows at {' and '.join(picked)}" if picked else "every row")
             size = long.eval_config(name, "-", study).max_examples
-            words.append(f"{name}'s {rows} toward the first {extend['examples']}, in slices of {size}")
+            words.append(f"{name}: {rows}, toward the first {extend['examples']} in slices of {size}")
     return (
         f" ({'; '.join(words)}: a row counts the slices every run has, the tables give its images)"
         if words
