@@ -76,23 +76,19 @@ def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
     assert "square (300 queries)" in checks_table(aggregate([rec]))
 
 
+def _soft_vote_config(**changes) -> EvalConfig:
+    """The base model and its soft@16 vote at sigma 0.05, the default preset at 20 x 4, 8 examples
+    checked (no Square)."""
+    fields = dict(votes=["soft"], sigmas=[0.05], ms=[16], eps=[0.05], attacks=["default"], apgd_steps=20)
+    fields |= dict(attack_m=4, runs=1, check_examples=8, blackbox_check=False)
+    return EvalConfig(checkpoint="unused", **(fields | changes))
+
+
 def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model():
     pytest.importorskip("pyautoattack")
     model = _linear10()
     x, y = _data(model, 8)
-    cfg = EvalConfig(
-        checkpoint="unused",
-        votes=["soft"],
-        sigmas=[0.05],
-        ms=[16],
-        eps=[0.05],
-        attacks=["default"],
-        apgd_steps=20,
-        attack_m=4,
-        runs=1,
-        check_examples=8,
-        blackbox_check=False,
-    )
+    cfg = _soft_vote_config()
     base, smooth = evaluate(cfg, model, x, y, progress=False)
     assert base["checks"]["autoattack"]["version"] == "standard"
     assert smooth["checks"]["autoattack"]["version"] == "rand"
@@ -194,3 +190,47 @@ def test_cascade_skips_an_attack_once_nothing_is_left_robust():
 
     res = robust_accuracy(Half(), x, y, {"first": fool_all, "second": must_not_run}, cascade=True)
     assert calls == [6] and res.accuracy == {"first": 0.0, "second": 0.0} and res.worst_case_accuracy == 0.0
+
+
+def test_the_doubled_attacks_finds_count_in_the_worst_case(monkeypatch):
+    """A doubled-budget attack that fools more lowers the worst case by exactly its ``extra``."""
+    from smoothinf.evaluation import protocol
+
+    model = _linear10()
+    x, y = _data(model, 8)
+    real = protocol.build_attacks
+
+    def build(*args, scale: int = 1, **kwargs):
+        attacks = real(*args, scale=scale, **kwargs)
+        if scale == 2:  # the 'doubled' attack swaps each example for one of another class
+
+            def swap(xb, yb, generator=None):
+                return x[torch.stack([(y != t).nonzero()[0, 0] for t in yb])]
+
+            attacks = {name: swap for name in attacks}
+        return attacks
+
+    monkeypatch.setattr(protocol, "build_attacks", build)
+    cfg = _soft_vote_config(autoattack_check=False)
+    _, smooth = evaluate(cfg, model, x, y, progress=False)
+    conv = smooth["checks"]["convergence"]
+    assert conv["flag"] and conv["extra"] > 1
+    assert smooth["worst_case"] == pytest.approx(smooth["worst_case_attacks"] - conv["extra"] / 8, abs=1e-4)
+    assert smooth["counted_checks"] == ["autoattack", "blackbox", "convergence"]
+
+
+def test_records_from_before_the_doubled_attack_counted_are_read_with_its_finds(tmp_path):
+    import json
+
+    from smoothinf.evaluation.results import ResultsStore, read_results
+
+    old = {"run": 0, "vote": "hard", "sigma": 0.0, "m": 8, "eps": 0.3, "n": 100, "clean": 0.97}
+    old |= {"attacks": {"apgd-ce": 0.8}, "worst_case": 0.78, "fingerprint": "f"}
+    old["checks"] = {"blackbox": {"extra": 1.0}, "convergence": {"extra": 1.3438}}
+    new = dict(old, run=1, worst_case=0.7, counted_checks=["autoattack", "blackbox", "convergence"])
+    plain = {k: v for k, v in dict(old, run=2).items() if k != "checks"}  # no checks: nothing to add
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (old, new, plain)))
+    for records in (read_results(path), ResultsStore(path, fingerprint="f").records):
+        assert [r["worst_case"] for r in records] == pytest.approx([0.78 - 0.013438, 0.7, 0.78])
+    assert json.loads(path.read_text().splitlines()[0])["worst_case"] == 0.78  # the file is untouched

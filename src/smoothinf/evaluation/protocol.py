@@ -26,7 +26,7 @@ from smoothinf.attacks.presets import preset_attacks
 from smoothinf.distributed import gather_json, init_distributed
 from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.report import setting_name
-from smoothinf.evaluation.results import ResultsStore
+from smoothinf.evaluation.results import COUNTED_CHECKS, ResultsStore
 from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import SmoothedClassifier
 
@@ -166,8 +166,8 @@ def _checks(
     what it takes off the worst case of those examples (in examples: a sum of probabilities for a
     randomised defence, judged ``cfg.judgements`` times). A check flags when ``extra`` exceeds the
     judge's Monte Carlo error (0 for a deterministic defence; else how far two fresh judgements of
-    the strongest attack's points differ, summed over the examples, at least one example). AutoAttack's and
-    Square's finds count in the worst case; returns ``(checks, robust (N,) float)``."""
+    the strongest attack's points differ, summed over the examples, at least one example). Every
+    check's finds count in the worst case (``COUNTED_CHECKS``); returns ``(checks, robust (N,) float)``."""
     k = min(cfg.check_examples, x.shape[0])
     robust = result.robust.clone()
     checks: dict = {}
@@ -222,8 +222,7 @@ def _checks(
         doubled = build_attacks(model, cfg, vote, sigma, eps, defended, None, scale=2).get(strongest)
         if doubled is not None and idx.numel():
             start = time.time()
-            found = lowers(judge(doubled(x[idx], y[idx], gen)))
-            checks["convergence"] = entry(found, start, attack=strongest)
+            checks["convergence"] = entry(counted(doubled), start, attack=strongest)
     return checks, robust
 
 
@@ -296,6 +295,7 @@ def evaluate(
                 "attacks": acc,
                 "worst_case": robust.sum().item() / max(int(x.shape[0]), 1),
                 "worst_case_attacks": result.worst_case_accuracy,
+                "counted_checks": list(COUNTED_CHECKS),
                 "strongest": strongest,
                 "cascade": cfg.cascades(),
                 "budget": _budgets(attacks),
