@@ -234,3 +234,17 @@ def test_records_from_before_the_doubled_attack_counted_are_read_with_its_finds(
     for records in (read_results(path), ResultsStore(path, fingerprint="f").records):
         assert [r["worst_case"] for r in records] == pytest.approx([0.78 - 0.013438, 0.7, 0.78])
     assert json.loads(path.read_text().splitlines()[0])["worst_case"] == 0.78  # the file is untouched
+
+
+def test_a_record_whose_doubled_attack_finds_are_not_a_number_is_refused_with_its_line(tmp_path):
+    import json
+
+    from smoothinf.errors import ConfigError
+    from smoothinf.evaluation.results import read_results
+
+    record = {"run": 0, "vote": "hard", "sigma": 0.0, "m": 8, "eps": 0.3, "n": 100, "clean": 0.97}
+    record |= {"attacks": {"pgd": 0.8}, "worst_case": 0.8, "checks": {"convergence": {"extra": "2"}}}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(ConfigError, match=r"r\.jsonl:1: 'checks\.convergence\.extra' must be a number"):
+        read_results(path)

@@ -235,13 +235,19 @@ def count_every_check(record: dict) -> dict:
     """``record`` with every cross-check's finds in its ``worst_case``. Records without
     ``counted_checks`` were written when the doubled-budget check (``convergence``, which runs
     last) only flagged: its ``extra`` was measured on the examples every earlier attack and check
-    had left robust, so ``worst_case - extra / n`` is exactly the worst case that counts it."""
+    had left robust, so ``worst_case - extra / n`` is exactly the worst case that counts it.
+    Raises ValueError when that ``extra`` is there but not a number."""
     checks = record.get("checks")
     if "counted_checks" in record or not isinstance(checks, dict) or "worst_case" not in record:
         return record
     doubled = checks.get("convergence")
     extra = doubled.get("extra", 0.0) if isinstance(doubled, dict) else 0.0
-    if _is_number(extra) and _is_number(record.get("n")) and record["n"] > 0:
+    if not _is_number(extra):
+        raise ValueError(
+            "'checks.convergence.extra' must be a number (the images the doubled attack fooled);"
+            " remove that line and rerun evaluate to recompute it"
+        )
+    if _is_number(record.get("n")) and record["n"] > 0:
         record["worst_case"] = max(record["worst_case"] - extra / record["n"], 0.0)
     record["counted_checks"] = list(COUNTED_CHECKS)
     return record
@@ -278,7 +284,10 @@ def _read(
                 f"{path}:{i}: 'seconds' must be a number and 'attack_time' an object of attack -> "
                 "{examples, seconds}; remove that line and rerun evaluate to recompute it"
             )
-        records.append(count_every_check(record))
+        try:
+            records.append(count_every_check(record))
+        except ValueError as error:
+            raise ConfigError(f"{path}:{i}: {error}") from None
     return records, None
 
 
