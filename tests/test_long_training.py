@@ -224,3 +224,15 @@ def test_long_stage_fine_tune_starts_from_the_stages_own_checkpoint(tmp_path):
         logs
     )
     assert [r["lr"] for r in read_jsonl(models / "pgd_at" / "metrics.jsonl")] == [0.002, 0.002]
+
+
+def test_a_broken_line_in_a_long_stage_file_is_refused_with_its_file_and_line(tmp_path):
+    import shutil
+
+    out = tmp_path / "study"
+    shutil.copytree(ROOT / "results" / "paper_mnist" / "long", out / "long")
+    path = results_path(out, PNI, 100)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
+    with pytest.raises(ConfigError, match=r"pni_w_pgd_at\.from100\.jsonl:2: not a JSON line"):
+        load_long(out, load_study(CONFIGS))

@@ -21,7 +21,7 @@ from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.loading import protocol_inputs
 from smoothinf.evaluation.protocol import evaluate
 from smoothinf.evaluation.report import aggregate, row_flags, setting_name
-from smoothinf.evaluation.results import ResultsStore, count_every_check, fingerprint_of
+from smoothinf.evaluation.results import ResultsStore, fingerprint_of, read_results
 from smoothinf.evaluation.slices import merge_slices, same_evaluation
 from smoothinf.experiments.steps import (
     fingerprint,
@@ -139,7 +139,8 @@ def _model_records(out: Path, name: str, study: StudyConfig) -> tuple[list[dict]
     records = []
     for start in [0, *long.slice_starts(name, study)]:
         cfg = long.eval_config(name, "-", study, start)
-        got = [count_every_check(r) for r in read_jsonl(results_path(out, name, start)) if _in_grid(r, cfg)]
+        path = results_path(out, name, start)  # the shared reader: checked lines, every check counted
+        got = [r for r in (read_results(path) if path.exists() else []) if _in_grid(r, cfg)]
         if not start and not got:
             return [], []  # later slices count only beside the first images
         records += same_evaluation(got, records[0]) if start else got
