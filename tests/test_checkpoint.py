@@ -149,11 +149,10 @@ def test_atomic_write_leaves_no_temp_files_on_failure(saved, tmp_path, monkeypat
     model, path = saved
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
-    def broken_save(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
+    def broken_save(tensors, metadata):
+        raise OSError("disk full")  # after the temporary file was made
 
-    monkeypatch.setattr(ckpt_mod, "save_file", broken_save)
+    monkeypatch.setattr(ckpt_mod, "canonical_safetensors", broken_save)
     other = create_model("resnet20", 10, 3, CIFAR_MEAN, CIFAR_STD)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, other)
@@ -165,6 +164,22 @@ def test_atomic_write_leaves_no_temp_files_on_failure(saved, tmp_path, monkeypat
     save_checkpoint(path, other)  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "model.safetensors.json"]
     assert all(not p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_equal_weights_save_to_equal_bytes(tmp_path):
+    """The file's sha256 keys every result made with it: the same weights saved again (a model
+    retrained bit for bit) must give the same bytes, whatever order the library keeps metadata in."""
+    from safetensors.torch import load_file
+
+    model = create_model("mnist_cnn_small", 10, 1, 0.13, 0.31)
+    paths = [save_checkpoint(tmp_path / f"m{i}.safetensors", model) for i in range(8)]
+    assert len({p.read_bytes() for p in paths}) == 1
+    assert len({ckpt_mod.read_sidecar(p)["weights_sha256"] for p in paths}) == 1
+    size = int.from_bytes(paths[0].read_bytes()[:8], "little")
+    header = json.loads(paths[0].read_bytes()[8 : 8 + size])
+    assert list(header["__metadata__"]) == ["format", "smoothinf_arch"]
+    loaded = load_file(str(paths[0]))
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
 
 
 def test_save_refuses_models_without_arch_and_reserved_keys(tmp_path):

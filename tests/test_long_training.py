@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from smoothinf.errors import ConfigError
@@ -14,12 +15,14 @@ from smoothinf.evaluation.report import aggregate
 from smoothinf.evaluation.results import fingerprint_of
 from smoothinf.experiments import run_study
 from smoothinf.experiments.long_training import load_long, long_lines, results_path
+from smoothinf.experiments.steps import torch_threads
 from smoothinf.experiments.study import load_study, read_jsonl
 from smoothinf.models import read_sidecar
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "paper_mnist"
 PNI = "pni_w_pgd_at"
+CPU_THREADS = torch.get_num_threads()
 
 
 @pytest.mark.parametrize(
@@ -236,3 +239,77 @@ def test_a_broken_line_in_a_long_stage_file_is_refused_with_its_file_and_line(tm
     path.write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
     with pytest.raises(ConfigError, match=r"pni_w_pgd_at\.from100\.jsonl:2: not a JSON line"):
         load_long(out, load_study(CONFIGS))
+
+
+def test_a_done_model_whose_checkpoint_is_gone_trains_again_on_its_recorded_threads(tmp_path):
+    """A clone keeps results, never checkpoints: a done training step whose checkpoint is missing
+    trains again on the torch threads its state recorded, into the same weights, so the evaluation
+    records keyed on them are kept; weights that come out otherwise are said. ``models`` runs one
+    model's steps alone and refuses a name the stage lacks before anything is written."""
+    out = tmp_path / "out"
+    block = {
+        "train": {"epochs": 1, "max_train_examples": 256, "eval_examples": 32},
+        "evaluate": {
+            "attacks": ["pgd"],
+            "max_examples": 4,
+            "runs": 1,
+            "ms": [2],
+            "steps": 2,
+            "check_examples": 0,
+        },
+        "models": {PNI: {"votes": ["hard"], "sigmas": [0.1]}, "pgd_at": {}},
+    }
+    with pytest.raises(ConfigError, match="--models names nope, not one of the stage's pni_w_pgd_at, pgd_at"):
+        run_study(out, CONFIGS, quick=True, only="long", models=["nope"], long_training=block)
+    with pytest.raises(ConfigError, match="models only applies to the longer-training stage run alone"):
+        run_study(out, CONFIGS, quick=True, models=["pgd_at"], long_training=block)
+    assert not out.exists()
+
+    def run(threads: int) -> str:
+        logs: list[str] = []
+        with torch_threads(threads):
+            run_study(
+                out,
+                CONFIGS,
+                quick=True,
+                only="long",
+                models=["pgd_at"],
+                device="cpu",
+                long_training=block,
+                log=logs.append,
+            )
+        return "\n".join(logs)
+
+    run(1)
+    models, state = out / "long" / "models", out / "state" / "long__train__pgd_at.json"
+    assert not (models / PNI).exists() and not results_path(out, PNI).exists()  # only pgd_at's steps
+    sha = read_sidecar(models / "pgd_at" / "best.safetensors")["weights_sha256"]
+    assert {k: json.loads(state.read_text())[k] for k in ("threads", "weights_sha256")} == {
+        "threads": 1,
+        "weights_sha256": sha,
+    }
+    records = read_jsonl(results_path(out, "pgd_at"))
+
+    def lose_checkpoint() -> None:
+        for path in (models / "pgd_at").iterdir():
+            if path.name.startswith(("best.", "model.", "last.")):
+                path.unlink()
+
+    lose_checkpoint()
+    logs = run(2)
+    assert (
+        "[note] long/train/pgd_at: done, but its checkpoint is missing; training it again on 1 thread(s)"
+        in logs
+    )
+    assert "[run ] long/train/pgd_at" in logs and "[skip] long/eval/pgd_at" in logs
+    assert read_sidecar(models / "pgd_at" / "best.safetensors")["weights_sha256"] == sha
+    assert json.loads(state.read_text())["threads"] == 1 and torch.get_num_threads() == CPU_THREADS
+    assert read_jsonl(results_path(out, "pgd_at")) == records  # kept: the same weights
+    assert not results_path(out, "pgd_at").with_suffix(".stale.jsonl").exists()
+
+    # a recorded hash that the retrained weights do not match is said
+    lose_checkpoint()
+    state.write_text(json.dumps({**json.loads(state.read_text()), "weights_sha256": "0" * 64}))
+    logs = run(1)
+    assert "[note] long/train/pgd_at: the weights came out other than recorded" in logs
+    assert json.loads(state.read_text())["weights_sha256"] == sha

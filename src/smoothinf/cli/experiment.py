@@ -42,6 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "from one another), then rebuild the page",
     )
     q.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="with --only long: run only these models' steps (and the training of the models they "
+        "start from), e.g. to extend one model's slices of images",
+    )
+    q.add_argument(
         "--jobs",
         type=count(1),
         default=None,
@@ -69,6 +77,7 @@ def run_paper_mnist(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             profile=args.profile,
             only=args.only,
+            models=args.models,
         )
     print(f"report: {path}" + (f" (copied to {args.doc})" if args.doc else ""))
     return 0

@@ -12,6 +12,7 @@ hash and every setting that changes a number: a file of other weights is set asi
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -102,17 +103,29 @@ def long_eval_job(out: Path, name: str, study: StudyConfig, first_example: int, 
     run_step(out, f"{STAGE}/eval/{_slice_name(name, first_example)}", fp, [results], work, log, discard=False)
 
 
-def long_tasks(configs: Path, out: Path, study: StudyConfig) -> dict:
+def long_tasks(configs: Path, out: Path, study: StudyConfig, models: Sequence[str] | None = None) -> dict:
     """The stage's tasks for ``paper_mnist._schedule``: per model its training, then its evaluation
-    (its first images; the slices of ``extend`` after every model's first)."""
-    tasks = {}
+    (its first images; the slices of ``extend`` after every model's first). ``models``: only those
+    models' tasks, and the training of the models they start from (None: every model's)."""
     long = study.long()
-    for name in long.models:
+    chosen = list(long.models if models is None else models)
+    for name in chosen:
+        if name not in long.models:
+            raise ConfigError(f"--models names {name}, not one of the stage's {', '.join(long.models)}")
+    trained, queue = [], list(chosen)
+    while queue:  # the chosen models and, transitively, the models they start from
+        name = queue.pop(0)
+        if name not in trained:
+            trained.append(name)
+            queue += init_refs(configs, name)
+    tasks = {}
+    for name in [n for n in long.models if n in trained]:
         deps = [_train_task(ref) for ref in init_refs(configs, name)]
         tasks[_train_task(name)] = (deps, long_train_job, (configs, name, out, study))
-    for name in long.models:
+    chosen = [n for n in long.models if n in chosen]
+    for name in chosen:
         tasks[f"{STAGE}-eval-{name}"] = ([_train_task(name)], long_eval_job, (out, name, study, 0))
-    for name in long.models:
+    for name in chosen:
         for start in long.slice_starts(name, study):
             task = f"{STAGE}-eval-{_slice_name(name, start)}"
             tasks[task] = ([_train_task(name)], long_eval_job, (out, name, study, start))

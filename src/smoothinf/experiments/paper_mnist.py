@@ -1057,6 +1057,7 @@ def run_study(
     log: Callable[[str], None] = print,
     profile: str | None = None,
     only: str | None = None,
+    models: Sequence[str] | None = None,
     **overrides,
 ) -> Path:
     """Run (or resume) the whole study into ``out``; returns the path of the report it writes.
@@ -1065,8 +1066,9 @@ def run_study(
     "gpu": the full specification). ``stop_after`` ("train", "eval", "convergence", "certify")
     ends the run after that stage (the report is still written from what exists); the longer-training
     stage (study.yaml's ``long_training``) runs last, and ``only="long"`` runs it alone (its models
-    train from scratch or from one another: it needs nothing of the other stages). ``doc`` also
-    copies the report there. ``overrides`` replace study.yaml fields (``jobs=2``: two steps at once).
+    train from scratch or from one another: it needs nothing of the other stages), of only
+    ``models`` when given (and the models they start from). ``doc`` also copies the report there.
+    ``overrides`` replace study.yaml fields (``jobs=2``: two steps at once).
     """
     out, configs = Path(out), Path(configs)
     study = load_study(configs, quick, profile, **overrides)
@@ -1079,8 +1081,11 @@ def run_study(
         raise ConfigError(f"only must be 'long' (the one stage that needs no other), not {only!r}")
     if only is not None and study.long() is None:
         raise ConfigError("only='long': study.yaml gives no long_training stage")
+    if models is not None and only != "long":
+        raise ConfigError("models only applies to the longer-training stage run alone: add only='long'")
     if study.long() is not None:
         check_long_inits(configs, study)
+        long_stage = long_tasks(configs, out, study, models)  # checks the names before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
     full = load_study(configs, False, None if study.quick else profile, **overrides)
@@ -1091,7 +1096,7 @@ def run_study(
     if only is None:
         _main_stages(out, configs, study, stop_after, log)
     if study.long() is not None and stop_after is None:
-        _schedule(long_tasks(configs, out, study), study.jobs, log)
+        _schedule(long_stage, study.jobs, log)
     wall = time.time() - t_start
     log(f"pipeline pass: {wall:.1f} s")
     with (out / "passes.jsonl").open("a") as f:

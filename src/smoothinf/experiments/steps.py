@@ -8,12 +8,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from smoothinf.errors import ConfigError
 from smoothinf.experiments.study import StudyConfig, read_jsonl
+from smoothinf.models import read_sidecar
 from smoothinf.training.trainer import TrainConfig, train
 
 
@@ -157,15 +161,55 @@ def train_step(
     extra: dict | None = None,
 ) -> str:
     """Train model ``name`` (step ``train/<name>``; under a ``stage`` such as "long", step
-    ``<stage>/train/<name>`` into ``out/<stage>/models``, with ``extra`` TrainConfig overrides)."""
+    ``<stage>/train/<name>`` into ``out/<stage>/models``, with ``extra`` TrainConfig overrides).
+
+    Its state records the torch threads it trained on and the weights' sha256: a done step whose
+    checkpoint is missing trains again on those threads (CPU sums depend on them), so that the
+    weights, and the evaluations keyed on them, come back the same; other weights are logged."""
     cfg = train_config(configs, name, out / stage if stage else out, study, refs, extra)
     ident = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "init")}
     fp = fingerprint(ident, [cfg.init] if cfg.init else [])
     model_dir = Path(cfg.out)
+    step = f"{stage}/train/{name}" if stage else f"train/{name}"
+    before = StepState(out, step, fp)
+    # done, but its checkpoint is gone (a clone keeps results, never checkpoints): train it again
+    # on the recorded threads, the one setting beside the config that changes CPU float sums
+    recorded = before.record if before.done else {}
+    threads = recorded.get("threads")
+    if recorded and not model_checkpoint(model_dir).exists():
+        how = (
+            f"on {threads} thread(s) as recorded"
+            if threads
+            else "(no thread count recorded: the current ones)"
+        )
+        log(f"[note] {step}: done, but its checkpoint is missing; training it again {how}")
 
     def work():
-        metrics = train(cfg, resume=True)
-        return {"metrics": metrics}
+        with torch_threads(threads):
+            used = torch.get_num_threads()
+            metrics = train(cfg, resume=True)
+        sha = read_sidecar(model_checkpoint(model_dir))["weights_sha256"]
+        was = recorded.get("weights_sha256")
+        if was and was != sha:
+            log(
+                f"[note] {step}: the weights came out other than recorded ({sha[:12]}, not {was[:12]}):"
+                " evaluations of the old weights are set aside (*.stale.jsonl) and measured again"
+            )
+        return {"metrics": metrics, "threads": used, "weights_sha256": sha}
 
-    run_step(out, f"{stage}/train/{name}" if stage else f"train/{name}", fp, [model_dir], work, log)
+    # the model folder is what a changed config discards; the checkpoint, what "done" needs
+    outputs = [model_dir, model_dir / "model.safetensors"]
+    run_step(out, step, fp, outputs, work, log)
     return str(model_checkpoint(model_dir))
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (None: left as they are) inside the block."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -27,7 +27,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from smoothinf._version import __version__
@@ -154,8 +154,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping | N
     fd, tmp_weights = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp_weights, metadata={"format": "pt", "smoothinf_arch": arch["name"]})
-        with open(tmp_weights, "rb+") as fh:
+        data = canonical_safetensors(tensors, {"format": "pt", "smoothinf_arch": arch["name"]})
+        with open(tmp_weights, "wb") as fh:
+            fh.write(data)
+            fh.flush()
             os.fsync(fh.fileno())
         sidecar["weights_file"] = path.name
         sidecar["weights_sha256"] = _sha256(Path(tmp_weights))
@@ -169,6 +171,21 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping | N
         raise
     _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
     return path
+
+
+def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors file of ``tensors`` with its ``metadata`` keys in sorted order. The library
+    writes the metadata in hash-map order, which changes from one save to the next, so equal
+    weights would get another file sha256 (the identity that results are keyed on) at each save."""
+    data = safetensors_bytes(dict(tensors), metadata=dict(metadata))
+    size = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + size]
+    written = json.loads(header)["__metadata__"]  # in the order the library wrote it
+    as_written = json.dumps(written, separators=(",", ":")).encode()
+    in_order = json.dumps(dict(sorted(written.items())), separators=(",", ":")).encode()
+    if as_written not in header or len(in_order) != len(as_written):
+        raise CheckpointError("safetensors wrote its metadata in an unexpected form; cannot save canonically")
+    return data[:8] + header.replace(as_written, in_order, 1) + data[8 + size :]
 
 
 def read_sidecar(path: str | os.PathLike) -> dict:
