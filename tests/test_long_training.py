@@ -3,6 +3,7 @@ its section of the page."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from smoothinf.experiments.long_training import load_long, long_lines, results_p
 from smoothinf.experiments.steps import torch_threads
 from smoothinf.experiments.study import load_study, read_jsonl
 from smoothinf.models import read_sidecar
+from smoothinf.models.checkpoint import _metadata_in_order
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "paper_mnist"
@@ -306,6 +308,22 @@ def test_a_done_model_whose_checkpoint_is_gone_trains_again_on_its_recorded_thre
     assert json.loads(state.read_text())["threads"] == 1 and torch.get_num_threads() == CPU_THREADS
     assert read_jsonl(results_path(out, "pgd_at")) == records  # kept: the same weights
     assert not results_path(out, "pgd_at").with_suffix(".stale.jsonl").exists()
+
+    # recorded under the bytes of a save from before checkpoints were canonical: those come back
+    legacy = _metadata_in_order(
+        (models / "pgd_at" / "best.safetensors").read_bytes(), ["smoothinf_arch", "format"]
+    )
+    legacy_sha = hashlib.sha256(legacy).hexdigest()
+    lose_checkpoint()
+    state.write_text(json.dumps({**json.loads(state.read_text()), "weights_sha256": legacy_sha}))
+    logs = run(1)
+    assert (
+        "[note] long/train/pgd_at: the same weights as recorded, kept in their pre-canonical byte order"
+        in logs
+    )
+    assert (models / "pgd_at" / "best.safetensors").read_bytes() == legacy
+    assert read_sidecar(models / "pgd_at" / "best.safetensors")["weights_sha256"] == legacy_sha
+    assert json.loads(state.read_text())["weights_sha256"] == legacy_sha
 
     # a recorded hash that the retrained weights do not match is said
     lose_checkpoint()

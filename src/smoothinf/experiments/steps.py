@@ -18,6 +18,7 @@ import torch
 from smoothinf.errors import ConfigError
 from smoothinf.experiments.study import StudyConfig, read_jsonl
 from smoothinf.models import read_sidecar
+from smoothinf.models.checkpoint import restore_recorded_bytes
 from smoothinf.training.trainer import TrainConfig, train
 
 
@@ -188,9 +189,13 @@ def train_step(
         with torch_threads(threads):
             used = torch.get_num_threads()
             metrics = train(cfg, resume=True)
-        sha = read_sidecar(model_checkpoint(model_dir))["weights_sha256"]
+        ckpt = model_checkpoint(model_dir)
+        sha = read_sidecar(ckpt)["weights_sha256"]
         was = recorded.get("weights_sha256")
-        if was and was != sha:
+        if was and was != sha and restore_recorded_bytes(ckpt, was):
+            log(f"[note] {step}: the same weights as recorded, kept in their pre-canonical byte order")
+            sha = was
+        elif was and was != sha:
             log(
                 f"[note] {step}: the weights came out other than recorded ({sha[:12]}, not {was[:12]}):"
                 " evaluations of the old weights are set aside (*.stale.jsonl) and measured again"

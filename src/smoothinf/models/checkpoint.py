@@ -18,6 +18,7 @@ Legacy ``.pth`` / ``.pth.tar`` files go through ``smoothinf.models.legacy`` (``w
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -173,19 +174,46 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping | N
     return path
 
 
+def _metadata_in_order(data: bytes, order: list[str] | None = None) -> bytes:
+    """``data`` (a safetensors file) with its metadata keys in ``order`` (None: sorted); the
+    header keeps its length, so every tensor's offset stays."""
+    size = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + size]
+    written = json.loads(header).get("__metadata__") or {}  # in the order it was written
+    as_written = json.dumps(written, separators=(",", ":")).encode()
+    ordered = {k: written[k] for k in (sorted(written) if order is None else order)}
+    in_order = json.dumps(ordered, separators=(",", ":")).encode()
+    if as_written not in header or len(in_order) != len(as_written):
+        raise CheckpointError("safetensors wrote its metadata in an unexpected form; cannot order it")
+    return data[:8] + header.replace(as_written, in_order, 1) + data[8 + size :]
+
+
 def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
     """The safetensors file of ``tensors`` with its ``metadata`` keys in sorted order. The library
     writes the metadata in hash-map order, which changes from one save to the next, so equal
     weights would get another file sha256 (the identity that results are keyed on) at each save."""
-    data = safetensors_bytes(dict(tensors), metadata=dict(metadata))
+    return _metadata_in_order(safetensors_bytes(dict(tensors), metadata=dict(metadata)))
+
+
+def restore_recorded_bytes(path: str | os.PathLike, sha256: str) -> bool:
+    """Rewrite checkpoint ``path`` (and its sidecar's hash) in the metadata order whose file
+    sha256 is ``sha256``, when one is: the same weights saved before checkpoints were canonical
+    (their metadata in whatever order the library kept), as results recorded under that hash.
+    Returns whether it was rewritten; the tensors are never touched."""
+    path = Path(path)
+    data = path.read_bytes()
     size = int.from_bytes(data[:8], "little")
-    header = data[8 : 8 + size]
-    written = json.loads(header)["__metadata__"]  # in the order the library wrote it
-    as_written = json.dumps(written, separators=(",", ":")).encode()
-    in_order = json.dumps(dict(sorted(written.items())), separators=(",", ":")).encode()
-    if as_written not in header or len(in_order) != len(as_written):
-        raise CheckpointError("safetensors wrote its metadata in an unexpected form; cannot save canonically")
-    return data[:8] + header.replace(as_written, in_order, 1) + data[8 + size :]
+    keys = list(json.loads(data[8 : 8 + size]).get("__metadata__") or {})
+    if len(keys) > 6:  # permutations grow fast; smoothinf writes two keys
+        return False
+    candidates = (_metadata_in_order(data, list(order)) for order in itertools.permutations(keys))
+    match = next((c for c in candidates if hashlib.sha256(c).hexdigest() == sha256), None)
+    if match is None:
+        return False
+    text = json.dumps({**read_sidecar(path), "weights_sha256": sha256}, indent=2, allow_nan=True)
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(match))
+    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    return True
 
 
 def read_sidecar(path: str | os.PathLike) -> dict:
