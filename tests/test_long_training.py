@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "paper_mnist"
 PNI = "pni_w_pgd_at"
 CPU_THREADS = torch.get_num_threads()
+# the stage's evaluation at its smallest: 4 images, one run, 2-step PGD, no cross-checks
+TINY_EVALUATE = {"attacks": ["pgd"], "max_examples": 4, "runs": 1, "ms": [2], "steps": 2, "check_examples": 0}
 
 
 @pytest.mark.parametrize(
@@ -193,14 +195,7 @@ def test_long_stage_fine_tune_starts_from_the_stages_own_checkpoint(tmp_path):
     out = tmp_path / "out"
     block = {
         "train": {"epochs": 2, "max_train_examples": 256, "eval_examples": 32},
-        "evaluate": {
-            "attacks": ["pgd"],
-            "max_examples": 4,
-            "runs": 1,
-            "ms": [2],
-            "steps": 2,
-            "check_examples": 0,
-        },
+        "evaluate": TINY_EVALUATE,
         "models": {
             "cni_w_pgd_at": {"votes": ["hard"], "sigmas": [0.1], "train": {"epochs": 1}},
             "pgd_at": {},
@@ -251,14 +246,7 @@ def test_a_done_model_whose_checkpoint_is_gone_trains_again_on_its_recorded_thre
     out = tmp_path / "out"
     block = {
         "train": {"epochs": 1, "max_train_examples": 256, "eval_examples": 32},
-        "evaluate": {
-            "attacks": ["pgd"],
-            "max_examples": 4,
-            "runs": 1,
-            "ms": [2],
-            "steps": 2,
-            "check_examples": 0,
-        },
+        "evaluate": TINY_EVALUATE,
         "models": {PNI: {"votes": ["hard"], "sigmas": [0.1]}, "pgd_at": {}},
     }
     with pytest.raises(ConfigError, match="--models names nope, not one of the stage's pni_w_pgd_at, pgd_at"):
