@@ -262,7 +262,8 @@ def long_headline(
         f"the {100 * target:.0f}% target"
         + (
             f", and it is the best smoothed classifier on this page ({100 * worst:.1f} against the grid's "
-            f"{100 * grid_best:.1f}, on fewer images and under its own protocol)."
+            f"{100 * grid_best:.1f}, on {best[2]['n']} images against the grid's {study.examples}, and under "
+            "its own protocol)."
             if grid_best is not None and worst > grid_best
             else "."
         )
