@@ -1082,7 +1082,9 @@ def run_study(
     if only is not None and study.long() is None:
         raise ConfigError("only='long': study.yaml gives no long_training stage")
     if models is not None and only != "long":
-        raise ConfigError("models only applies to the longer-training stage run alone: add only='long'")
+        raise ConfigError(
+            "models only applies to the longer-training stage run alone: add --only long (only='long')"
+        )
     if study.long() is not None:
         check_long_inits(configs, study)
         long_stage = long_tasks(configs, out, study, models)  # checks the names before anything is written

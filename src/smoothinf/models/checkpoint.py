@@ -174,18 +174,22 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping | N
     return path
 
 
+def _metadata(data: bytes) -> tuple[bytes, dict[str, str]]:
+    """A safetensors file's JSON header bytes and its metadata, in the order it was written."""
+    header = data[8 : 8 + int.from_bytes(data[:8], "little")]
+    return header, json.loads(header).get("__metadata__") or {}
+
+
 def _metadata_in_order(data: bytes, order: list[str] | None = None) -> bytes:
     """``data`` (a safetensors file) with its metadata keys in ``order`` (None: sorted); the
     header keeps its length, so every tensor's offset stays."""
-    size = int.from_bytes(data[:8], "little")
-    header = data[8 : 8 + size]
-    written = json.loads(header).get("__metadata__") or {}  # in the order it was written
+    header, written = _metadata(data)
     as_written = json.dumps(written, separators=(",", ":")).encode()
     ordered = {k: written[k] for k in (sorted(written) if order is None else order)}
     in_order = json.dumps(ordered, separators=(",", ":")).encode()
     if as_written not in header or len(in_order) != len(as_written):
         raise CheckpointError("safetensors wrote its metadata in an unexpected form; cannot order it")
-    return data[:8] + header.replace(as_written, in_order, 1) + data[8 + size :]
+    return data[:8] + header.replace(as_written, in_order, 1) + data[8 + len(header) :]
 
 
 def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
@@ -202,8 +206,7 @@ def restore_recorded_bytes(path: str | os.PathLike, sha256: str) -> bool:
     Returns whether it was rewritten; the tensors are never touched."""
     path = Path(path)
     data = path.read_bytes()
-    size = int.from_bytes(data[:8], "little")
-    keys = list(json.loads(data[8 : 8 + size]).get("__metadata__") or {})
+    keys = list(_metadata(data)[1])
     if len(keys) > 6:  # permutations grow fast; smoothinf writes two keys
         return False
     candidates = (_metadata_in_order(data, list(order)) for order in itertools.permutations(keys))
