@@ -73,6 +73,24 @@ def test_committed_long_stage_matches_evaluates_defaults():
     assert load_study(CONFIGS, profile="gpu").long() is None  # the GPU profile trains long already
 
 
+def test_committed_long_models_record_how_to_train_them_again():
+    """A fresh clone retrains each long model on its recorded threads and checks the result against
+    the recorded sha256: that sha256 must be the one every committed record of the model is keyed on."""
+    study = load_study(CONFIGS)
+    results = ROOT / "results" / "paper_mnist"
+    for name in study.long().models:
+        state = json.loads((results / "state" / f"long__train__{name}.json").read_text())
+        assert state["status"] == "done" and state["threads"] in (1, 2), name
+        records = [
+            r
+            for path in sorted((results / "long" / "eval").glob(f"{name}.*jsonl"))
+            if not path.name.endswith(".stale.jsonl")
+            for r in read_jsonl(path)
+        ]
+        assert records, name
+        assert {r["identity"]["weights_sha256"] for r in records} == {state["weights_sha256"]}, name
+
+
 def test_only_long_needs_the_stage(tmp_path):
     (tmp_path / "study.yaml").write_text("models: [a]\n")
     with pytest.raises(ConfigError, match="gives no long_training stage"):
