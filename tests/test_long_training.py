@@ -77,17 +77,14 @@ def test_committed_long_models_record_how_to_train_them_again():
     """A fresh clone retrains each long model on its recorded threads and checks the result against
     the recorded sha256: that sha256 must be the one every committed record of the model is keyed on."""
     study = load_study(CONFIGS)
+    long = study.long()
     results = ROOT / "results" / "paper_mnist"
-    for name in study.long().models:
+    for name in long.models:
         state = json.loads((results / "state" / f"long__train__{name}.json").read_text())
         assert state["status"] == "done" and state["threads"] in (1, 2), name
-        records = [
-            r
-            for path in sorted((results / "long" / "eval").glob(f"{name}.*jsonl"))
-            if not path.name.endswith(".stale.jsonl")
-            for r in read_jsonl(path)
-        ]
-        assert records, name
+        starts = [0, *long.slice_starts(name, study)]  # its first images and every slice of extend
+        records = [r for start in starts for r in read_jsonl(results_path(results, name, start))]
+        assert len(records) >= 6 * len(starts), name  # base and smoothed rows of 3 runs per slice
         assert {r["identity"]["weights_sha256"] for r in records} == {state["weights_sha256"]}, name
 
 
