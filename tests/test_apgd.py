@@ -27,7 +27,9 @@ def linear_model(d: int, k: int = 2, seed: int = 0) -> nn.Module:
 def test_checkpoints_follow_croce_hein_schedule():
     # p = 0, .22, .41, .57, .70, .80, .87, .93, .99 (AutoAttack's w_j for 100 iterations)
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert checkpoints(10) == [3, 5, 6, 7, 8, 9]
+    # AutoAttack counts in whole steps: intervals floor(2.2) = 2, then 1 (was [3, 5, 6, 7, 8, 9], from
+    # ceil(p_j * 10); tests/test_apgd_checkpoints.py compares with its code for many step counts)
+    assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9]
     assert checkpoints(1) == []
 
 

@@ -100,6 +100,8 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
         "evaluate",
         "-c",
         ckpt,
+        "--check-examples",
+        "0",  # cross-checks off: this test is about splitting jobs
         "--attacks",
         "fgsm",
         "pgd",

@@ -50,6 +50,7 @@ def record(run, vote, sigma, clean, attacks, worst):
         "worst_case": worst,
         "config": {},
         "fingerprint": "f",
+        "judging": 2,
     }
 
 
@@ -108,6 +109,7 @@ def test_protocol_resume_skips_finished_rows(synthetic_model, tmp_path):
         steps=3,
         attack_m=2,
         runs=1,
+        check_examples=0,  # not about the cross-checks: off, as a stated choice
         device="cpu",
     )
     store = ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint())
@@ -167,6 +169,7 @@ def test_default_preset_adds_tempered_attacks_to_hard_votes(synthetic_model):
         attack_m=2,
         judgements=4,
         runs=1,
+        check_examples=0,  # not about the cross-checks: off, as a stated choice
         device="cpu",
     )
     with_t = evaluate(EvalConfig(**common), model, x[:40], y[:40], progress=False)
@@ -260,6 +263,8 @@ def test_cli_protocol_and_report_regeneration(synthetic_model, tmp_path, capsys)
         str(tmp_path / "rep"),
         "--device",
         "cpu",
+        "--check-examples",
+        "0",  # not about the cross-checks: off, as a stated choice
     ]
     assert main(args) == 0
     table = (tmp_path / "rep" / "results.md").read_text()
@@ -322,6 +327,7 @@ def test_protocol_runs_transfer_and_nattack(synthetic_model, tmp_path):
         nattack_population=10,
         nattack_queries=200,
         runs=1,
+        check_examples=0,  # not about the cross-checks: off, as a stated choice
         device="cpu",
     )
     recs = evaluate(cfg, model, x[:30], y[:30], progress=False)
@@ -440,6 +446,7 @@ def test_slices_of_an_evaluation_merge_to_the_whole(synthetic_model, tmp_path, c
     def run(name, *extra):
         args = ["evaluate", "-c", ckpt, "--attacks", "fgsm", "--votes", "hard", "--sigmas", "0.05"]
         args += ["--ms", "4", "--steps", "3", "--results", str(tmp_path / name), "--device", "cpu"]
+        args += ["--check-examples", "0"]  # not about the cross-checks: off, as a stated choice
         args += ["--report-dir", str(tmp_path / f"rep-{name}"), *extra]
         assert main(args) == 0
         return read_results(tmp_path / name)

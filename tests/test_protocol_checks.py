@@ -91,7 +91,8 @@ def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model(
     cfg = _soft_vote_config()
     base, smooth = evaluate(cfg, model, x, y, progress=False)
     assert base["checks"]["autoattack"]["version"] == "standard"
-    assert smooth["checks"]["autoattack"]["version"] == "rand"
+    assert smooth["checks"]["autoattack"]["version"].startswith("rand (official APGD-CE + APGD-DLR")
+    assert "on a 1-draw soft surrogate" in smooth["checks"]["autoattack"]["version"]  # attack_m draws
     # APGD reaches the linear optimum: AutoAttack finds nothing more, doubling changes nothing.
     for rec in (base, smooth):
         assert rec["checks"]["autoattack"]["extra"] == 0 and not rec["checks"]["autoattack"]["flag"]
@@ -109,8 +110,9 @@ def test_weight_noise_rows_get_the_convergence_check():
     get the doubled-budget check too (each doubled attack has twice the steps and draws)."""
     from smoothinf.noise import inject_noise
 
-    model = inject_noise(nn.Sequential(nn.Flatten(), nn.Linear(16, 10)), "pni-w").eval()
-    x, y = _data(_linear10(), 8)
+    base = _linear10()  # the labels' own model, with weight noise: most examples stay right
+    x, y = _data(base, 8)
+    model = inject_noise(base, "pni-w", init=0.1).eval()
     cfg = EvalConfig(
         checkpoint="unused",
         votes=["hard"],
@@ -128,8 +130,11 @@ def test_weight_noise_rows_get_the_convergence_check():
     )
     for rec in evaluate(cfg, model, x, y, progress=False):
         conv = rec["checks"]["convergence"]
-        assert conv["attack"] in rec["attacks"] and conv["n"] == 8 and conv["extra"] >= 0
-        assert rec["worst_case"] <= min(rec["attacks"].values())
+        assert conv["attack"] == rec["strongest"] and conv["attack"] in rec["attacks"] and conv["n"] == 8
+        # fresh judgements value each chosen point (a cascade's columns need not decrease any more):
+        # the worst case is the attacks' one less what every check took off
+        extra = sum(c["extra"] for c in rec["checks"].values())
+        assert rec["worst_case"] == pytest.approx(rec["worst_case_attacks"] - extra / rec["n"], abs=1e-4)
 
 
 def test_cascade_runs_later_attacks_only_on_robust_examples_with_the_same_worst_case():

@@ -21,6 +21,7 @@ from smoothinf.attacks.fgsm import FGSM
 from smoothinf.attacks.judge import (
     RobustResult,
     defended_predict,
+    detect_randomised,
     is_randomised,
     judged_correct,
     robust_accuracy,
@@ -49,6 +50,7 @@ __all__ = [
     "clip_to_threat",
     "cw_loss",
     "defended_predict",
+    "detect_randomised",
     "dlr_loss",
     "expected_loss",
     "is_randomised",

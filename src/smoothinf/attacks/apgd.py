@@ -1,21 +1,19 @@
 """APGD (Croce & Hein 2020) on an expected loss: the converging attack for randomised defences.
 
 Auto-PGD needs no step-size tuning: it starts with a step of 2 eps, moves with momentum 0.75, and
-at checkpoints w_j (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), times
-the step budget) halves the step of every example whose loss rose in fewer than rho = 75% of the
-steps since the last checkpoint, or whose step and best loss did not change, and restarts it from
-its best point. Here its loss is a Monte Carlo expectation over the smoothing noise and the model's
-own weight noise, m draws per step batched exactly as EPGD's (``base.expected_loss``):
-``reduce="loss"`` follows the expectation of the loss (EPGD / EOT style), ``reduce="softmax"`` the
-loss of the expected softmax (SmoothAdv style). Losses: CE, CW, DLR; ``targeted=True`` minimises
-the loss of the classes given in y; ``target_classes = T`` runs APGD-T, one run per each of the T
-most likely wrong classes with the targeted DLR (or CE) loss, for an untargeted goal.
+at checkpoints (``checkpoints``: AutoAttack's, in whole steps; 22, 41, 57, ... for 100 steps)
+halves the step of every example whose loss rose in fewer than rho = 75% of the steps since the
+last checkpoint, or whose step and best loss did not change, and restarts it from its best point.
+Here its loss is a Monte Carlo expectation over the smoothing noise and the model's own weight
+noise, m draws per step batched exactly as EPGD's (``base.expected_loss``): ``reduce="loss"``
+follows the expectation of the loss (EPGD / EOT style), ``reduce="softmax"`` the loss of the
+expected softmax (SmoothAdv style). Losses: CE, CW, DLR; ``targeted=True`` minimises the loss of
+the classes given in y; ``target_classes = T`` runs APGD-T, one run per each of the T most likely
+wrong classes with the targeted DLR (or CE) loss, for an untargeted goal.
 Cost per example: steps x m gradients per run, runs = restarts (x T).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +33,22 @@ from smoothinf.noise.distributions import NoiseDistribution
 
 
 def checkpoints(steps: int) -> list[int]:
-    """APGD's checkpoint iterations w_j = ceil(p_j * steps), j >= 1, strictly inside (0, steps)."""
-    p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    points = sorted({math.ceil(round(q * steps, 6)) for q in p[1:] if q < 1})
-    return [w for w in points if 0 < w < steps]
+    """APGD's checkpoints: the numbers of gradient steps after which the step size may halve, < steps.
+
+    AutoAttack's ``APGDAttack`` counts them in whole steps: the first interval is floor(0.22 steps),
+    each next one floor(0.03 steps) shorter (at least 1) but never under floor(0.06 steps) (at least
+    1). For 100 steps: 22, 41, 57, 70, 80, 87, 93, 99 (the paper's p_j = 0.22, 0.41, ...); for 50:
+    11, 21, 30, 38, 45, where rounding fractions of the budget would give 11, 21, 29, 35, ...
+    """
+    # integer percentages: the same as AutoAttack's max(int(0.22 * steps), 1) etc. (float products)
+    first, shortest, shrink = (max(pct * steps // 100, 1) for pct in (22, 6, 3))
+    marks: list[int] = []
+    mark = interval = first
+    while mark < steps:
+        marks.append(mark)
+        interval = max(interval - shrink, shortest)
+        mark += interval
+    return marks
 
 
 def targeted_loss(name: str, num_classes: int) -> LossFn:

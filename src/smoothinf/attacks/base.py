@@ -178,6 +178,41 @@ def check_positive_int(value: Any, name: str) -> int:
 
 
 # ---------------------------------------------------------------------------- expected losses
+def _log_sum_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log sum_j softmax(z_j) over the draws of logits (d, N, K), in log space: (N, K)."""
+    return torch.logsumexp(logits.log_softmax(-1), dim=0)
+
+
+def _log_odds_against(log_p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log((1 - p_y) / p_y) from log-probabilities (N, K): logsumexp_{k != y} log p_k - log p_y, (N,).
+
+    Never saturates: about log(1 - p_y) for a confident p_y, -log p_y for a small one.
+    """
+    others = log_p.masked_fill(F.one_hot(y, log_p.shape[1]).bool(), float("-inf"))
+    return torch.logsumexp(others, dim=1) - log_p.gather(1, y[:, None])[:, 0]
+
+
+def _softmax_objective(
+    log_pbar: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss (N,), surrogate (N,))`` at log mean probabilities (N, K); the surrogate has its gradient.
+
+    CE (``ce_loss``) is taken in log-odds form o = ``_log_odds_against``: CE = softplus(o) and
+    grad CE = sigmoid(o) grad o, so neither its value nor its gradient passes through 1 - p_y (which
+    float32 rounds to 0 once the other classes hold under 6e-8 of the mass) or through p_k = exp(log p_k)
+    (0 below e^-103). The factor sigmoid(o) = 1 - p_y is floored at sqrt(smallest normal number)
+    (1e-19 in float32): a saturated CE still gives its exact direction, at that small scale, where
+    the exact gradient would be (nearly) zero and sign(0) would not move the attack. Any other loss is
+    its own surrogate (CW and DLR are differences of log-probabilities: they do not saturate).
+    """
+    if loss_fn is not ce_loss:
+        loss = loss_fn(log_pbar, y)
+        return loss, loss
+    odds = _log_odds_against(log_pbar, y)
+    scale = torch.sigmoid(odds.detach()).clamp_min(torch.finfo(odds.dtype).tiny ** 0.5)
+    return F.softplus(odds), scale * odds
+
+
 def expected_loss(
     model: nn.Module,
     x: torch.Tensor,
@@ -204,6 +239,9 @@ def expected_loss(
     gradients accumulate across chunks; reduce="softmax" then takes a no-grad pass for the mean
     probabilities and replays the same draws (same generator state) for the vector-Jacobian product.
     A chunk holds at least one draw of all N rows: split larger batches of examples before calling.
+    reduce="softmax" works in log space on every path: log mean_j softmax = logsumexp over draws (and
+    chunks) of log_softmax, minus log m, and CE goes through ``_softmax_objective`` (exact value;
+    gradient exact unless the loss is below 1e-19, then its direction at that scale).
     ``per_draw=False`` skips the per-draw context (a model without noise layers; saves a module walk);
     ``need_probs=False`` skips the mean probabilities of reduce="loss" (returned as None).
     ``temperature`` T divides every draw's logits before the loss: with reduce="softmax" and T < 1,
@@ -245,32 +283,36 @@ def expected_loss(
                 prob_sum = probs if prob_sum is None else prob_sum + probs
         return grad, loss_sum / m, (prob_sum / m if need_probs else None)
 
-    # reduce == "softmax"
+    # reduce == "softmax": log_pbar = log sum_j softmax(z_j) - log m, (N, K)
     if len(chunks) == 1:
         xa = x.detach().requires_grad_(need_grad)
         with torch.set_grad_enabled(need_grad):
-            # log mean_j softmax(z_j), stable where p_y underflows: logsumexp_j log_softmax(z_j) - log m.
-            log_pbar = torch.logsumexp(forward(xa, m).log_softmax(-1), dim=0) - math.log(m)
-            losses = loss_fn(log_pbar, y)
-        grad = torch.autograd.grad(losses.sum(), xa)[0] if need_grad else None
+            log_pbar = _log_sum_probs(forward(xa, m)) - math.log(m)
+            losses, surrogate = _softmax_objective(log_pbar, y, loss_fn)
+        grad = torch.autograd.grad(surrogate.sum(), xa)[0] if need_grad else None
         return grad, losses.detach(), log_pbar.detach().exp()
     state = generator.get_state()
     with torch.no_grad():
-        pbar = sum(forward(x, d).softmax(-1).sum(0) for _, d in chunks) / m
-    pb = pbar.detach().requires_grad_(True)
-    with torch.enable_grad():
-        losses = loss_fn(pb.clamp_min(1e-30).log(), y)
-        g_p = torch.autograd.grad(losses.sum(), pb)[0] if need_grad else None
+        log_total = None  # log sum over all draws so far, combined chunk by chunk
+        for _, d in chunks:
+            part = _log_sum_probs(forward(x, d))
+            log_total = part if log_total is None else torch.logaddexp(log_total, part)
+    log_pbar = (log_total - math.log(m)).requires_grad_(need_grad)
+    with torch.set_grad_enabled(need_grad):
+        losses, surrogate = _softmax_objective(log_pbar, y, loss_fn)
     if not need_grad:
-        return None, losses.detach(), pbar
+        return None, losses.detach(), log_pbar.detach().exp()
+    g_log = torch.autograd.grad(surrogate.sum(), log_pbar)[0]
     generator.set_state(state)
     grad = torch.zeros_like(x)
     for _, d in chunks:
         xa = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            psum = forward(xa, d).softmax(-1).sum(0)
-            grad += torch.autograd.grad((psum * g_p).sum() / m, xa)[0]
-    return grad, losses.detach(), pbar
+            part = _log_sum_probs(forward(xa, d))
+            # d log_pbar / d part = exp(part - log_total): this chunk's share of the summed probabilities
+            share = (part.detach() - log_total).exp()
+            grad += torch.autograd.grad((g_log * share * part).sum(), xa)[0]
+    return grad, losses.detach(), log_pbar.detach().exp()
 
 
 # ------------------------------------------------------------------------------------ base class

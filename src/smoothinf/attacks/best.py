@@ -6,6 +6,10 @@ example, the point of highest surrogate loss and the last point the surrogate sa
 (``VisitedPoints``); ``judge_points`` then scores these candidates and the last iterate with a
 *fresh* Monte Carlo estimate of the defended classifier (its own noise and m) and keeps the
 strongest: misclassified first, then the smallest margin of the true class over the best other.
+
+That one noisy judgement both picks the point and calls it a success, so its verdict is biased
+towards success; ``confirm`` re-judges the chosen points with fresh draws before an attack stops
+spending restarts, targets or queries on an example.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from torch import nn
 
 # judge(x (B,C,H,W), generator) -> class scores (B, K) (argmax = the defended prediction).
 JudgeFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# score(x (B,C,H,W), y (B,)) -> class scores (B, K), each call with fresh draws of the randomness.
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class VisitedPoints:
@@ -94,3 +100,16 @@ def select_strongest(
     stacked = torch.stack(candidates)
     ar = torch.arange(n, device=y.device)
     return stacked[pick, ar], success[pick, ar], margin[pick, ar]
+
+
+@torch.no_grad()
+def confirm(
+    points: torch.Tensor, y: torch.Tensor, hit: torch.Tensor, score_fn: ScoreFn, targeted: bool = False
+) -> torch.Tensor:
+    """``hit`` (N,) bool kept only where an independent judgement of ``points`` (N,C,H,W) with fresh
+    draws also succeeds (``margins``); ``score_fn`` runs once, on the rows of ``hit`` only."""
+    rows = hit.nonzero().squeeze(1)
+    out = hit.clone()
+    if rows.numel():
+        out[rows] = margins(score_fn(points[rows], y[rows]), y[rows], targeted)[0]
+    return out

@@ -4,7 +4,10 @@ Perturbations live in tanh space: a sample is x' = Proj_eps(0.5 * tanh(arctanh(2
 z ~ N(0, I). The mean mu is updated by natural-evolution-strategies gradient estimates from the
 model's class probabilities only (no gradients), with the reward -0.5 * max(log p_y - log max_{j!=y} p_j, 0)
 z-scored over the population. Each iteration is one batched forward of N_active * population rows
-(plus N_active rows to test the mean); an example stops as soon as any query fooled the model.
+(plus N_active rows to test the mean); an example stops as soon as any query fooled the model. On a
+randomised model (``is_randomised``) that single noisy verdict is not enough: the example stops only
+once a fresh forward of the fooling point (one more query, spent only when the budget leaves room
+for another iteration) also misclassifies it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import torch
 from torch import nn
 
 from smoothinf.attacks.base import Attack, check_positive_int, clip_to_threat
+from smoothinf.attacks.best import confirm
+from smoothinf.attacks.judge import is_randomised
 from smoothinf.errors import ConfigError
 
 
@@ -25,7 +30,8 @@ class NAttack(Attack):
         population: samples per iteration and example (paper: 300).
         sigma: std of the search distribution in tanh space (paper: 0.1).
         lr: NES learning rate (paper: 0.02).
-        max_queries: query budget per example (population + 1 per iteration).
+        max_queries: query budget per example (population + 1 per iteration, plus 1 per fresh
+            confirmation of a fooling point on a randomised model).
         batch_size: bound on the rows of one forward.
     """
 
@@ -77,13 +83,15 @@ class NAttack(Attack):
         x_adv = x.clone()
         queries = torch.zeros(n, dtype=torch.long, device=x.device)
         active = torch.arange(n, device=x.device)
+        randomised = is_randomised(self.model)
+        ever_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)  # x_adv holds a fooling point
 
         def to_image(idx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return clip_to_threat(0.5 * torch.tanh(t) + 0.5, x[idx].expand_as(t), self.eps, self.norm)
 
-        while active.numel() and queries[active[0]] + pop + 1 <= self.max_queries:
+        while active.numel():  # the first iteration fits: max_queries >= pop + 1
             a = active.numel()
-            # Test the current mean (one query per example); stop the ones it fools.
+            # Test the current mean (one query per example); keep it where it fools the model.
             cand = to_image(active, w[active] + mu[active])
             queries[active] += 1
             fooled = self._probs(cand).argmax(1) != y[active]
@@ -109,10 +117,17 @@ class NAttack(Attack):
             adv_z = (reward - reward.mean(0)) / (reward.std(0) + 1e-7)
             mu[active] += self.lr / (pop * self.sigma) * torch.einsum("pa,pa...->a...", adv_z, z)
             done = fooled | won
+            ever_fooled[active[done]] = True
+            if randomised:  # confirm with a fresh forward, when another iteration could follow it
+                ask = done & (queries[active] + pop + 2 <= self.max_queries)
+                queries[active[ask]] += 1
+                fresh = confirm(x_adv[active], y[active], ask, lambda xc, yc: self._probs(xc))
+                done = (done & ~ask) | fresh
             still = active[~done]
-            # Failed examples keep the last mean's image.
-            if still.numel() and queries[still[0]] + pop + 1 > self.max_queries:
-                x_adv[still] = to_image(still, w[still] + mu[still])
-            active = still
+            spent = queries[still] + pop + 1 > self.max_queries
+            # Failed examples keep their last fooling point, else the last mean's image.
+            last = still[spent & ~ever_fooled[still]]
+            x_adv[last] = to_image(last, w[last] + mu[last])
+            active = still[~spent]
         self.queries = queries
         return x_adv

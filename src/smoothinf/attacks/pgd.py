@@ -4,7 +4,9 @@ One loop serves PGD, FGSM (one full step, no random start), EOT-PGD (``eot_iter`
 model's own randomness per step) and, through ``smoothinf.attacks.expectation``, EPGD and SmoothAdv:
 they differ only in the expected loss whose gradient each step follows (``base.expected_loss``).
 Every run returns, per example, the strongest point it visited (``smoothinf.attacks.best``), judged
-by a fresh estimate of the defended classifier (``judge``) or, without one, of the surrogate.
+by a fresh estimate of the defended classifier (``judge``) or, without one, of the surrogate. When
+that judgement is random, an example leaves the later restarts (APGD-T: targets) only once a second
+judgement of the chosen point, with fresh draws, also finds it a success (``best.confirm``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from smoothinf.attacks.base import (
     resolve_loss,
     steepest_step,
 )
-from smoothinf.attacks.best import JudgeFn, VisitedPoints, judge_scores, select_strongest
+from smoothinf.attacks.best import JudgeFn, VisitedPoints, confirm, judge_scores, select_strongest
+from smoothinf.attacks.judge import is_randomised
 from smoothinf.errors import ConfigError
 from smoothinf.noise.distributions import NoiseDistribution
 from smoothinf.noise.draws import chunk_rows, grad_chunk_rows, noise_layers, weight_noise_values
@@ -38,7 +41,8 @@ class PGD(Attack):
         eps: radius of the threat model (pixel units).
         alpha: step size (pixel units); default 2.5 * eps / steps (Madry et al.'s rule).
         steps: iterations per restart. random_start: start uniformly inside the eps-ball.
-        restarts: independent runs; restarts after the first only run on examples not yet fooled.
+        restarts: independent runs; restarts after the first only run on examples not yet fooled
+            (for a random judgement: not yet fooled in both the selecting and a fresh judgement).
         loss: "ce" | "cw" | "dlr" | callable (logits (N,K), y (N,)) -> (N,) to maximise.
         targeted: y holds target classes and the loss is minimised.
         eot_iter: draws of the model's own randomness (PNI/CNI weight noise) per step, batched
@@ -175,6 +179,13 @@ class PGD(Attack):
 
         return surrogate
 
+    def _random_scores(self) -> bool:
+        """Whether ``_scores`` is random: a randomised judge (``is_randomised``), else a surrogate with
+        input noise (sigma > 0) or a randomised model."""
+        if self.judge is not None:
+            return is_randomised(self.judge)
+        return (self.noise is not None and self.noise.sigma > 0) or is_randomised(self.model)
+
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         self._per_draw = not isinstance(self.model, nn.Module) or bool(noise_layers(self.model))
         self._weight_values = weight_noise_values(self.model) if isinstance(self.model, nn.Module) else 0
@@ -183,7 +194,9 @@ class PGD(Attack):
         n = x.shape[0]
         best = x.clone()
         best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for run in range(self.restarts * self.runs_per_restart()):
+        runs = self.restarts * self.runs_per_restart()
+        random_scores = runs > 1 and self._random_scores()
+        for run in range(runs):
             idx = (~best_success).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
@@ -191,7 +204,8 @@ class PGD(Attack):
             cands = self._run(xi, yi, gen, run)
             if run > 0:
                 cands.append(best[idx])  # the judge compares this run's points with the best so far
-            best[idx], best_success[idx], _ = select_strongest(
-                cands, yi, self._scores(yi, gen), self.targeted
-            )
+            best[idx], hit, _ = select_strongest(cands, yi, self._scores(yi, gen), self.targeted)
+            if random_scores and run + 1 < runs:  # the picking vote is biased: stop on a fresh one only
+                hit = confirm(best[idx], yi, hit, lambda xc, yc: self._scores(yc, gen)(xc), self.targeted)
+            best_success[idx] = hit
         return best

@@ -6,8 +6,8 @@
   APGD-DLR on the expectation of the loss (EOT-style), both through the smoothing noise and the
   model's own weight noise with ``draws`` draws per step (200 steps x 16 draws by default),
   judged by the defended classifier;
-- unsmoothed rows of a model with weight noise (PNI/CNI): the same two APGD runs, EOT over its own
-  noise only;
+- unsmoothed rows of a randomised model (PNI/CNI weight noise, or one marked randomised by
+  ``judge.detect_randomised``): the same two APGD runs, EOT over its own noise only;
 - unsmoothed deterministic rows: APGD-CE and APGD-T (DLR, 9 targets), AutoAttack's white-box pair
   (the official AutoAttack ``standard`` runs beside it as the cross-check);
 - with ``temperatures`` (``smoothinf evaluate`` passes them to the randomised rows judged by a vote
@@ -31,10 +31,10 @@ from torch import nn
 from smoothinf.attacks.apgd import APGD
 from smoothinf.attacks.base import is_positive_number
 from smoothinf.attacks.best import JudgeFn
+from smoothinf.attacks.judge import is_randomised
 from smoothinf.attacks.pgd import PGD
 from smoothinf.errors import ConfigError
 from smoothinf.noise.distributions import NoiseDistribution
-from smoothinf.noise.draws import noise_layers
 
 PRESETS = ("default",)
 # Measured to converge on smoothed MNIST models (BENCHMARKS.md): at 100 x 8 doubling still found 4
@@ -79,7 +79,7 @@ def preset_attacks(
         noise = None
     steps, draws = steps * scale, draws * scale
     attacks: dict[str, PGD] = {"pgd": PGD(model, eps, steps=20 * scale, norm=norm)}
-    randomised = noise is not None or bool(noise_layers(model))
+    randomised = noise is not None or is_randomised(model)
     if randomised:
         m = draws
         common = dict(noise=noise, m=m, judge=judge, restarts=restarts)

@@ -59,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--check-examples",
         type=count(0),
         default=None,
-        help="cross-check the first N examples: AutoAttack, black-box Square, doubled budget (0: off)",
+        help="cross-check the first N examples (default 100, capped by the examples; as in the Python "
+        "API): AutoAttack (standard, or rand's APGD on randomised rows), black-box Square, doubled "
+        "budget; 0: off, a choice the report states",
     )
     p.add_argument("--no-autoattack-check", dest="autoattack_check", action="store_false", default=None)
     p.add_argument("--no-blackbox-check", dest="blackbox_check", action="store_false", default=None)

@@ -5,14 +5,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from smoothinf.attacks.presets import HARD_VOTE_TEMPERATURES, check_temperatures
 from smoothinf.errors import ConfigError
+from smoothinf.evaluation.results import COUNTED_CHECKS
 from smoothinf.smoothing import VOTES
 from smoothinf.utils import check_dataclass_types, dataclass_from_yaml
 
 EVAL_ATTACKS = ("default", "fgsm", "pgd", "apgd", "epgd", "smoothadv", "transfer", "nattack", "autoattack")
+JUDGING = 2
+"""The judging rules this version measures with: 2 = each example's strongest point chosen on one set
+of judgements and valued on an independent fresh set (issue 38); 1 = the minimum over noisy
+estimates (records written before; read, never resumed)."""
+CHECK_EXAMPLES = 100
+"""Default examples of the cross-checks (capped by the examples evaluated)."""
+
+
+def checks_switched_off(settings: Mapping[str, object]) -> dict[str, str]:
+    """Cross-check -> the setting that switched it off, from EvalConfig fields (``to_dict()`` or a
+    record's ``config``; a missing field has its default); empty when every check is on."""
+    if settings.get("check_examples", CHECK_EXAMPLES) == 0:
+        return dict.fromkeys(COUNTED_CHECKS, "check_examples=0")
+    return {name: f"{name}_check=False" for name in COUNTED_CHECKS if settings.get(f"{name}_check") is False}
+
+
 # Fields that define what a result means; grid values and run count may grow on resume.
 _IDENTITY = (
     "checkpoint",
@@ -36,6 +54,7 @@ _IDENTITY = (
     "cascade",
     "judgements",
     "temperatures",
+    "judging",
 )
 
 
@@ -52,10 +71,13 @@ class EvalConfig:
     transfer = PGD on the ``transfer_source`` checkpoint, nattack = black-box NES on the defended
     classifier's scores, autoattack = the official AutoAttack (version "rand" with EOT on a
     soft-vote smoothed surrogate for smoothed settings, "standard" for the base model).
-    Cross-checks on the first ``check_examples`` examples (0: off): ``autoattack_check`` (the
-    official AutoAttack, rand for randomised rows), ``blackbox_check`` (Square with
-    ``square_queries`` queries: gradient masking), ``convergence_check`` (the strongest attack of a
-    randomised row, smoothed or with weight noise, with twice the steps and draws). ``cascade``
+    Cross-checks on the first ``check_examples`` examples (default 100, capped by the examples; 0:
+    off, an explicit choice that records and reports state): ``autoattack_check`` (the official
+    AutoAttack: ``standard`` on deterministic rows; on randomised rows rand's APGD-CE and APGD-DLR,
+    EOT 20, on an ``attack_m``-draw soft surrogate, whose best-loss points the defended classifier
+    judges), ``blackbox_check`` (Square with ``square_queries`` queries: gradient masking),
+    ``convergence_check`` (the strongest attack of a randomised row, smoothed or with weight noise,
+    with twice the steps and draws). ``cascade``
     (default: on with the ``default`` preset) runs each attack only on the examples the earlier ones
     left robust, as AutoAttack does; per-attack accuracies are then cumulative. ``judgements``: a
     randomised defence (smoothed with sigma > 0, or weight noise) judges every point this many times
@@ -68,6 +90,9 @@ class EvalConfig:
     the rows judged by argmax counts: hard and weighted votes with input noise or weight noise, and
     a weight-noise model's own unsmoothed forward ([]: off; it is skipped on soft votes and
     deterministic rows).
+    ``judging``: the version of the judging rules (``JUDGING``; part of the identity, left out of the
+    fingerprint at 1 so that records written before it existed keep theirs and read as judging 1);
+    ``evaluate`` measures with ``JUDGING`` only.
     """
 
     checkpoint: str = ""
@@ -89,13 +114,14 @@ class EvalConfig:
     transfer_source: str | None = None
     nattack_population: int = 50
     nattack_queries: int = 2000
-    check_examples: int = 0
+    check_examples: int = CHECK_EXAMPLES
     autoattack_check: bool = True
     blackbox_check: bool = True
     convergence_check: bool = True
     square_queries: int = 1000
     cascade: bool | None = None
     judgements: int = 16
+    judging: int = JUDGING
     noise: str = "gaussian"
     runs: int = 3
     seed: int = 0
@@ -137,10 +163,16 @@ class EvalConfig:
         if self.apgd_steps < 1 or self.square_queries < 1 or self.check_examples < 0:
             raise ConfigError("apgd_steps and square_queries must be >= 1 and check_examples >= 0")
         check_temperatures(self.temperatures)
+        if self.judging not in (1, JUDGING):
+            raise ConfigError(f"judging must be 1 (old records) or {JUDGING}, got {self.judging}")
 
     def cascades(self) -> bool:
         """Whether attacks run as a cascade (see the class docstring)."""
         return "default" in self.attacks if self.cascade is None else bool(self.cascade)
+
+    def checks_off(self) -> dict[str, str]:
+        """Cross-checks switched off, each with the setting that did it (empty: all on)."""
+        return checks_switched_off(self.to_dict())
 
     def settings(self) -> list[tuple[str, float, int]]:
         """(vote, sigma, m) rows: ("none", 0, 1) for the base model, then the grid."""
@@ -152,6 +184,8 @@ class EvalConfig:
         ident = {k: getattr(self, k) for k in _IDENTITY}
         if self.first_example:  # absent at 0: records from before slices keep their fingerprint
             ident["first_example"] = self.first_example
+        if self.judging == 1:  # absent at 1: records from before judging 2 keep their fingerprint
+            del ident["judging"]
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,9 +23,11 @@ from smoothinf.attacks import (
     judged_correct,
     robust_accuracy,
 )
+from smoothinf.attacks.judge import detect_randomised
 from smoothinf.attacks.presets import preset_attacks
 from smoothinf.distributed import gather_json, init_distributed
-from smoothinf.evaluation.config import EvalConfig
+from smoothinf.errors import ConfigError
+from smoothinf.evaluation.config import JUDGING, EvalConfig
 from smoothinf.evaluation.report import setting_name
 from smoothinf.evaluation.results import COUNTED_CHECKS, ResultsStore
 from smoothinf.noise import NoiseDistribution
@@ -114,24 +117,31 @@ def build_attacks(
 def autoattack_for(
     model: nn.Module, vote: str, sigma: float, eps: float, cfg: EvalConfig, attacks: list[str] | None = None
 ) -> AutoAttackAdapter:
-    """The official AutoAttack for a row: ``rand`` (APGD-CE + APGD-DLR, EOT 20) on a one-draw soft
-    smoothed surrogate for smoothed rows, ``rand`` on the model itself for an unsmoothed model with
-    weight noise, ``standard`` for a deterministic model; ``attacks`` (e.g. ["square"]) runs a
-    custom subset instead, with ``cfg.square_queries`` Square queries."""
-    randomised = (vote != "none" and sigma > 0) or is_randomised(model)
-    target = SmoothedClassifier(model, sigma, 1, "soft", cfg.noise) if vote != "none" and sigma > 0 else model
+    """The official AutoAttack for a row. A randomised row (input noise, weight noise, or a model
+    ``detect_randomised`` found random): rand's APGD-CE and APGD-DLR (100 iterations, EOT 20) on an
+    one-draw soft surrogate whose loss and gradient EOT averages over 20 draws per step (input and
+    weight noise; rand's own budget), returning every example's best-loss point (``best_loss=True``)
+    for the defended classifier to judge; a
+    deterministic row: ``standard`` on the model. ``attacks`` (e.g. ["square"]) runs that custom
+    subset instead, with ``cfg.square_queries`` Square queries, on the smoothed classifier's
+    ``attack_m``-draw soft scores for a smoothed row, else on the model."""
+    smoothed = vote != "none" and sigma > 0
     if attacks is not None:
-        if vote != "none" and sigma > 0:  # scores of the smoothed classifier, averaged over draws
-            target = SmoothedClassifier(model, sigma, cfg.attack_m, "soft", cfg.noise)
+        target = SmoothedClassifier(model, sigma, cfg.attack_m, "soft", cfg.noise) if smoothed else model
         return AutoAttackAdapter(
             target, "linf", eps, "custom", attacks=attacks, seed=cfg.seed, square_queries=cfg.square_queries
         )
-    return AutoAttackAdapter(target, "linf", eps, "rand" if randomised else "standard", seed=cfg.seed)
+    if smoothed or is_randomised(model):
+        surrogate = SmoothedClassifier(model, sigma if smoothed else 0.0, 1, "soft", cfg.noise)
+        return AutoAttackAdapter(surrogate, "linf", eps, "rand", seed=cfg.seed, best_loss=True)
+    return AutoAttackAdapter(model, "linf", eps, "standard", seed=cfg.seed)
 
 
 def strongest_attack(acc: dict[str, float], clean: float, cascade: bool) -> str | None:
-    """The attack with the lowest accuracy; in a cascade (cumulative accuracies), the one that
-    fooled the most examples the earlier attacks had left."""
+    """The strongest attack from accuracies alone, for merged slices (``evaluation.slices``), whose
+    records keep no per-example points: the lowest accuracy; in a cascade (cumulative accuracies),
+    the attack that fooled the most examples the earlier attacks had left, which favours the
+    first attacks. ``evaluate`` names ``RobustResult.strongest`` instead (``strongest_rule``)."""
     if not acc:
         return None
     if not cascade:
@@ -158,30 +168,33 @@ def _checks(
     result,
     gen: torch.Generator,
 ) -> tuple[dict, torch.Tensor]:
-    """The cross-checks of one row on its first ``cfg.check_examples`` examples, run only on the
-    examples the protocol's attacks left robust: the official AutoAttack (flag: it finds more),
-    a black-box Square attack (flag: gradient masking suspected) and, for randomised rows
-    (smoothed with input noise, or a weight-noise model's votes and own forward), the strongest
-    attack with twice the steps and draws (flag: not converged). Each check's ``extra`` is
-    what it takes off the worst case of those examples (in examples: a sum of probabilities for a
-    randomised defence, judged ``cfg.judgements`` times). A check flags when ``extra`` exceeds the
-    judge's Monte Carlo error (0 for a deterministic defence; else how far two fresh judgements of
-    the strongest attack's points differ, summed over the examples, at least one example). Every
-    check's finds count in the worst case (``COUNTED_CHECKS``); returns ``(checks, robust (N,) float)``."""
+    """The cross-checks of one row on its first ``k = min(cfg.check_examples, N)`` examples, run
+    only on those some judgement of their chosen point still got right (``WorstCase.alive``): the
+    official AutoAttack (``autoattack_for``; flag: it finds more), a black-box Square attack (flag:
+    gradient masking suspected) and, for randomised rows (smoothed with input noise, or a weight-noise
+    model's votes and own forward), ``result.strongest`` with twice the steps and draws (flag: not
+    converged).
+
+    Each check's points are offered to ``result.worst`` (``WorstCase.offer``: judged once to
+    choose, the chosen ones valued with fresh judgements), so the worst case stays an unbiased
+    estimate; a check's ``extra`` is how much it lowered ``worst.value`` summed over the examples it
+    ran on (in examples: a sum of probabilities for a randomised defence), and ``own_robust`` is the
+    sum of its points' selection estimates (what its points alone leave). A check flags when
+    ``extra`` exceeds the judge's Monte Carlo error: 0 for a deterministic defence; else how far two
+    fresh judgements of the strongest attack's points differ, summed over the examples, at least
+    one example. Every check's finds count (``COUNTED_CHECKS``); returns
+    ``(checks, worst case (N,) float)``."""
+    worst = result.worst
     k = min(cfg.check_examples, x.shape[0])
-    robust = result.robust.clone()
     checks: dict = {}
     if k == 0:
-        return checks, robust
-    idx = robust[:k].nonzero().squeeze(1)
-    base_robust = round(float(robust[:k].sum()), 4)
-    strongest = strongest_attack(result.accuracy, result.clean_accuracy, cfg.cascades())
+        return checks, worst.value.clone()
+    alive = worst.alive()
+    idx = alive[alive < k]
+    strongest = result.strongest
 
-    def judge(x_adv: torch.Tensor) -> torch.Tensor:
-        return judged_correct(defended, x_adv, y[idx], gen, cfg.judgements)
-
-    def lowers(p: torch.Tensor) -> float:
-        return float((robust[idx] - torch.minimum(robust[idx], p)).sum())
+    def judge(points: torch.Tensor) -> torch.Tensor:
+        return judged_correct(defended, points, y[idx], gen, cfg.judgements)
 
     tolerance = 0.0
     if is_randomised(defended) and idx.numel():
@@ -190,40 +203,50 @@ def _checks(
             points = result.adversarial[strongest][idx]
             tolerance = max(1.0, float((judge(points) - judge(points)).abs().sum()))
 
-    def entry(found: float, start: float, **fields) -> dict:
-        return {
+    def run(name: str, points: Callable[[], dict[str, torch.Tensor]], **fields) -> None:
+        """Fold the points of check ``name`` (``points()``: label -> (len(idx), C, H, W), run only
+        when some example is left) into the worst case and record its entry."""
+        start = time.time()
+        before, robust_before = float(worst.value[idx].sum()), float(worst.value[:k].sum())
+        own = torch.ones(idx.numel(), device=worst.value.device)
+        if idx.numel():
+            for label, x_adv in points().items():
+                own = torch.minimum(own, worst.offer(label, idx, x_adv))
+        found = before - float(worst.value[idx].sum())
+        checks[name] = {
             **fields,
             "n": k,
-            "robust_before": base_robust,
+            "attacked": int(idx.numel()),
+            "robust_before": round(robust_before, 4),
             "extra": round(found, 4),
+            "own_robust": round(float(own.sum()), 4),
             "tolerance": round(tolerance, 4),
             "flag": found > tolerance,
             "seconds": time.time() - start,
         }
 
-    def counted(attack) -> float:
-        """Run ``attack`` on the robust examples; its finds lower the worst case."""
-        if idx.numel() == 0:
-            return 0.0
-        p = judge(attack(x[idx], y[idx], gen))
-        found = lowers(p)
-        robust[idx] = torch.minimum(robust[idx], p)
-        return found
-
     if cfg.autoattack_check:
         aa = autoattack_for(model, vote, sigma, eps, cfg)
-        start = time.time()
-        checks["autoattack"] = entry(counted(aa), start, version=aa.version)
+
+        def aa_points() -> dict[str, torch.Tensor]:
+            if aa.best_loss:  # each of rand's attacks offers its best-loss points to the judge
+                found = aa.best_loss_points(x[idx], y[idx], gen)
+                return {f"autoattack:{name}": points for name, points in found.items()}
+            return {"autoattack": aa(x[idx], y[idx], gen)}
+
+        run("autoattack", aa_points, version=aa.description())
     if cfg.blackbox_check:
-        start = time.time()
-        found = counted(autoattack_for(model, vote, sigma, eps, cfg, attacks=["square"]))
-        checks["blackbox"] = entry(found, start, attack=f"square ({cfg.square_queries} queries)")
+        square = autoattack_for(model, vote, sigma, eps, cfg, attacks=["square"])
+        run(
+            "blackbox",
+            lambda: {"blackbox": square(x[idx], y[idx], gen)},
+            attack=f"square ({cfg.square_queries} queries)",
+        )
     if cfg.convergence_check and is_randomised(defended) and strongest is not None:
         doubled = build_attacks(model, cfg, vote, sigma, eps, defended, None, scale=2).get(strongest)
         if doubled is not None and idx.numel():
-            start = time.time()
-            checks["convergence"] = entry(counted(doubled), start, attack=strongest)
-    return checks, robust
+            run("convergence", lambda: {"convergence": doubled(x[idx], y[idx], gen)}, attack=strongest)
+    return checks, worst.value.clone()
 
 
 def evaluate(
@@ -238,12 +261,22 @@ def evaluate(
 
     Records already in ``store`` are skipped (resume); new ones are appended as they finish. Each
     record holds clean accuracy, per-attack and worst-case robust accuracy of the defended
-    classifier (smoothed with fresh noise for its own judging), the strongest attack and timings.
+    classifier (smoothed with fresh noise for its own judging; ``judging``), the cross-checks
+    (``_checks``; ``checks_off``: those switched off and by which setting), the strongest attack
+    (``RobustResult.strongest`` under ``strongest_rule``; ``without``: each attack's worst case
+    without its points) and timings. A model whose two forwards differ is marked randomised first
+    (``detect_randomised``).
     """
     cfg.validate()
+    if cfg.judging != JUDGING:
+        raise ConfigError(
+            f"judging {cfg.judging} names the old judging rules (kept to read old records); this"
+            f" version measures with judging {JUDGING}"
+        )
     done = store.done() if store is not None else set()
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
+    detect_randomised(model, x)  # a stochastic model built elsewhere is judged and attacked as random
     jobs = [(r, s, e) for r in range(cfg.runs) for s in cfg.settings() for e in cfg.eps]
     jobs = [j for j in jobs if (j[0], j[1][0], float(j[1][1]), int(j[1][2]), float(j[2])) not in done]
     # Under torchrun each rank takes every world-th (run, setting, eps) job on all examples, so every
@@ -272,7 +305,7 @@ def evaluate(
             attacks,
             gen,
             batch_size=cfg.batch_size,
-            keep_adversarial=cfg.convergence_check,
+            keep_adversarial=cfg.check_examples > 0 and is_randomised(defended),  # checks' tolerance
             cascade=cfg.cascades(),
             judgements=cfg.judgements,
             on_attack=lambda name, row=row: bar.set_postfix_str(f"{row}: {name}"),
@@ -281,7 +314,6 @@ def evaluate(
         bar.set_postfix_str(f"{row}: cross-checks")
         checks, robust = _checks(cfg, model, defended, vote, sigma, eps, x, y, result, gen)
         acc = result.accuracy
-        strongest = strongest_attack(acc, result.clean_accuracy, cfg.cascades())
         records.append(
             {
                 "run": run,
@@ -296,10 +328,14 @@ def evaluate(
                 "worst_case": robust.sum().item() / max(int(x.shape[0]), 1),
                 "worst_case_attacks": result.worst_case_accuracy,
                 "counted_checks": list(COUNTED_CHECKS),
-                "strongest": strongest,
+                "strongest": result.strongest,
+                "strongest_rule": result.strongest_rule,
+                "without": {name: round(v, 6) for name, v in result.without.items()},
                 "cascade": cfg.cascades(),
                 "budget": _budgets(attacks),
                 "checks": checks,
+                "checks_off": cfg.checks_off(),
+                "judging": cfg.judging,
                 "seconds": time.time() - start,
                 "attack_seconds": attack_seconds,
                 "attack_time": {

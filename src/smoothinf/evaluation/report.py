@@ -8,6 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
+from smoothinf.evaluation.config import checks_switched_off
+
+OLD_JUDGING = " (old judging)"
+"""Marks a row measured with judging 1 (records without a ``judging`` key): see ``JUDGING_TEXT``."""
+JUDGING_TEXT = (
+    "Rows marked (old judging) were measured under judging 1, before issue 38: a randomised row's "
+    "worst case was the minimum of noisy estimates over the attacks and checks (biased low), not "
+    "the chosen point valued with fresh judgements."
+)
+RULE_TEXT = {
+    "alone": "the attack that alone leaves the lowest accuracy",
+    "without": "in a cascade, the attack without whose points the worst case (over the points judged) "
+    "would rise most",
+    "drop": "in a cascade (records written before issue 38), the attack that fooled the most of what the "
+    "earlier attacks had left, which favours the attacks that run first",
+}
+
 
 def setting_name(vote: str, sigma: float, m: int) -> str:
     return "base (no smoothing)" if vote == "none" else f"{vote} sigma={sigma:g} m={m}"
@@ -27,6 +44,7 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
         names = list(dict.fromkeys(a for r in rs for a in r["attacks"]))  # in the order they ran
         attacks = {a: _mean_std([r["attacks"][a] for r in rs if a in r["attacks"]]) for a in names}
         cascade = bool(rs[0].get("cascade"))
+        rules = [r.get("strongest_rule", "drop" if cascade else "alone") for r in rs]
         rows[key] = {
             "runs": len(rs),
             "n": rs[0]["n"],
@@ -40,12 +58,47 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
                 if attacks
                 else "-"
             ),
+            "strongest_rule": statistics.mode(rules),
+            "judging": min(int(r.get("judging", 1)) for r in rs),
+            "checks_off": checks_off(rs[0]),
             "budget": rs[0].get("budget", {}),
             "checks": _merge_checks([r.get("checks", {}) for r in rs]),
             "seconds": _mean_std([r["seconds"] for r in rs]) if all("seconds" in r for r in rs) else None,
             "attack_time": _mean_attack_time(rs),
         }
     return rows
+
+
+def checks_off(record: dict) -> dict[str, str]:
+    """Cross-check -> the setting that switched it off, as the record states it (records written
+    before ``checks_off``: read from their config; nothing when that says nothing)."""
+    if "checks_off" in record:
+        return dict(record["checks_off"])
+    cfg = record.get("config") or {}
+    return checks_switched_off(cfg) if "check_examples" in cfg else {}
+
+
+def checks_off_text(rows: dict[tuple, dict]) -> str:
+    """ "Cross-checks off: ..." naming each switched-off check and the setting that did it ("" when
+    every check ran)."""
+    by_reason: dict[str, set[str]] = defaultdict(set)
+    for row in rows.values():
+        for name, reason in row.get("checks_off", {}).items():
+            by_reason[reason].add(name)
+    if not by_reason:
+        return ""
+    parts = [f"{', '.join(sorted(names))} ({reason})" for reason, names in sorted(by_reason.items())]
+    return (
+        f"Cross-checks off: {'; '.join(parts)}, a choice made for this evaluation: the worst case holds "
+        "only the attacks above, unchecked against the reference's AutoAttack, a black-box attack "
+        "or a doubled budget."
+    )
+
+
+def strongest_text(rows: dict[tuple, dict]) -> str:
+    """What the ``strongest`` column names, for the rules the rows used."""
+    rules = sorted({row.get("strongest_rule", "alone") for row in rows.values()})
+    return "Strongest: " + "; ".join(f'{RULE_TEXT.get(rule, rule)} (rule "{rule}")' for rule in rules) + "."
 
 
 def _mean_attack_time(records: list[dict]) -> dict[str, tuple[float, float]]:
@@ -162,7 +215,8 @@ def markdown_table(rows: dict[tuple, dict]) -> str:
     head = ["setting", "eps", "runs", "clean"] + names + ["worst case", "strongest", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (vote, sigma, m, eps), row in _in_table_order(rows):
-        cells = [setting_name(vote, sigma, m), f"{eps:g}", str(row["runs"]), _pm(row["clean"])]
+        name = setting_name(vote, sigma, m) + (OLD_JUDGING if row.get("judging", 1) == 1 else "")
+        cells = [name, f"{eps:g}", str(row["runs"]), _pm(row["clean"])]
         cells += [_pm(row["attacks"][a]) if a in row["attacks"] else "-" for a in names]
         cells += [_pm(row["worst_case"]), row["strongest"], row_flags(row)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -208,7 +262,8 @@ def plot_sigma_sweep(rows: dict[tuple, dict], path: Path) -> Path | None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
-    axes[1].legend(fontsize=8)
+    if curves:
+        axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -306,16 +361,24 @@ def write_report(
             f"{records[0]['n']} examples), {runs_text(records)}, attacks "
             f"{', '.join(cfg['attacks'])} (budgets below). Accuracies in %, mean ± std over "
             "runs; the worst case counts an example as robust only if every attack failed on it, judged by "
-            "the defended (smoothed) classifier with fresh noise; it includes the successes of the "
-            "AutoAttack and black-box cross-checks on their subset."
+            "the defended (smoothed) classifier with fresh noise (for a randomised row: each example's "
+            "strongest point, chosen on one set of judgements and valued on an independent one); it "
+            "includes what the cross-checks found on their subset."
             + (
                 " Attacks ran as a cascade (each only on the examples the earlier ones left robust): "
                 "an attack's column is the robust accuracy after it and every attack left of it."
                 if records[0].get("cascade")
                 else ""
-            ),
+            )
+            + " "
+            + strongest_text(rows),
             "",
         ]
+        if any(row.get("judging", 1) == 1 for row in rows.values()):
+            parts += [JUDGING_TEXT, ""]
+        off = checks_off_text(rows)
+        if off:
+            parts += [off, ""]
     parts += ["## Robust accuracy", "", table, ""]
     budgets = budget_table(rows)
     if budgets:
@@ -325,11 +388,20 @@ def write_report(
         parts += [
             "## Cross-checks",
             "",
-            "On the first examples of each run, only where the attacks above left the example robust: "
-            "the official AutoAttack (rand for randomised rows) flags a row where it finds more; a "
-            "black-box Square attack flags suspected gradient masking; the strongest attack with twice "
-            "the steps and draws flags a row as not converged when it fools more examples than the Monte "
-            "Carlo error of the judge (the examples whose verdict flips when judged again).",
+            "On the first examples of each run, only where some judgement of an example's chosen point "
+            "was still right. Each check's points join the worst case as the attacks' do (the defended "
+            "classifier judges them once to choose, and values the chosen ones with fresh judgements); "
+            "extra fooled is how much a check lowered the worst case. The official AutoAttack runs "
+            "standard on deterministic rows; on randomised rows it runs rand's attacks (the official "
+            "APGD-CE and APGD-DLR, 100 iterations, EOT 20) on a soft surrogate averaged over the "
+            "attack's draws, and the defended classifier judges every example's best-loss point. A flag "
+            "shows that the attacks above missed points the reference's attack finds; no flag does not "
+            "prove robustness (only that this attack found nothing more), and on randomised rows the "
+            "surrogate it follows (the expected softmax) differs from the defended vote. A black-box "
+            "Square attack flags suspected gradient masking; the strongest attack with twice the steps "
+            "and draws flags a row as not converged. A randomised row flags only when a check lowers "
+            "the worst case by more than the judge's Monte Carlo error (how far two fresh judgements "
+            "of the strongest attack's points differ).",
             "",
             cross,
             "",

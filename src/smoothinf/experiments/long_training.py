@@ -402,3 +402,74 @@ def long_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
 
 
 __all__ = ["check_long_inits", "long_headline", "long_lines", "long_tasks", "load_long"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows evaluated again under judging 2 (issue 38)
+
+REJUDGED = "rejudged"
+
+
+def rejudged_path(out: str | os.PathLike, name: str) -> Path:
+    """Model ``name``'s records of its first images evaluated again under judging 2 (independent
+    judgements, the worst case valued afresh: ``smoothinf.attacks.judge``), beside its records."""
+    return Path(out) / STAGE / REJUDGED / f"{name}.jsonl"
+
+
+def _old_records_of_first(out: Path, name: str, study: StudyConfig, n: int) -> list[dict]:
+    """Model ``name``'s stage records (judging 1) of its slices within the first ``n`` images, merged
+    per (run, setting) (``merge_slices``)."""
+    long = study.long()
+    records: list[dict] = []
+    for start in [0, *long.slice_starts(name, study)]:
+        if start >= n:
+            break
+        cfg = long.eval_config(name, "-", study, start)
+        path = results_path(out, name, start)
+        got = [r for r in (read_results(path) if path.exists() else []) if _in_grid(r, cfg)]
+        records += same_evaluation(got, records[0]) if start and records else got
+    merged = merge_slices(records)[0] if records else []
+    return [r for r in merged if r["n"] == n]
+
+
+def rejudged_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
+    """A table per re-measured model: each row under judging 2 beside the same row's judging-1
+    records on the same images, with the change in points ([] without re-measured rows)."""
+    long = study.long()
+    lines: list[str] = []
+    for name in long.models if long else []:
+        path = rejudged_path(out, name)
+        if not path.exists():
+            continue
+        new = read_results(path)
+        if not new:
+            continue
+        n = new[0]["n"]
+        rows, old = aggregate(new), aggregate(_old_records_of_first(Path(out), name, study, n))
+        if not lines:
+            lines += [
+                "### Rows evaluated again under judging 2",
+                "",
+                "Judging 1 (the records above) judged a weight-noise model's own forward with one "
+                "weight-noise draw shared by up to 1024 rows (so its judgements of one image were "
+                "not independent), shared a smoothed row's weight-noise draws between its judgements, "
+                "and took each image's worst case as the minimum of its noisy estimates (biased low). "
+                "Judging 2 gives every judgement its own draws and values each image's strongest "
+                "point with fresh judgements; its AutoAttack cross-check judges rand's best-loss "
+                "points. Same weights, images, attacks and budgets; the change is judging 2 minus "
+                "judging 1, in points.",
+                "",
+                "| model | row | images | runs | clean, judging 1 | clean, judging 2 | worst case, "
+                "judging 1 | worst case, judging 2 | change | flags, judging 2 |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+        for key, r in rows.items():
+            o = old.get(key)
+            was = (_pm(o["clean"]), _pm(o["worst_case"])) if o else ("-", "-")
+            change = f"{100 * (r['worst_case'][0] - o['worst_case'][0]):+.1f}" if o else "-"
+            lines.append(
+                f"| {name} | {setting_name(*key[:3])} | {r['n']} | {r['runs']} | {was[0]} | "
+                f"{_pm(r['clean'])} | {was[1]} | **{_pm(r['worst_case'])}** | {change} | "
+                f"{row_flags(r) or '-'} |"
+            )
+    return lines + [""] if lines else []

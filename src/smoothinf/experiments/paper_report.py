@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from smoothinf.errors import ConfigError
-from smoothinf.experiments.long_training import load_long, long_headline, long_lines
+from smoothinf.experiments.long_training import load_long, long_headline, long_lines, rejudged_lines
 from smoothinf.experiments.study import (
     CASCADED,
     CERT_RADII,
@@ -1375,6 +1375,7 @@ def build_page(out: str | os.PathLike) -> str:
                 "under the same ladder, without the doubling check:",
             )
     L += long_lines(out, study)
+    L += rejudged_lines(out, study)
     # certification
     L += ["## Certified L2 accuracy (Cohen et al.)", ""]
     if res["certs"]:
