@@ -37,9 +37,11 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
+# the CPU benchmarks, then BENCHMARKS.md rebuilt from benchmarks/page_notes.md and every results file
 bench: install
 	cd benchmarks && for b in smoothing noise attacks training allocator; do \
 		../$(BIN)/python bench_$$b.py --out results/$$b.md || exit 1; done
+	$(BIN)/python benchmarks/build_page.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""The README's PGD-AT figure re-measured: configs/mnist_pgd_at.yaml, then PGD-40 and AutoAttack ``standard``.
+"""The README's PGD-AT figure re-measured: the mnist_pgd_at recipe, then PGD-40 and AutoAttack ``standard``.
 
 Trains (or reuses) the config's model, then on the first ``--examples`` MNIST test images (default:
 all 10,000) measures clean accuracy, PGD-40 (eps 0.3, step 0.01, random start; the README's
@@ -19,11 +19,12 @@ import torch
 from smoothinf.attacks import PGD, AutoAttackAdapter, preset_attacks, robust_accuracy
 from smoothinf.data import load_dataset
 from smoothinf.models import load_checkpoint
+from smoothinf.recipes import recipe_path
 from smoothinf.training.trainer import TrainConfig, train
 from smoothinf.utils import resolve_device
 from timing import emit
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "mnist_pgd_at.yaml"
+CONFIG = recipe_path("mnist_pgd_at")
 
 
 def main() -> None:
@@ -65,7 +66,7 @@ def main() -> None:
     )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [
-        f"configs/mnist_pgd_at.yaml on {name} (torch {torch.__version__}; training {train_s:.0f} s), "
+        f"recipe mnist_pgd_at on {name} (torch {torch.__version__}; training {train_s:.0f} s), "
         f"first {n} MNIST test images, eps 0.3 L_inf:",
         "",
         "| attack | clean (%) | robust (%) | seconds |",

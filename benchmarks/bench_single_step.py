@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from smoothinf import PGD, AutoAttackAdapter, build_objective, load_checkpoint, load_splits
+from smoothinf import PGD, AutoAttackAdapter, load_checkpoint
+from smoothinf.data import load_splits
+from smoothinf.training import build_objective
 from smoothinf.training.co_guard import COGuard
 from smoothinf.training.trainer import TrainConfig, train
 from timing import emit

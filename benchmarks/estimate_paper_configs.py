@@ -1,4 +1,4 @@
-"""GPU-hour estimates for the paper's CIFAR configs (configs/paper): FLOPs per step, optional timing.
+"""GPU-hour estimates for the paper's CIFAR recipes (paper_*): FLOPs per step, optional timing.
 
     python benchmarks/estimate_paper_configs.py --out docs/paper-cifar-configs.md            # FLOP estimate
     python benchmarks/estimate_paper_configs.py --device cuda --measure --out results/paper.md
@@ -28,6 +28,7 @@ from smoothinf.experiments.paper_mnist import train_passes
 from smoothinf.experiments.step_check import load_train_config, time_train_step, train_configs
 from smoothinf.models import create_model_for
 from smoothinf.noise import inject_noise
+from smoothinf.recipes import recipe_names, recipe_path
 
 TRAIN_SIZE = {"cifar10": 45_000, "cifar100": 45_000, "mnist": 50_000}
 
@@ -47,7 +48,7 @@ def forward_flops(cfg) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default="configs/paper")
+    p.add_argument("--configs", default=None, help="folder of train YAMLs (default: the paper_* recipes)")
     p.add_argument("--tflops", type=float, default=100.0, help="assumed sustained TFLOP/s")
     p.add_argument("--pass-ms", type=float, default=2.0, help="assumed floor per forward-backward pass")
     p.add_argument("--measure", action="store_true", help="time one step at the config's batch size")
@@ -56,7 +57,8 @@ def main() -> None:
     args = p.parse_args()
     head = "| config | model | epochs | passes | GFLOP/step | est. GPU h | measured s/step | h (measured) |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
-    for path in train_configs(args.configs):
+    paper = [recipe_path(n) for n in recipe_names() if n.startswith("paper_")]
+    for path in train_configs(args.configs) if args.configs else paper:
         cfg = load_train_config(path)
         passes = train_passes(cfg) + (1 if cfg.objective == "trades" else 0)
         step_flops = 3 * forward_flops(cfg) * passes * cfg.batch_size

@@ -260,9 +260,11 @@ def test_evaluate_refuses_replaced_weights_naming_the_hash(ws, tmp_path, capsys)
 
 
 def test_python_entry_points_check_input_shape_dtype_and_empty():
-    from smoothinf import SmoothedClassifier, certify, robust_accuracy
+    from smoothinf import SmoothedClassifier
+    from smoothinf.attacks import robust_accuracy
     from smoothinf.data import get_dataset_info
     from smoothinf.models import create_model_for
+    from smoothinf.smoothing import certify
 
     model = create_model_for("mnist_cnn_small", get_dataset_info("mnist")).eval()
     smoothed = SmoothedClassifier(model, 0.1, 2)

@@ -15,7 +15,7 @@ from smoothinf.evaluation import (
     EvalConfig,
     ResultsStore,
     aggregate,
-    evaluate,
+    evaluate_grid,
     markdown_table,
     read_results,
     run_sanity_checks,
@@ -113,18 +113,18 @@ def test_protocol_resume_skips_finished_rows(synthetic_model, tmp_path):
         device="cpu",
     )
     store = ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint())
-    first = evaluate(cfg, model, x, y, store, progress=False)
+    first = evaluate_grid(cfg, model, x, y, store, progress=False)
     assert len(first) == 2  # base + one smoothed setting
     assert set(first[1]["attacks"]) == {"pgd", "epgd"} and set(first[0]["attacks"]) == {"pgd"}
     for r in first:
         assert r["worst_case"] <= min(r["attacks"].values()) <= r["clean"]
     cfg.runs = 2
     store = ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint())
-    second = evaluate(cfg, model, x, y, store, progress=False)
+    second = evaluate_grid(cfg, model, x, y, store, progress=False)
     assert [r["run"] for r in second] == [1, 1]
     assert len(read_results(tmp_path / "r.jsonl")) == 4
     assert (
-        evaluate(cfg, model, x, y, ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint()), progress=False)
+        evaluate_grid(cfg, model, x, y, ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint()), progress=False)
         == []
     )
 
@@ -172,8 +172,8 @@ def test_default_preset_adds_tempered_attacks_to_hard_votes(synthetic_model):
         check_examples=0,  # not about the cross-checks: off, as a stated choice
         device="cpu",
     )
-    with_t = evaluate(EvalConfig(**common), model, x[:40], y[:40], progress=False)
-    without = evaluate(EvalConfig(**common, temperatures=[]), model, x[:40], y[:40], progress=False)
+    with_t = evaluate_grid(EvalConfig(**common), model, x[:40], y[:40], progress=False)
+    without = evaluate_grid(EvalConfig(**common, temperatures=[]), model, x[:40], y[:40], progress=False)
     by_vote = {r["vote"]: r for r in with_t}
     assert set(by_vote["hard"]["attacks"]) == {"pgd", "apgd-ce", "apgd-dlr", "apgd-ce-t0.5", "apgd-ce-t0.25"}
     assert set(by_vote["soft"]["attacks"]) == {"pgd", "apgd-ce", "apgd-dlr"}
@@ -330,7 +330,7 @@ def test_protocol_runs_transfer_and_nattack(synthetic_model, tmp_path):
         check_examples=0,  # not about the cross-checks: off, as a stated choice
         device="cpu",
     )
-    recs = evaluate(cfg, model, x[:30], y[:30], progress=False)
+    recs = evaluate_grid(cfg, model, x[:30], y[:30], progress=False)
     base = recs[0]
     assert set(base["attacks"]) == {"pgd", "transfer", "nattack"}
     # The transfer source is the model itself, so on the base model transfer is white-box PGD with

@@ -20,6 +20,7 @@ LAYERS = {
     "errors": 0,
     "utils": 0,
     "distributed": 0,
+    "recipes": 0,  # the packaged training recipes (YAML) and their lookup
     "data": 1,
     "noise": 1,
     "models": 2,  # checkpoints replay noise layers and read dataset normalisation
@@ -154,3 +155,13 @@ def test_public_names_load_on_access():
     assert set(smoothinf.__all__) <= set(dir(smoothinf))
     with pytest.raises(AttributeError, match="no attribute"):
         smoothinf.not_a_name  # noqa: B018
+
+
+def test_the_public_api_is_curated():
+    """About 15 names, each one the README uses; everything else lives under its module."""
+    import smoothinf
+
+    assert 10 <= len(smoothinf.__all__) <= 16
+    readme = (SRC.parent / "README.md").read_text()
+    unused = [name for name in smoothinf.__all__ if name not in readme]
+    assert not unused, f"public names the README never shows: {unused}"

@@ -30,16 +30,23 @@ from smoothinf.experiments.step_check import load_train_config, time_train_step,
 from smoothinf.experiments.study import correct_fraction, encode_correct, min_estimate_bias
 from smoothinf.models import create_model_for
 from smoothinf.noise import inject_noise
+from smoothinf.recipes import recipe_names, recipe_path
 from smoothinf.smoothing import SmoothedClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = train_configs(ROOT / "configs" / "paper") + train_configs(ROOT / "configs" / "paper_mnist")
+CONFIGS = [recipe_path(n) for n in recipe_names() if n.startswith("paper_")] + train_configs(
+    ROOT / "configs" / "paper_mnist"
+)
 WIDE = ("wide_resnet34_10",)
 
 
 def test_config_folders_hold_every_model():
     names = {p.stem for p in CONFIGS}
-    assert {"cifar10_resnet20_cniw", "cifar10_resnet20_cniw_ft_epgd", "cifar100_wrn34_10_pniw"} <= names
+    assert {
+        "paper_cifar10_resnet20_cniw",
+        "paper_cifar10_resnet20_cniw_ft_epgd",
+        "paper_cifar100_wrn34_10_pniw",
+    } <= names
     study = load_study(ROOT / "configs" / "paper_mnist")
     for name in study.models + study.finetunes + [study.transfer_source]:
         assert (ROOT / "configs" / "paper_mnist" / f"{name}.yaml").exists()

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smoothinf import PGD, TrainConfig, build_objective, create_model, train
+from smoothinf import PGD, TrainConfig, create_model, train
 from smoothinf.errors import ConfigError
+from smoothinf.training import build_objective
 from smoothinf.training.co_guard import COGuard, COGuardConfig
 from smoothinf.training.single_step import SingleStep, grad_align_penalty, single_step_perturbation
 
@@ -339,7 +340,7 @@ def test_cli_rejects_guard_on_multi_step_objective(tmp_path):
     "name", ["mnist_n_fgsm", "mnist_fgsm_rs", "cifar10_preact18_n_fgsm", "cifar10_preact18_fgsm_rs"]
 )
 def test_single_step_configs_validate(name):
-    cfg = TrainConfig.from_yaml(ROOT / "configs" / f"{name}.yaml")
+    cfg = TrainConfig.from_yaml(name)
     cfg.validate()
     assert cfg.objective in ("n-fgsm", "fgsm-rs")
     if name.startswith("cifar10"):

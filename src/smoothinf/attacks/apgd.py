@@ -84,7 +84,7 @@ class APGD(ExpectationPGD):
             each draw its own weight noise, so m > 1 is EOT over their noise too.
         reduce: "loss" (expectation of the loss) or "softmax" (loss of the expected softmax).
         temperature: T > 0 divides every draw's logits first; T < 1 with reduce="softmax" follows
-            the hard vote's tally (measured much stronger against prediction voting: BENCHMARKS.md).
+            the hard vote's tally (measured much stronger against prediction voting: docs/attack-strength.md).
         loss: "ce" | "cw" | "dlr" | callable. targeted: y holds targets, their loss is minimised.
         target_classes: T > 0 runs APGD-T over the T most likely wrong classes (untargeted goal).
         restarts: runs from fresh random starts (each on the examples not yet fooled).

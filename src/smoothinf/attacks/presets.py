@@ -13,11 +13,8 @@
 - with ``temperatures`` (``smoothinf evaluate`` passes them to the randomised rows judged by a vote
   that counts argmaxes: hard, weighted, or a weight-noise model's own forward): then APGD-CE on
   the expected softmax of logits / T, once per T, named ``apgd-ce-t<T>``. It follows the hard
-  vote's tally, which the expected softmax at T = 1 does not: on three smoothed MNIST models
-  (hard@8, sigma 0.1, 100 images, 200 x 64) T 0.5 and 0.25 left 2.7-9.6 points fewer right than
-  APGD-CE at T = 1 (at most 1.2 on a fourth, hard@1), and after every other attack of the paper
-  study T 0.5 still took 0.2-3.2 points off its smoothed rows, T 0.25 then 0.3-1.7 more
-  (BENCHMARKS.md, "Tempered APGD-CE"); ``HARD_VOTE_TEMPERATURES`` are those two.
+  vote's tally, which the expected softmax at T = 1 does not; ``HARD_VOTE_TEMPERATURES`` are the two
+  measured in docs/attack-strength.md, "Tempered APGD-CE".
 ``scale`` multiplies steps and draws (2: the convergence check's doubled budget); ``restarts`` runs
 each APGD attack that many times from fresh random starts on the examples not yet fooled.
 """
@@ -37,7 +34,7 @@ from smoothinf.errors import ConfigError
 from smoothinf.noise.distributions import NoiseDistribution
 
 PRESETS = ("default",)
-# Measured to converge on smoothed MNIST models (BENCHMARKS.md): at 100 x 8 doubling still found 4
+# Measured to converge on smoothed MNIST models (docs/attack-strength.md): at 100 x 8 doubling still found 4
 # more images in 100 at sigma 0.1; at 200 x 16 doubling moved the worst case by 1 point.
 DEFAULT_STEPS = 200
 DEFAULT_DRAWS = 16

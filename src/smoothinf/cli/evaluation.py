@@ -8,7 +8,7 @@ from pathlib import Path
 
 from smoothinf.cli import add_common_args, count
 from smoothinf.errors import SmoothinfError
-from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate, read_results, write_report
+from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate_grid, read_results, write_report
 from smoothinf.evaluation.loading import load_checkpoint_and_examples, protocol_inputs
 from smoothinf.evaluation.quickstart import QuickstartConfig, run_quickstart
 from smoothinf.evaluation.slices import merge_slices
@@ -187,7 +187,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     got, identity = protocol_inputs(cfg, device)
     results = Path(args.results or Path(cfg.checkpoint).parent / "results.jsonl")
     store = ResultsStore(results, identity=identity)
-    evaluate(cfg, got.model, got.x, got.y, store)
+    evaluate_grid(cfg, got.model, got.x, got.y, store)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
         return 0
     report = write_report(store.records, args.report_dir or results.parent / "report")

@@ -7,6 +7,7 @@ import dataclasses
 
 from smoothinf.cli import add_common_args
 from smoothinf.noise import NOISE_KINDS
+from smoothinf.recipes import listing
 from smoothinf.training.objectives import OBJECTIVES
 from smoothinf.training.trainer import TrainConfig, train
 
@@ -28,7 +29,12 @@ _HELP = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model (standard, PGD-AT, TRADES, noise, EPGD-AT)")
-    p.add_argument("--config", default=None, help="YAML config; flags override its values")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="a packaged recipe's name (see --list-configs) or a YAML file; flags override its values",
+    )
+    p.add_argument("--list-configs", action="store_true", help="list the packaged recipes and exit")
     p.add_argument(
         "--resume", action="store_true", help="continue from OUT/last.pt (same settings; more epochs allowed)"
     )
@@ -73,6 +79,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.list_configs:
+        print(listing())
+        return 0
     cfg = config_from_args(args)
     metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(

@@ -1,23 +1,31 @@
-"""Evaluation protocol (repeated runs, worst case over attacks), results store, reports, quickstart."""
+"""Evaluation protocol (repeated runs, worst case over attacks), results store, reports, quickstart.
+
+``evaluate(model, x, y, eps=...)`` rates one model and returns a ``Report``; ``evaluate_grid(cfg,
+...)`` runs an ``EvalConfig``'s grid (``smoothinf evaluate``, the quickstart, the studies)."""
 
 from smoothinf.evaluation.config import EVAL_ATTACKS, EvalConfig
-from smoothinf.evaluation.protocol import build_attacks, build_defended, evaluate
+from smoothinf.evaluation.protocol import build_attacks, build_defended, evaluate_grid, evaluate_row
 from smoothinf.evaluation.report import aggregate, markdown_table, write_report
 from smoothinf.evaluation.results import ResultsStore, evaluation_identity, read_results, weights_digest
 from smoothinf.evaluation.sanity import Check, run_sanity_checks
 from smoothinf.evaluation.sweeps import ComputeSweepConfig, compute_sweep, write_compute_report
+from smoothinf.evaluation.verdict import Report, Row, evaluate
 
 __all__ = [
     "EVAL_ATTACKS",
     "Check",
     "ComputeSweepConfig",
     "EvalConfig",
+    "Report",
     "ResultsStore",
+    "Row",
     "aggregate",
     "build_attacks",
     "build_defended",
     "compute_sweep",
     "evaluate",
+    "evaluate_grid",
+    "evaluate_row",
     "evaluation_identity",
     "markdown_table",
     "read_results",

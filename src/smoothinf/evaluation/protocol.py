@@ -1,9 +1,14 @@
-"""The evaluation protocol: defended classifiers x attacks x R seeded runs, judged per example."""
+"""The evaluation protocol: defended classifiers x attacks x R seeded runs, judged per example.
+
+``evaluate_row`` evaluates one (run, setting, eps) row; ``evaluate_grid`` runs an ``EvalConfig``'s
+grid of them (resumable, distributed); ``smoothinf.evaluation.verdict.evaluate`` runs one model's
+rows and returns a ``Report``."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,6 +37,7 @@ from smoothinf.evaluation.report import setting_name
 from smoothinf.evaluation.results import COUNTED_CHECKS, ResultsStore
 from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import SmoothedClassifier
+from smoothinf.utils import model_device
 
 
 def build_defended(model: nn.Module, vote: str, sigma: float, m: int, noise: str = "gaussian") -> nn.Module:
@@ -141,7 +147,7 @@ def strongest_attack(acc: dict[str, float], clean: float, cascade: bool) -> str 
     """The strongest attack from accuracies alone, for merged slices (``evaluation.slices``), whose
     records keep no per-example points: the lowest accuracy; in a cascade (cumulative accuracies),
     the attack that fooled the most examples the earlier attacks had left, which favours the
-    first attacks. ``evaluate`` names ``RobustResult.strongest`` instead (``strongest_rule``)."""
+    first attacks. ``evaluate_row`` names ``RobustResult.strongest`` instead (``strongest_rule``)."""
     if not acc:
         return None
     if not cascade:
@@ -249,7 +255,118 @@ def _checks(
     return checks, worst.value.clone()
 
 
-def evaluate(
+Setting = tuple[str, float, int]
+"""A row's smoothing setting (vote, sigma in pixel units, m draws); ("none", 0.0, 1) is the base model."""
+
+
+@dataclass
+class RowResult:
+    """One evaluated row (run, setting, eps): ``record``, the JSON-friendly dict ``evaluate_grid``
+    stores (its keys are the results files' schema), and ``robust``, each example's worst case
+    (N,) float in [0, 1]: P(correct) at its strongest point, cross-checks' finds included."""
+
+    record: dict
+    robust: torch.Tensor
+
+
+def grid_jobs(cfg: EvalConfig) -> list[tuple[int, Setting, float]]:
+    """The (run, setting, eps) rows of ``cfg`` in the order they run: by run, then setting, then eps."""
+    return [(r, s, e) for r in range(cfg.runs) for s in cfg.settings() for e in cfg.eps]
+
+
+def prepare_inputs(
+    cfg: EvalConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``cfg`` (and that it measures with ``JUDGING``), move (x, y) to the model's device
+    and mark a model whose two forwards differ as randomised (``detect_randomised``)."""
+    cfg.validate()
+    if cfg.judging != JUDGING:
+        raise ConfigError(
+            f"judging {cfg.judging} names the old judging rules (kept to read old records); this"
+            f" version measures with judging {JUDGING}"
+        )
+    device = model_device(model)
+    x, y = x.to(device), y.to(device)
+    detect_randomised(model, x)  # a stochastic model built elsewhere is judged and attacked as random
+    return x, y
+
+
+def evaluate_row(
+    cfg: EvalConfig,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    run: int,
+    setting: Setting,
+    eps: float,
+    *,
+    source: nn.Module | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> RowResult:
+    """Evaluate one row of the protocol: base ``model`` defended by ``setting`` (``build_defended``),
+    attacked under ``cfg``'s attacks at ``eps`` (pixel units, L_inf) on (x, y) ((N, C, H, W) in
+    [0, 1] and (N,) labels, on the model's device: ``prepare_inputs``), judged by the defended
+    classifier, then cross-checked (``_checks``). The generator is seeded ``cfg.seed + run``.
+    ``source``: the transfer attack's source model; ``on_step`` is called with each attack's name as
+    it starts, then with "cross-checks"."""
+    vote, sigma, m = setting
+    seed = cfg.seed + run
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    start = time.time()
+    defended = build_defended(model, vote, sigma, m, cfg.noise)
+    attacks = build_attacks(model, cfg, vote, sigma, eps, defended, source)
+    result = robust_accuracy(
+        defended,
+        x,
+        y,
+        attacks,
+        gen,
+        batch_size=cfg.batch_size,
+        keep_adversarial=cfg.check_examples > 0 and is_randomised(defended),  # checks' tolerance
+        cascade=cfg.cascades(),
+        judgements=cfg.judgements,
+        on_attack=on_step,
+    )
+    attack_seconds = time.time() - start
+    if on_step is not None:
+        on_step("cross-checks")
+    checks, robust = _checks(cfg, model, defended, vote, sigma, eps, x, y, result, gen)
+    acc = result.accuracy
+    record = {
+        "run": run,
+        "seed": seed,
+        "vote": vote,
+        "sigma": float(sigma),
+        "m": int(m),
+        "eps": float(eps),
+        "n": int(x.shape[0]),
+        "clean": result.clean_accuracy,
+        "attacks": acc,
+        "worst_case": robust.sum().item() / max(int(x.shape[0]), 1),
+        "worst_case_attacks": result.worst_case_accuracy,
+        "counted_checks": list(COUNTED_CHECKS),
+        "strongest": result.strongest,
+        "strongest_rule": result.strongest_rule,
+        "without": {name: round(v, 6) for name, v in result.without.items()},
+        "cascade": cfg.cascades(),
+        "budget": _budgets(attacks),
+        "checks": checks,
+        "checks_off": cfg.checks_off(),
+        "judging": cfg.judging,
+        "seconds": time.time() - start,
+        "attack_seconds": attack_seconds,
+        "attack_time": {
+            name: {"examples": result.attacked[name], "seconds": round(result.seconds[name], 3)}
+            for name in result.seconds
+        },
+        "fingerprint": cfg.fingerprint(),
+        "config": cfg.to_dict(),
+        "version": __version__,
+    }
+    return RowResult(record, robust)
+
+
+def evaluate_grid(
     cfg: EvalConfig,
     model: nn.Module,
     x: torch.Tensor,
@@ -257,7 +374,9 @@ def evaluate(
     store: ResultsStore | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Run the protocol on (x, y) and return one record per (run, setting, eps).
+    """Run the protocol over ``cfg``'s grid on (x, y): one record per (run, setting, eps) row
+    (``grid_jobs``), each ``evaluate_row``'s; the config-driven form behind ``smoothinf evaluate``,
+    the quickstart and the studies (``smoothinf.evaluation.verdict.evaluate`` is the one-model call).
 
     Records already in ``store`` are skipped (resume); new ones are appended as they finish. Each
     record holds clean accuracy, per-attack and worst-case robust accuracy of the defended
@@ -267,17 +386,10 @@ def evaluate(
     without its points) and timings. A model whose two forwards differ is marked randomised first
     (``detect_randomised``).
     """
-    cfg.validate()
-    if cfg.judging != JUDGING:
-        raise ConfigError(
-            f"judging {cfg.judging} names the old judging rules (kept to read old records); this"
-            f" version measures with judging {JUDGING}"
-        )
+    x, y = prepare_inputs(cfg, model, x, y)
+    device = x.device
     done = store.done() if store is not None else set()
-    device = next(model.parameters()).device
-    x, y = x.to(device), y.to(device)
-    detect_randomised(model, x)  # a stochastic model built elsewhere is judged and attacked as random
-    jobs = [(r, s, e) for r in range(cfg.runs) for s in cfg.settings() for e in cfg.eps]
+    jobs = grid_jobs(cfg)
     jobs = [j for j in jobs if (j[0], j[1][0], float(j[1][1]), int(j[1][2]), float(j[2])) not in done]
     # Under torchrun each rank takes every world-th (run, setting, eps) job on all examples, so every
     # record is computed exactly as one process would (same seed, same data, same draws).
@@ -290,63 +402,21 @@ def evaluate(
     mine = jobs[dist_info.rank :: dist_info.world_size]
     records = []
     bar = tqdm(mine, desc="evaluate", disable=not progress or not dist_info.is_main)
-    for run, (vote, sigma, m), eps in bar:
-        row = f"run {run}, {setting_name(vote, sigma, m)}, eps {eps:g}"
+    for run, setting, eps in bar:
+        row = f"run {run}, {setting_name(*setting)}, eps {eps:g}"
         bar.set_postfix_str(row)
-        seed = cfg.seed + run
-        gen = torch.Generator(device=device).manual_seed(seed)
-        start = time.time()
-        defended = build_defended(model, vote, sigma, m, cfg.noise)
-        attacks = build_attacks(model, cfg, vote, sigma, eps, defended, source)
-        result = robust_accuracy(
-            defended,
+        result = evaluate_row(
+            cfg,
+            model,
             x,
             y,
-            attacks,
-            gen,
-            batch_size=cfg.batch_size,
-            keep_adversarial=cfg.check_examples > 0 and is_randomised(defended),  # checks' tolerance
-            cascade=cfg.cascades(),
-            judgements=cfg.judgements,
-            on_attack=lambda name, row=row: bar.set_postfix_str(f"{row}: {name}"),
+            run,
+            setting,
+            eps,
+            source=source,
+            on_step=lambda s, r=row: bar.set_postfix_str(f"{r}: {s}"),
         )
-        attack_seconds = time.time() - start
-        bar.set_postfix_str(f"{row}: cross-checks")
-        checks, robust = _checks(cfg, model, defended, vote, sigma, eps, x, y, result, gen)
-        acc = result.accuracy
-        records.append(
-            {
-                "run": run,
-                "seed": seed,
-                "vote": vote,
-                "sigma": float(sigma),
-                "m": int(m),
-                "eps": float(eps),
-                "n": int(x.shape[0]),
-                "clean": result.clean_accuracy,
-                "attacks": acc,
-                "worst_case": robust.sum().item() / max(int(x.shape[0]), 1),
-                "worst_case_attacks": result.worst_case_accuracy,
-                "counted_checks": list(COUNTED_CHECKS),
-                "strongest": result.strongest,
-                "strongest_rule": result.strongest_rule,
-                "without": {name: round(v, 6) for name, v in result.without.items()},
-                "cascade": cfg.cascades(),
-                "budget": _budgets(attacks),
-                "checks": checks,
-                "checks_off": cfg.checks_off(),
-                "judging": cfg.judging,
-                "seconds": time.time() - start,
-                "attack_seconds": attack_seconds,
-                "attack_time": {
-                    name: {"examples": result.attacked[name], "seconds": round(result.seconds[name], 3)}
-                    for name in result.seconds
-                },
-                "fingerprint": cfg.fingerprint(),
-                "config": cfg.to_dict(),
-                "version": __version__,
-            }
-        )
+        records.append(result.record)
         if store is not None and not dist_info.enabled:
             store.append(records[-1])
     if dist_info.enabled:

@@ -13,7 +13,7 @@ import torch
 
 from smoothinf.data import load_dataset
 from smoothinf.evaluation.config import EvalConfig
-from smoothinf.evaluation.protocol import evaluate
+from smoothinf.evaluation.protocol import evaluate_grid
 from smoothinf.evaluation.report import write_report
 from smoothinf.evaluation.results import ResultsStore, evaluation_identity
 from smoothinf.evaluation.sanity import run_sanity_checks
@@ -90,7 +90,7 @@ def run_quickstart(qc: QuickstartConfig) -> Path:
     )
     identity = evaluation_identity(cfg, meta["weights_sha256"], x, y, device)  # a retrained model
     store = ResultsStore(out / "results.jsonl", identity=identity)  # never mixes with old rows
-    evaluate(cfg, model, x, y, store)
+    evaluate_grid(cfg, model, x, y, store)
     sanity = [c.line() for c in run_sanity_checks(model, x[:200].to(device), y[:200].to(device), 0.3)]
     nc = x.shape[0] if qc.full else qc.certify_examples
     xc, yc = test.tensors(nc)

@@ -20,7 +20,7 @@ import yaml
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.loading import protocol_inputs
-from smoothinf.evaluation.protocol import evaluate
+from smoothinf.evaluation.protocol import evaluate_grid
 from smoothinf.evaluation.report import aggregate, row_flags, setting_name
 from smoothinf.evaluation.results import ResultsStore, fingerprint_of, read_results
 from smoothinf.evaluation.slices import merge_slices, same_evaluation
@@ -97,7 +97,7 @@ def long_eval_job(out: Path, name: str, study: StudyConfig, first_example: int, 
     def work():
         set_aside_foreign_rows(results, fingerprint_of(identity))  # other weights, data or settings
         store = ResultsStore(results, identity=identity)
-        evaluate(cfg, got.model, got.x, got.y, store)
+        evaluate_grid(cfg, got.model, got.x, got.y, store)
 
     fp = fingerprint({"identity": identity, "grid": grid})
     run_step(out, f"{STAGE}/eval/{_slice_name(name, first_example)}", fp, [results], work, log, discard=False)
@@ -410,10 +410,12 @@ __all__ = ["check_long_inits", "long_headline", "long_lines", "long_tasks", "loa
 REJUDGED = "rejudged"
 
 
-def rejudged_path(out: str | os.PathLike, name: str) -> Path:
-    """Model ``name``'s records of its first images evaluated again under judging 2 (independent
-    judgements, the worst case valued afresh: ``smoothinf.attacks.judge``), beside its records."""
-    return Path(out) / STAGE / REJUDGED / f"{name}.jsonl"
+def rejudged_path(out: str | os.PathLike, name: str, first_example: int = 0, judging: int = 2) -> Path:
+    """Model ``name``'s records evaluated again for issue 38 (the stage's settings): under judging 2
+    (independent judgements, the worst case valued afresh: ``smoothinf.attacks.judge``) in slices
+    from ``first_example``, or under judging 1 on the same weights (``judging=1``)."""
+    stem = _slice_name(name, first_example) + ("" if judging == 2 else ".judging1")
+    return Path(out) / STAGE / REJUDGED / f"{stem}.jsonl"
 
 
 def _old_records_of_first(out: Path, name: str, study: StudyConfig, n: int) -> list[dict]:
@@ -432,44 +434,71 @@ def _old_records_of_first(out: Path, name: str, study: StudyConfig, n: int) -> l
     return [r for r in merged if r["n"] == n]
 
 
+def _read(path: Path) -> list[dict]:
+    return read_results(path) if path.exists() else []
+
+
+def _rejudged_sources(out: Path, name: str, study: StudyConfig) -> list[tuple[str, int, list[dict]]]:
+    """(what, judging, records) of model ``name``: the stage's records and its re-measurements, on
+    the first 100 images and, where measured, the first 200."""
+    first = _read(rejudged_path(out, name))
+    second = _read(rejudged_path(out, name, 100))
+    again = _read(rejudged_path(out, name, judging=1))
+    sources = [(f"stage, first {n}", 1, _old_records_of_first(out, name, study, n)) for n in (100, 200)]
+    sources += [("retrained, first 100", 1, again), ("retrained, first 100", 2, first)]
+    if second:
+        sources.append(("retrained, first 200", 2, merge_slices(first + second)[0]))
+    return [(what, judging, records) for what, judging, records in sources if records]
+
+
 def rejudged_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
-    """A table per re-measured model: each row under judging 2 beside the same row's judging-1
-    records on the same images, with the change in points ([] without re-measured rows)."""
+    """Per re-measured model: its rows under judging 1 and 2, each with the weights it measured,
+    and the change judging 2 makes on the same weights and images ([] without re-measured rows)."""
     long = study.long()
     lines: list[str] = []
     for name in long.models if long else []:
-        path = rejudged_path(out, name)
-        if not path.exists():
+        if not rejudged_path(out, name).exists():
             continue
-        new = read_results(path)
-        if not new:
-            continue
-        n = new[0]["n"]
-        rows, old = aggregate(new), aggregate(_old_records_of_first(Path(out), name, study, n))
+        sources = _rejudged_sources(Path(out), name, study)
         if not lines:
             lines += [
                 "### Rows evaluated again under judging 2",
                 "",
-                "Judging 1 (the records above) judged a weight-noise model's own forward with one "
-                "weight-noise draw shared by up to 1024 rows (so its judgements of one image were "
-                "not independent), shared a smoothed row's weight-noise draws between its judgements, "
-                "and took each image's worst case as the minimum of its noisy estimates (biased low). "
-                "Judging 2 gives every judgement its own draws and values each image's strongest "
-                "point with fresh judgements; its AutoAttack cross-check judges rand's best-loss "
-                "points. Same weights, images, attacks and budgets; the change is judging 2 minus "
-                "judging 1, in points.",
+                "Judging 1 (the stage's records above) judged a weight-noise model's own forward with one "
+                "weight-noise draw shared by up to 1024 rows, so the judgements of one image were not "
+                "independent; a smoothed row's judgements shared their weight-noise draws; and each "
+                "image's worst case was the minimum of its noisy estimates (biased low). Judging 2 "
+                "gives every judgement its own draws and values each image's strongest point with "
+                "fresh judgements; its AutoAttack cross-check judges rand's best-loss points. Same "
+                "attacks, budgets and settings as the stage. Retrained: the stage's recipe trained "
+                "again (its checkpoint is not kept), whose weights differ from the stage's (weights "
+                "column: the first 8 hex digits of their sha256), so judging 1 was measured again on "
+                "them to compare like with like.",
                 "",
-                "| model | row | images | runs | clean, judging 1 | clean, judging 2 | worst case, "
-                "judging 1 | worst case, judging 2 | change | flags, judging 2 |",
+                "| model | row | weights | what | judging | images | runs | clean | worst case | flags |",
                 "|---|---|---|---|---|---|---|---|---|---|",
             ]
-        for key, r in rows.items():
-            o = old.get(key)
-            was = (_pm(o["clean"]), _pm(o["worst_case"])) if o else ("-", "-")
-            change = f"{100 * (r['worst_case'][0] - o['worst_case'][0]):+.1f}" if o else "-"
+        rows = {(what, judging): aggregate(records) for what, judging, records in sources}
+        weights = {
+            (what, judging): records[0]["identity"]["weights_sha256"][:8]
+            for what, judging, records in sources
+        }
+        for key in sorted({k for agg in rows.values() for k in agg}, key=lambda k: (k[0] != "none", k)):
+            for (what, judging), agg in rows.items():
+                r = agg.get(key)
+                if r is not None:
+                    lines.append(
+                        f"| {name} | {setting_name(*key[:3])} | {weights[(what, judging)]} | {what} | "
+                        f"{judging} | {r['n']} | {r['runs']} | {_pm(r['clean'])} | "
+                        f"**{_pm(r['worst_case'])}** | {row_flags(r) or '-'} |"
+                    )
+        j1, j2 = rows.get(("retrained, first 100", 1), {}), rows.get(("retrained, first 100", 2), {})
+        for key in [k for k in j2 if k in j1]:
+            change = 100 * (j2[key]["worst_case"][0] - j1[key]["worst_case"][0])
+            lines.append("")
             lines.append(
-                f"| {name} | {setting_name(*key[:3])} | {r['n']} | {r['runs']} | {was[0]} | "
-                f"{_pm(r['clean'])} | {was[1]} | **{_pm(r['worst_case'])}** | {change} | "
-                f"{row_flags(r) or '-'} |"
+                f"{name}, {setting_name(*key[:3])}, same weights and first 100 images: judging 2 moves "
+                f"the worst case by {change:+.1f} points ({_pm(j1[key]['worst_case'])} to "
+                f"{_pm(j2[key]['worst_case'])})."
             )
     return lines + [""] if lines else []

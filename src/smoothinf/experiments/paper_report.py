@@ -563,7 +563,7 @@ def plateau_headline(pt: dict | None) -> list[str]:
         + (f" (its base model: {_fmt(base['worst'])})." if base else ".")
         + " Independent runs still find a little more on the hard vote (four more runs of the plateau "
         "pair take ft_epgd hard@8 at sigma 0.1 another 0.9-1.0 points down, beyond judging noise: "
-        "BENCHMARKS.md, 'Restarts on the headline row'), so these are upper bounds too. "
+        "docs/attack-strength.md, 'Restarts on the headline row'), so these are upper bounds too. "
         "See 'Claims 1, 3, 4 and 6 under a converged budget'."
     ]
 
@@ -581,7 +581,7 @@ def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> 
     tempered = (
         ", then APGD-CE on the expected softmax of logits / "
         + (ran[0] if len(ran) == 1 else f"T for T = {', '.join(ran)} in turn")
-        + " (a surrogate of the hard vote's tally: 'Tempered APGD-CE' in BENCHMARKS.md)"
+        + " (a surrogate of the hard vote's tally: 'Tempered APGD-CE' in docs/attack-strength.md)"
         if ran
         else ""
     )
@@ -589,7 +589,8 @@ def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> 
         f"## Claims 1, 3, 4 and 6 under a converged budget (first {n} images)",
         "",
         f"The grid's APGD budget ({study.apgd_steps} x {study.draws}) is not converged once input noise is "
-        "added (see 'Attack convergence' and BENCHMARKS.md: on ft_epgd at sigma 0.1 it leaves 6-7 points "
+        "added (see 'Attack convergence' and docs/attack-strength.md: on ft_epgd at sigma 0.1 it leaves "
+        "6-7 points "
         "more than the plateau). The plateau stage attacked every model's best smoothed row with input "
         f"noise (sigma > 0) and its base model with APGD-CE and APGD-DLR at {study.plateau_steps} steps x "
         f"{study.plateau_draws} draws{tempered} ({pt['gradients']} gradients per image and attack; "
@@ -597,7 +598,7 @@ def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> 
         "the steps moved the worst of the two < 1 point on ft_epgd soft@8 at sigma 0.1 (0.5), on its base "
         "(0.2), on pgd_at_input_noise hard@8 (0.2) and cni_w_pgd_at hard@1 (0.3) at sigma 0.1, but 1.8 "
         "points on ft_epgd hard@8: "
-        "BENCHMARKS.md), cascaded after every other attack of the same "
+        "docs/attack-strength.md), cascaded after every other attack of the same "
         f"row and run, on the first {n} test images of every run: {pt['seconds'] / 3600:.2f} CPU-hours "
         "of crafting and judging. Every number below is on those images; 'grid' is the worst case over "
         "all the study's other attacks (AutoAttack and Square included), '+ plateau' adds the stage's. "
@@ -605,16 +606,19 @@ def plateau_lines(res: dict, pt: dict, claims_grid: dict, claims_conv: dict) -> 
         "not on their own (doubling its steps or draws at T 0.5 moved it 1.7-3.4 points on ft_epgd and "
         "PGD-AT under input noise hard@8, but added to everything here the two doubled runs take 0.4-1.4 "
         "points: "
-        "BENCHMARKS.md, 'Tempered APGD-CE'). Restarts not quite, on the hard vote: four more independent "
+        "docs/attack-strength.md, 'Tempered APGD-CE'). Restarts not quite, on the hard vote: four more "
+        "independent "
         "runs of the CE/DLR pair after everything here (both tempered attacks included) take ft_epgd "
         "hard@8 at sigma 0.1 from 22.4 / 22.4 (runs 0 / 1) to 20.9 / 20.9, 0.9-1.0 points beyond judging "
-        "noise (1.2-1.4 with one tempered attack, 2.0-3.1 with none; BENCHMARKS.md, 'Restarts on the "
+        "noise (1.2-1.4 with one tempered attack, 2.0-3.1 with none; docs/attack-strength.md, 'Restarts "
+        "on the "
         "headline row'), PGD-AT under input noise hard@8 from 18.0 / 20.3 to 17.8 / 17.7 and TRADES "
         "hard@1 from 8.7 / 10.0 to 7.8 / 8.1 (its base: 6.5, so its 'raised' in claim 1 is fragile); two "
         "more runs take `mnist_cnn` hard@8 (one study run) only from 8.2 to 8.0 (its base: 4.8). The "
         "smoothed columns are upper bounds by about that much. Two more runs of the official AutoAttack "
         "rand with fresh seeds after everything here found at most 0.4 points more on the four smoothed "
-        "rows and three weight-noise bases tried (BENCHMARKS.md, 'Does AutoAttack find more after the "
+        "rows and three weight-noise bases tried (docs/attack-strength.md, 'Does AutoAttack find more "
+        "after the "
         "study?').",
         "",
         "| model | base: grid | base: + plateau | best smoothed (+ plateau) | smoothed: grid "
@@ -1471,7 +1475,8 @@ def build_page(out: str | os.PathLike) -> str:
     L += [
         "## CIFAR configurations",
         "",
-        "`configs/paper/` holds the paper's CIFAR-10 ResNet-20 (CNI-W, 400 epochs, three fine-tunings) "
+        "The `paper_*` recipes (`smoothinf train --list-configs`) hold the paper's CIFAR-10 ResNet-20 "
+        "(CNI-W, 400 epochs, three fine-tunings) "
         "and CIFAR-10/100 WRN-34-10 (PNI-W, PNI-W+TRADES) setups; see "
         "[paper-cifar-configs.md](paper-cifar-configs.md) for the commands and GPU-hour estimates.",
         "",

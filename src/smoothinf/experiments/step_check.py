@@ -1,6 +1,6 @@
 """One training step of any ``smoothinf train`` config on random data of the config's input shape.
 
-Used by the tests (every YAML under configs/paper and configs/paper_mnist builds and steps) and to
+Used by the tests (every `paper_*` recipe and every YAML under configs/paper_mnist builds and steps) and to
 time a step for the GPU-hour estimates of docs/paper-reproduction.md. The model is built as the
 trainer builds it (``create_model_for`` + ``inject_noise`` with the config's noise; a fine-tuning
 config's ``init`` checkpoint is not read: its noise is given in the config), the objective by

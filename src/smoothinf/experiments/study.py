@@ -202,7 +202,7 @@ class StudyConfig:
     # plateau_draws (a budget whose doubling was measured to move the worst case < 1 point),
     # cascaded after the grid's and the headline's attacks of the same row and run; each attack
     # runs plateau_restarts times from fresh random starts on the examples it has not yet fooled
-    # (steps and draws converge at 200 x 64, restarts not on the hard vote: BENCHMARKS.md)
+    # (steps and draws converge at 200 x 64, restarts not on the hard vote: docs/attack-strength.md)
     plateau_steps: int = 0
     plateau_draws: int = 0
     plateau_examples: int = 100

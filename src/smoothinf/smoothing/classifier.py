@@ -12,13 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
+from scipy.stats import norm
 from torch import nn
 
 from smoothinf.errors import SmoothinfError
 from smoothinf.models.inputs import check_model_input
 from smoothinf.noise.distributions import NoiseDistribution, as_noise
 from smoothinf.noise.draws import chunk_rows, draw_major, noise_layers, per_draw_noise, rows_for_draws
+from smoothinf.smoothing.statistics import (
+    ABSTAIN,
+    binomial_two_sided_pvalue,
+    check_abstain_vote,
+    check_alpha,
+    check_certifiable,
+    clopper_pearson_lower,
+)
 from smoothinf.smoothing.votes import VOTES, RankWeight, accumulate_votes
 
 MIN_FREQUENCY = 1e-12  # log vote frequencies are clamped here, away from -inf
@@ -170,9 +180,69 @@ class SmoothedClassifier(nn.Module):
             return torch.log(mean.clamp_min(1e-30))
         return torch.log(mean.clamp_min(MIN_FREQUENCY))
 
-    def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Smoothed prediction (N,) int64; ties break to the lowest class."""
-        return self.vote_counts(x, generator).argmax(1)
+    def predict(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        alpha: float | None = None,
+        n: int | None = None,
+    ) -> torch.Tensor:
+        """Smoothed prediction (N,) int64 of x (N, C, H, W) in [0, 1] from n draws (default m).
+
+        alpha None: argmax of the vote counts, ties to the lowest class. alpha given: Cohen et al.'s
+        PREDICT (hard vote only): -1 (abstain) where the top two counts of the n draws do not
+        differ at level alpha (two-sided binomial test).
+        """
+        if alpha is None:
+            return self.vote_counts(x, generator, m=n).argmax(1)
+        check_abstain_vote(self.vote)
+        check_alpha(alpha)
+        counts = self.vote_counts(x, generator, m=self.m if n is None else _check_count("n", n))
+        top2 = counts.topk(2, dim=1)
+        n_a = top2.values[:, 0].round().long().cpu().numpy()
+        n_b = top2.values[:, 1].round().long().cpu().numpy()
+        pvalue = torch.from_numpy(binomial_two_sided_pvalue(n_a, n_b))
+        pred = top2.indices[:, 0].clone()
+        pred[(pvalue > alpha).to(pred.device)] = ABSTAIN
+        return pred
+
+    def certify(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cohen et al.'s CERTIFY of x (N, C, H, W) in [0, 1]: n0 draws select c_A, n fresh draws
+        count n_A, p_A_lower is the one-sided Clopper-Pearson bound at level 1 - alpha; returns
+        (pred (N,) int64, -1 = abstain where p_A_lower < 1/2; L2 radius sigma * Phi^-1(p_A_lower)
+        (N,) float64, pixel units, 0 on abstain). Hard vote and Gaussian noise only; the
+        classifier's m is not used; ``batch_size`` bounds the rows of a forward (default: its own).
+        With probability >= 1 - alpha the hard-vote smoothed classifier returns c_A everywhere within
+        the radius (Cohen, Rosenfeld, Kolter 2019, Theorem 1)."""
+        check_abstain_vote(self.vote)
+        check_certifiable(self.noise)
+        if self.sigma <= 0:
+            raise SmoothinfError(f"certification needs sigma > 0, got {self.sigma}")
+        for name, value in (("n0", n0), ("n", n)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SmoothinfError(f"{name} must be an integer >= 1, got {value!r}")
+        check_alpha(alpha)
+        saved, self.batch_size = self.batch_size, self.batch_size if batch_size is None else batch_size
+        try:
+            c_a = self.vote_counts(x, generator, m=n0).argmax(1)
+            counts = self.vote_counts(x, generator, m=n)
+        finally:
+            self.batch_size = saved
+        n_a = counts.gather(1, c_a[:, None])[:, 0].round().cpu().numpy()
+        p_lower = clopper_pearson_lower(n_a, n, alpha)
+        radius = np.where(p_lower >= 0.5, self.sigma * norm.ppf(np.clip(p_lower, 0.5, 1.0)), 0.0)
+        pred = c_a.cpu().clone()
+        pred[torch.from_numpy(p_lower < 0.5)] = ABSTAIN
+        return pred, torch.from_numpy(radius)
 
     def predict_topk(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Top-k classes (N, k) int64, answer 0 = ``predict(x)`` for every vote (same generator state).

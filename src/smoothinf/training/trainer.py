@@ -18,6 +18,7 @@ from smoothinf.models import create_model_for, list_models, load_checkpoint, sav
 from smoothinf.models.inputs import check_model_input
 from smoothinf.models.state import apply_state_dict
 from smoothinf.noise import NOISE_KINDS, inject_noise, input_noise_std, mean_noise_level, param_groups
+from smoothinf.recipes import resolve_config
 from smoothinf.training.co_guard import COGuard, COGuardConfig
 from smoothinf.training.objectives import (
     INPUT_NOISE_OBJECTIVES,
@@ -157,8 +158,9 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
-        """Load from YAML; non-None ``overrides`` (CLI flags) win; unknown keys are errors."""
-        return dataclass_from_yaml(cls, path, **overrides)
+        """Load from a YAML file or a packaged recipe's name (``"mnist_pgd_at"``, see
+        ``smoothinf.recipes``); non-None ``overrides`` (CLI flags) win; unknown keys are errors."""
+        return dataclass_from_yaml(cls, resolve_config(path), **overrides)
 
     def to_yaml(self, path: str | os.PathLike) -> None:
         import yaml
