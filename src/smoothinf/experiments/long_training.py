@@ -278,6 +278,11 @@ def long_headline(
     ]
     if noisy_rows and all(r["worst_case"][0] < base["worst_case"][0] for r, base in noisy_rows):
         words.append("**Every long-trained row with input noise is below its base model's worst case.**")
+    if any(rejudged_path(out, name).exists() for name in found):
+        words.append(
+            "These rows were measured under judging 1 (before issue 38); 'Rows evaluated again under "
+            "judging 2' below measures the change on the first images."
+        )
     return L + [" ".join(words), ""]
 
 
@@ -483,7 +488,8 @@ def rejudged_lines(out: str | os.PathLike, study: StudyConfig) -> list[str]:
             (what, judging): records[0]["identity"]["weights_sha256"][:8]
             for what, judging, records in sources
         }
-        for key in sorted({k for agg in rows.values() for k in agg}, key=lambda k: (k[0] != "none", k)):
+        again = {k for (_, judging), agg in rows.items() if judging == 2 for k in agg}  # re-measured rows
+        for key in sorted(again, key=lambda k: (k[0] != "none", k)):
             for (what, judging), agg in rows.items():
                 r = agg.get(key)
                 if r is not None:
