@@ -1,16 +1,14 @@
 """Smoothed inference (batched Monte Carlo votes) and L2 certification."""
 
-from smoothinf.smoothing.certify import (
+from smoothinf.smoothing.certify import certified_accuracy, certify, predict_with_abstain
+from smoothinf.smoothing.classifier import SmoothedClassifier
+from smoothinf.smoothing.statistics import (
     ABSTAIN,
     binomial_two_sided_pvalue,
-    certified_accuracy,
-    certify,
     check_abstain_vote,
     check_certifiable,
     clopper_pearson_lower,
-    predict_with_abstain,
 )
-from smoothinf.smoothing.classifier import SmoothedClassifier
 from smoothinf.smoothing.votes import (
     VOTES,
     apply_vote,

@@ -19,26 +19,9 @@ import torch
 from smoothinf.errors import SmoothinfError
 from smoothinf.noise.distributions import NoiseDistribution
 from smoothinf.smoothing.classifier import SmoothedClassifier
-from smoothinf.smoothing.statistics import (
-    ABSTAIN,
-    binomial_two_sided_pvalue,
-    check_abstain_vote,
-    check_alpha,
-    check_certifiable,
-    clopper_pearson_lower,
-)
+from smoothinf.smoothing.statistics import check_certifiable
 
-__all__ = [
-    "ABSTAIN",
-    "binomial_two_sided_pvalue",
-    "certified_accuracy",
-    "certify",
-    "check_abstain_vote",
-    "check_alpha",
-    "check_certifiable",
-    "clopper_pearson_lower",
-    "predict_with_abstain",
-]
+__all__ = ["certified_accuracy", "certify", "predict_with_abstain"]
 
 
 def predict_with_abstain(
