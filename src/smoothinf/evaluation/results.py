@@ -304,3 +304,26 @@ def read_results(path: str | os.PathLike) -> list[dict]:
             " a report would average them: split the file by fingerprint"
         )
     return records
+
+
+def read_jsonl(path: str | os.PathLike, missing_ok: bool = True) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-blank line ([] when absent and ``missing_ok``).
+
+    The one reader of the library's JSONL files (results, metrics, step states); a line that is not
+    JSON is an error naming the file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        if missing_ok:
+            return []
+        raise ConfigError(f"{path} not found")
+    records = []
+    with path.open(encoding="utf-8", errors="strict") as handle:
+        for i, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ConfigError(f"{path}:{i}: not a JSON line; remove that line or the file") from None
+    return records
