@@ -42,7 +42,7 @@ def main() -> None:
     model, _ = load_checkpoint(args.checkpoint)
     model.eval()
     judge = SmoothedClassifier(model, 0.0, args.m, "soft")
-    attack = preset_attacks("default", model, args.eps, judge=judge, steps=args.steps, draws=args.draws)
+    attack = preset_attacks("default", model, args.eps, judge=judge, steps=args.steps, attack_m=args.draws)
     attacks = dict(attack)
     x_adv = attacks["apgd-ce"](x, y, torch.Generator().manual_seed(args.seed))
     marks = [j for j in (1, 2, 4, 8, 16, 32, 64) if j <= args.judgements]

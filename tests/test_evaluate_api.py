@@ -14,8 +14,8 @@ from test_protocol_checks import _data, _linear10
 
 SIGMA = 0.05
 # Small budgets: the preset's APGD at 5 steps x 2 draws, 4 judgements, 8 images.
-SMALL = dict(steps=5, draws=2, judgements=4, device="cpu")
-FAST = dict(SMALL, steps=1, draws=1, judgements=1)
+SMALL = dict(steps=5, attack_m=2, judgements=4, device="cpu")
+FAST = dict(SMALL, steps=1, attack_m=1, judgements=1)
 GRID = dict(eps=[0.1], attacks=["default"], apgd_steps=5, attack_m=2, judgements=4, device="cpu")
 TIMING = ("seconds", "attack_seconds", "attack_time", "checks", "version")
 RECORD_KEYS = sorted(

@@ -4,7 +4,7 @@
 - every row: PGD-20 on the base model (the paper's attack, cheap; a reference point);
 - smoothed rows (sigma > 0): APGD-CE on the loss of the expected softmax (SmoothAdv-style) and
   APGD-DLR on the expectation of the loss (EOT-style), both through the smoothing noise and the
-  model's own weight noise with ``draws`` draws per step (200 steps x 16 draws by default),
+  model's own weight noise with ``attack_m`` draws per step (200 steps x 16 draws by default),
   judged by the defended classifier;
 - unsmoothed rows of a randomised model (PNI/CNI weight noise, or one marked randomised by
   ``judge.detect_randomised``): the same two APGD runs, EOT over its own noise only;
@@ -55,7 +55,7 @@ def preset_attacks(
     noise: NoiseDistribution | float | None = None,
     judge: nn.Module | JudgeFn | None = None,
     steps: int = DEFAULT_STEPS,
-    draws: int = DEFAULT_DRAWS,
+    attack_m: int = DEFAULT_DRAWS,
     scale: int = 1,
     norm: str = "linf",
     restarts: int = 1,
@@ -74,7 +74,7 @@ def preset_attacks(
         noise = NoiseDistribution.gaussian(float(noise)) if noise > 0 else None
     if noise is not None and noise.sigma <= 0:
         noise = None
-    steps, draws = steps * scale, draws * scale
+    steps, draws = steps * scale, attack_m * scale
     attacks: dict[str, PGD] = {"pgd": PGD(model, eps, steps=20 * scale, norm=norm)}
     randomised = noise is not None or is_randomised(model)
     if randomised:

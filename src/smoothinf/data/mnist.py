@@ -15,7 +15,7 @@ Sources, in order:
   ``MNIST/raw/``): uint8 pixels; ``val`` is a seeded hold-out of ``val_size`` (default 10000) of
   the 60k training images.
 
-Each call reads the file anew (about 1.5 s for the embedded copy, dominated by gzip); no module
+Each call reads the file anew (the embedded copy's cost is its gzip decompression); no module
 state is kept. Use :func:`smoothinf.data.load_splits` to get several splits from one read.
 """
 

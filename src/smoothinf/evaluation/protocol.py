@@ -86,7 +86,7 @@ def build_attacks(
                     noise=noise if smoothed else None,
                     judge=judge,
                     steps=cfg.apgd_steps,
-                    draws=cfg.attack_m,
+                    attack_m=cfg.attack_m,
                     scale=scale,
                     temperatures=cfg.temperatures if counts_argmaxes(model, vote, sigma) else (),
                 )

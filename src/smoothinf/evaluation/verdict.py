@@ -236,7 +236,7 @@ def evaluate(
     judgements: int = 16,
     runs: int = 1,
     steps: int = DEFAULT_STEPS,
-    draws: int = DEFAULT_DRAWS,
+    attack_m: int = DEFAULT_DRAWS,
     seed: int = 0,
     device: str = "auto",
 ) -> Report:
@@ -259,7 +259,7 @@ def evaluate(
             count in the worst case; False switches them off and the report states it.
         judgements: fresh judgements per point of a randomised row (its P(correct) per image).
         runs: repeated runs with seeds ``seed``, ``seed + 1``, ...; the report gives mean ± std.
-        steps, draws: the preset's APGD steps and noise draws per step (its converged default).
+        steps, attack_m: the preset's APGD steps and noise draws per attack step (its defaults).
         device: "auto" (CUDA when present), "cpu", "cuda", ...
 
     Rows: the base model (unsmoothed; for a SmoothedClassifier, its inner model) and, when
@@ -294,7 +294,7 @@ def evaluate(
         ms=[_positive_int("m", m)] if smoothed else [],
         attacks=[preset],
         apgd_steps=_positive_int("steps", steps),
-        attack_m=_positive_int("draws", draws),
+        attack_m=_positive_int("attack_m", attack_m),
         check_examples=CHECK_EXAMPLES if checks else 0,
         judgements=_positive_int("judgements", judgements),
         noise=noise,

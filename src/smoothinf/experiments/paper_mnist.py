@@ -182,7 +182,7 @@ def adaptive_preset(
             noise=noise,
             judge=judge,
             steps=steps,
-            draws=draws,
+            attack_m=draws,
             scale=scale,
             restarts=restarts,
             temperatures=temperatures,

@@ -25,18 +25,16 @@ from torch import nn
 from smoothinf.errors import SmoothinfError
 
 # Default chunk bounds of Monte Carlo forwards, in input values per forward. On the CPU, forwards
-# much larger than a normal batch run slower per row (a ResNet-20 forward of 512 rows ran 1.7x slower
-# per row than 128-row ones: activations above glibc's 32 MB mmap threshold are page-faulted afresh
-# on every allocation), so chunks stay near a plain batch; weight-noise models get 4x more, since each
-# forward's draws share per-layer costs (grouped convolution set-up, the weights' std). On a GPU,
-# large chunks fill the device.
+# much larger than a normal batch run slower per row (activations above glibc's 32 MB mmap threshold
+# are page-faulted afresh on every allocation; timings in BENCHMARKS.md), so chunks stay near a plain
+# batch; weight-noise models get 4x more, since each forward's draws share per-layer costs (grouped
+# convolution set-up, the weights' std). On a GPU, large chunks fill the device.
 CPU_CHUNK_VALUES = 2**17
 CPU_WEIGHT_NOISE_CHUNK_VALUES = 2**19
 GPU_CHUNK_VALUES = 2**25
 # A chunk of d draws of a weight-noise model holds d noisy copies of every noisy weight tensor, so
 # d is also bounded by these many weight values (mnist_cnn_small's 0.17M noisy weights: 25 draws per
-# chunk on the CPU; mnist_cnn's 3.3M: 1, since 2 draws ran 0.74-0.82x the loop with glibc's default
-# malloc).
+# chunk on the CPU; mnist_cnn's 3.3M: 1, where batching draws was slower than a loop).
 CPU_WEIGHT_NOISE_VALUES = 2**22
 GPU_WEIGHT_NOISE_VALUES = 2**28
 # With gradients a chunk's forward keeps what autograd saves for the backward pass: per CIFAR row

@@ -17,8 +17,7 @@ attack, one for the update) against k + 1 for PGD-AT with k steps. The objective
 
 GradAlign (Andriushchenko & Flammarion 2020) adds lambda * (1 - cos(grad_x CE(f(x)), grad_x
 CE(f(x + eta))), eta ~ U[-eps, eps]) to the loss. Its cost: one more input gradient and one double
-backward per step; measured here (MNIST, mnist_cnn_small) at about 3x the time of an N-FGSM step
-(``benchmarks/results/single_step.md``).
+backward per step (its time against an N-FGSM step: ``benchmarks/results/single_step.md``).
 
 Like every attack here, the perturbation is computed with the model in eval mode (batch-norm
 running statistics; noise layers on) and the modes are restored afterwards; the papers' code keeps
