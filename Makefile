@@ -25,11 +25,11 @@ demo: install
 	$(BIN)/smoothinf quickstart --out runs/quickstart
 
 paper: install
-	$(BIN)/smoothinf experiment paper-mnist --out runs/paper_mnist --doc docs/paper-reproduction.md
+	$(BIN)/python studies/paper_mnist/run.py --out runs/paper_mnist --doc studies/paper_mnist/paper-reproduction.md
 
 # the issue's full specification (study.yaml's gpu: block) on a CUDA machine; its own page
 paper-gpu: install
-	$(BIN)/smoothinf experiment paper-mnist --profile gpu --device cuda --out runs/paper_mnist_gpu
+	$(BIN)/python studies/paper_mnist/run.py --profile gpu --device cuda --out runs/paper_mnist_gpu
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

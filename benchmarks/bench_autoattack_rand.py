@@ -8,12 +8,14 @@ probability estimate). With ``--save DIR`` it writes ``aa_<version>-<steps>x<dra
 the per-image P(correct), named by the gradients it spends (rand: two APGD runs of 100 steps, 200 x
 20 EOT draws; standard: 10 runs of 100 steps, 1000 x 1), so that
 
-    python benchmarks/bench_worst_of.py DIR --study results/paper_mnist --row ft_epgd,0.1,hard@8,0
+    PYTHONPATH=studies python benchmarks/bench_worst_of.py DIR --study studies/paper_mnist/results \
+        --row ft_epgd,0.1,hard@8,0
 
 gives the cumulative worst case of the study's attacks plus these runs: what AutoAttack finds on
 the images the whole study left robust.
 
-    python benchmarks/bench_autoattack_rand.py -c runs/paper_mnist/models/ft_epgd/best.safetensors \
+    PYTHONPATH=studies python benchmarks/bench_autoattack_rand.py \
+        -c runs/paper_mnist/models/ft_epgd/best.safetensors \
         --sigma 0.1 --vote hard --m 8 --examples 100 --runs 2 --save /tmp/aa_ft_epgd \
         [--out benchmarks/results/autoattack_after_study_ft_epgd_hard8.md]
 """
@@ -28,8 +30,8 @@ import torch
 
 from per_image import add_judge_options, judge_and_save, result_row
 from smoothinf.data import load_dataset
-from smoothinf.experiments.paper_mnist import study_autoattack
-from smoothinf.experiments.study import StudyConfig
+from smoothinf.evaluation.config import EvalConfig
+from smoothinf.evaluation.protocol import autoattack_for
 from smoothinf.models import load_checkpoint
 from timing import emit
 
@@ -53,7 +55,8 @@ def main() -> None:
     x, y = test.tensors(args.examples)
     model, _ = load_checkpoint(args.checkpoint)
     model.eval()
-    attack = study_autoattack(model, StudyConfig(eps=args.eps), args.sigma if args.sigma > 0 else None)
+    vote = "soft" if args.sigma > 0 else "none"  # the protocol's AutoAttack of the row (seed 0)
+    attack = autoattack_for(model, vote, args.sigma, args.eps, EvalConfig(eps=[args.eps], seed=0))
     budget = attack.budget()
     steps = budget.get("steps", 0) * budget.get("restarts", 1)
     label = f"aa_{attack.version}-{steps}x{budget.get('draws', 1)}"

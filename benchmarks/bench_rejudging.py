@@ -6,7 +6,8 @@ accuracy per judgement against the per-example minimum over the first j judgemen
 case over j attacks, each judged once, would report if no attack were stronger than another).
 The same for the soft vote at m draws. ``judge_grid``'s probability judging removes this bias.
 
-    python benchmarks/bench_rejudging.py -c runs/paper_mnist/models/ft_epgd/best.safetensors \
+    PYTHONPATH=studies python benchmarks/bench_rejudging.py \
+        -c runs/paper_mnist/models/ft_epgd/best.safetensors \
         [--examples 300] [--judgements 16] [--out results/rejudging.md]
 """
 
@@ -15,10 +16,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from paper_mnist import judge_grid
 
 from smoothinf.attacks.presets import preset_attacks
 from smoothinf.data import load_dataset
-from smoothinf.experiments import judge_grid
 from smoothinf.models import load_checkpoint
 from smoothinf.smoothing import SmoothedClassifier
 from timing import emit

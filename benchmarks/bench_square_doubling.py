@@ -5,23 +5,24 @@ every attack of the row left robust (Square at the study's queries included) and
 again with ``--queries`` (default: twice the study's) and a fresh seed. What it fools there is
 what the study's budget left unfound: the row's worst case is an upper bound by at least that.
 
-    python benchmarks/bench_square_doubling.py --study runs/paper_mnist --model pgd_at \
+    PYTHONPATH=studies python benchmarks/bench_square_doubling.py --study runs/paper_mnist --model pgd_at \
         [--queries 10000] [--runs 0 1] [--out benchmarks/results/square_doubling_5000.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from paper_mnist.pipeline import _test_data
+from paper_mnist.study import correct_fraction, study_from_json
 
 from smoothinf.attacks.autoattack import AutoAttackAdapter
-from smoothinf.experiments.paper_mnist import _test_data, model_checkpoint
-from smoothinf.experiments.study import StudyConfig, correct_fraction, read_jsonl
+from smoothinf.evaluation.results import read_jsonl
+from smoothinf.evaluation.steps import model_checkpoint
 from smoothinf.models import load_checkpoint
 from timing import emit
 
@@ -37,7 +38,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.study)
-    study = StudyConfig(**json.loads((out / "study.json").read_text()))
+    study = study_from_json(out / "study.json")
     queries = args.queries or 2 * study.grid_square_queries
     x_all, y_all = (t[: study.examples] for t in _test_data(study))
     lines = [

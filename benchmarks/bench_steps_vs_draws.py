@@ -6,7 +6,8 @@ several (steps, draws) with the same steps x draws, on the first N MNIST test im
 is judged with ``judge_grid``'s probability estimate (``--judge-draws`` draws, ``--judge-subsets`` m-subsets):
 the mean P(correct) of the smoothed classifier, lower = stronger attack.
 
-    python benchmarks/bench_steps_vs_draws.py -c runs/paper_mnist/models/ft_epgd/best.safetensors \
+    PYTHONPATH=studies python benchmarks/bench_steps_vs_draws.py \
+        -c runs/paper_mnist/models/ft_epgd/best.safetensors \
         --sigma 0 --pairs 200x2 50x8 12x32 100x16 25x64 [--examples 200] [--out results/steps_vs_draws.md]
 
 ``--temperature T`` (CE only) follows the expected softmax of logits / T, a surrogate of the

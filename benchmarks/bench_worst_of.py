@@ -12,7 +12,7 @@ one. The last column estimates that bias by a parametric bootstrap (each estimat
 Binomial(subsets, p) / subsets): the part of a fall in the cumulative worst case that judging
 noise alone would give.
 
-    python benchmarks/bench_worst_of.py /tmp/plateau [--out benchmarks/results/plateau.md]
+    PYTHONPATH=studies python benchmarks/bench_worst_of.py /tmp/plateau [--out benchmarks/results/plateau.md]
 
 ``--study DIR --row MODEL,SIGMA,VOTE@M,RUN`` (a base model: ``MODEL,base,none@1,RUN``) starts the
 cumulative worst case from a paper study's own worst case on that row (every attack of ``DIR``'s
@@ -27,9 +27,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from paper_mnist.report import load_results
+from paper_mnist.study import min_estimate_bias, row_estimates
 
-from smoothinf.experiments.paper_report import load_results
-from smoothinf.experiments.study import min_estimate_bias, row_estimates
 from timing import emit
 
 

@@ -24,11 +24,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from smoothinf.data import get_dataset_info
-from smoothinf.experiments.paper_mnist import train_passes
-from smoothinf.experiments.step_check import load_train_config, time_train_step, train_configs
 from smoothinf.models import create_model_for
 from smoothinf.noise import inject_noise
 from smoothinf.recipes import recipe_names, recipe_path
+from smoothinf.training.step_timing import load_train_config, time_train_step, train_configs, train_passes
 
 TRAIN_SIZE = {"cifar10": 45_000, "cifar100": 45_000, "mnist": 50_000}
 

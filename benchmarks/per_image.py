@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from paper_mnist import judge_grid  # the paper study's code: PYTHONPATH=studies
 from torch import nn
-
-from smoothinf.experiments import judge_grid
 
 
 def add_judge_options(parser: argparse.ArgumentParser, vote: str, m: int) -> None:

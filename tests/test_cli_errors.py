@@ -77,6 +77,13 @@ def ws(tmp_path_factory):
     rows[1]["fingerprint"] = "0123456789abcdef"  # as an older smoothinf could append
     (ws / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (ws / "keys.jsonl").write_text(json.dumps({"run": 0, "vote": "hard"}) + "\n")
+    (ws / "note.txt").write_text("a note, one line without a final newline")
+    (ws / "bin.yaml").write_bytes(bytes(range(256)) * 4)
+    (ws / "bin.jsonl").write_bytes(b"\x00\xff\xfe\x01 binary\n")
+    for name, value in (("high", "high"), ("750", 7.5)):
+        (ws / f"clean_{name}.jsonl").write_text(json.dumps(rows[0] | {"clean": value}) + "\n")
+    shutil.copytree(ws / "run", ws / "evil")  # a last.pt whose pickle would run code on load
+    (ws / "evil" / "last.pt").write_bytes(pickle.dumps({"model": _RunsCode()}, protocol=2))
     for name, text in {
         "epochs_str.yaml": 'data: synthetic\nepochs: "two"\n',
         "epochs_float.yaml": "data: synthetic\nepochs: 1.5\n",
@@ -88,6 +95,15 @@ def ws(tmp_path_factory):
     }.items():
         (ws / name).write_text(text)
     return ws
+
+
+class _RunsCode:
+    """Pickles as a call of ``os.system``: what a malicious training state holds."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo never run",))
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -207,6 +223,59 @@ CASES = [
         "evaluate -c {ck} --results {ws}/r.jsonl {E} --temperatures",
         ["settings.temperatures"],
     ),
+    # issue 43: outputs checked before the work, one line for every file-system problem
+    ("results folder", "evaluate -c {ck} {E} --results {ws}", ["--results", "is a folder"]),
+    ("results under a file", "evaluate -c {ck} {E} --results {ws}/note.txt/r.jsonl", ["note.txt is a file"]),
+    (
+        "report-dir a file",
+        "evaluate -c {ck} {E} --results {ws}/n.jsonl --report-dir {ws}/note.txt",
+        ["--report-dir"],
+    ),
+    ("report out a file", "report {ws}/r.jsonl --out {ws}/note.txt", ["--out", "not a folder"]),
+    ("report a folder", "report {ws}", ["is a folder", "results file"]),
+    ("certify out a folder", "certify -c {ck} --sigma 0.25 {C} --out {ws}", ["--out", "is a folder"]),
+    (
+        "certify out a device",
+        "certify -c {ck} --sigma 0.25 {C} --out /dev/full",
+        ["/dev/full", "regular file"],
+    ),
+    ("train out under a file", "train --data synthetic --out {ws}/note.txt/run", ["note.txt is a file"]),
+    (
+        "attack save-adv under a file",
+        "attack --checkpoint {ck} --attack fgsm --save-adv {ws}/note.txt/adv.safetensors",
+        ["--save-adv", "note.txt is a file"],
+    ),
+    (
+        "attack save-adv over its checkpoint",
+        "attack --checkpoint {ck} --attack fgsm --save-adv {ck} --overwrite",
+        ["--save-adv", "the --checkpoint under attack"],
+    ),
+    (
+        "attack save-adv over a file",
+        "attack --checkpoint {ck} --attack fgsm --save-adv {ws}/mnist.safetensors",
+        ["already exists", "--overwrite"],
+    ),
+    (
+        "transfer source of another input shape",
+        "attack --checkpoint {mn} --data mnist --attack transfer --source-checkpoint {ck} --max-examples 4",
+        ["--source-checkpoint", "(N, 1, 12, 12)"],
+    ),
+    # issue 43: files that are not what they should be
+    (
+        "results a note",
+        "evaluate -c {ck} {E} --results {ws}/note.txt",
+        ["note.txt:1", "not a smoothinf results"],
+    ),
+    ("binary config", "train --config {ws}/bin.yaml --out {ws}/new", ["bin.yaml", "UTF-8"]),
+    ("binary results", "report {ws}/bin.jsonl --out {ws}/rep", ["bin.jsonl:1", "UTF-8"]),
+    (
+        "clean high",
+        "report {ws}/clean_high.jsonl --out {ws}/rep",
+        ["clean_high.jsonl:1", "'clean'", "[0, 1]"],
+    ),
+    ("clean 7.5", "report {ws}/clean_750.jsonl --out {ws}/rep", ["'clean'", "7.5"]),
+    ("malicious last.pt", "{T} --out {ws}/evil --resume", ["last.pt", "refused", "--overwrite"]),
+    ("sigmas inf", "evaluate -c {ck} {E} --sigmas inf --results {ws}/n.jsonl", ["--sigmas", "finite"]),
     (
         "evaluate repeated temperature",
         "evaluate -c {ck} --results {ws}/new.jsonl {E} --temperatures 0.5 0.5",

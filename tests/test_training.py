@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from smoothinf.errors import ConfigError
 from smoothinf.models import create_model, load_checkpoint
 from smoothinf.training import adversarial, build_objective, standard, trades
+from smoothinf.training.step import Step
 from smoothinf.training.trainer import TrainConfig, accuracy, robust_accuracy_pgd, train
 
 
@@ -156,6 +157,9 @@ def test_config_yaml_round_trip(tmp_path):
         ({"model": "vgg"}, "unknown model"),
         ({"noise": "dropout"}, "unknown noise"),
         ({"init": "/nonexistent.safetensors"}, "not found"),
+        ({"train_split": "train+val"}, "select_by last"),
+        ({"train_split": "all"}, "unknown train_split"),
+        ({"sgd_momentum": "heavy"}, "unknown sgd_momentum"),
     ],
 )
 def test_bad_configs_fail_before_training(tmp_path, changes, message):
@@ -212,3 +216,84 @@ def test_finetune_from_checkpoint_adds_requested_noise(tmp_path):
     model, meta = load_checkpoint(tuned["checkpoint"])
     assert meta["noise"]["kind"] == "cni-w" and meta["noise"]["rank"] == 2
     assert tuned["test_clean"] > 0.5
+
+
+@pytest.mark.parametrize("bad", ["loss", "gradient"])
+def test_a_nonfinite_loss_or_gradient_stops_training_keeping_the_last_finite_checkpoint(
+    tmp_path, capsys, monkeypatch, bad
+):
+    """Issue 43: CNI-W + TRADES from scratch went NaN at step 2 and trained three epochs of NaN,
+    exit 0, NaN weights saved. Here the 3rd step of epoch 2 goes non-finite (a NaN loss, or a NaN
+    gradient under a finite loss): one line naming the step and the objective, exit 2, epoch 1's
+    files untouched."""
+    import dataclasses
+
+    from smoothinf.cli import main
+    from smoothinf.training import trainer
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", "synthetic", "--lr", "3e-3", "--device", "cpu", "--out", str(out)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    kept = {name: (out / name).read_bytes() for name in ("model.safetensors", "last.pt", "metrics.jsonl")}
+    real, calls = trainer.build_objective, []
+
+    def poisoned(*args, **kwargs):
+        objective = real(*args, **kwargs)
+
+        def step(model, x, y, generator):
+            result = objective(model, x, y, generator)
+            calls.append(1)
+            if len(calls) < 3:
+                return result
+            if bad == "loss":
+                return dataclasses.replace(result, loss=result.loss * float("nan"))
+            zero = 0.0 * sum(p.sum() for p in model.parameters())
+            return dataclasses.replace(result, loss=result.loss + zero.abs().sqrt())  # d sqrt(0) = inf
+
+        return step
+
+    monkeypatch.setattr(trainer, "build_objective", poisoned)
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("smoothinf train: error: training diverged at step 19 (epoch 2,")
+    assert "objective standard" in err[-1]
+    assert ("the loss is nan" if bad == "loss" else "the gradient norm is nan") in err[-1]
+    assert "lower --lr" in err[-1] and "--init" in err[-1] and "last.pt of epoch 1 are kept" in err[-1]
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+
+
+def test_epoch_dependent_objectives_see_every_epoch_and_train_val_uses_both_splits(tmp_path, monkeypatch):
+    """The trainer tells a warm-up objective each epoch (0, 1, 2) before its batches, and
+    ``train_split: train+val`` trains on the 2000 + 500 synthetic images (batches of 500: 5 a epoch)."""
+    import smoothinf.training.trainer as trainer_mod
+
+    seen: list[tuple[int, int]] = []
+    epoch = {"now": None}
+
+    def build(*args, **kwargs):
+        def step(model, x, y, generator=None):
+            seen.append((epoch["now"], x.shape[0]))
+            logits = model(x)
+            return Step(F.cross_entropy(logits, y), int((logits.argmax(1) == y).sum()))
+
+        step.set_epoch = lambda e: epoch.update(now=e)
+        return step
+
+    monkeypatch.setattr(trainer_mod, "build_objective", build)
+    cfg = TrainConfig(
+        data="synthetic",
+        epochs=3,
+        batch_size=500,
+        eps=0.0,
+        optimizer="sgd",
+        lr=0.01,
+        sgd_momentum="plain",
+        train_split="train+val",
+        select_by="last",
+        device="cpu",
+        out=str(tmp_path / "tv"),
+    )
+    train(cfg)
+    assert [e for e, _ in seen] == [0] * 5 + [1] * 5 + [2] * 5
+    assert sum(n for e, n in seen if e == 0) == 2500

@@ -31,12 +31,12 @@ _SUBPACKAGES = (
     "cli",
     "data",
     "evaluation",
-    "experiments",
     "models",
     "noise",
     "recipes",
     "smoothing",
     "training",
+    "zoo",
 )
 
 __all__ = sorted(_EXPORTS)

@@ -1,18 +1,32 @@
-"""Small shared helpers: devices, seeds, generators and input validation."""
+"""Small shared helpers: devices, seeds, generators, input validation and output files.
+
+Output files and folders are checked before the work starts and written by one process at a time:
+``check_output`` refuses, with one line naming the flag, an output that cannot be written (a folder
+where a file is expected or the reverse, a device such as ``/dev/full``, a path under a file, a
+folder without write permission), so a long run never fails at its end; ``output_lock`` holds an
+exclusive ``fcntl.flock`` on ``OUTPUT.lock`` (which records the holder's pid) while a command writes
+``OUTPUT``, so a second writer gets one line naming that pid instead of interleaving its rows with
+the first's. The operating system drops the lock when its process ends: a lock file left by a
+killed process blocks nobody.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import time
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from smoothinf.errors import ConfigError, SmoothinfError
+from smoothinf.errors import ConfigError, OutputBusyError, SmoothinfError, naming
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -175,10 +189,17 @@ def dataclass_from_yaml(cls, path: str | os.PathLike, **overrides):
     of the wrong type are one-line ConfigErrors (checked before anything is built or written)."""
     import yaml
 
+    if Path(path).is_dir():
+        raise ConfigError(f"config {path} is a folder; pass a YAML file")
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a YAML text file (byte {exc.start + 1} is not UTF-8: a binary file?);"
+            " pass a YAML config"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -223,3 +244,110 @@ def tune_cpu_allocator(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
     )
+
+
+def _nearest_existing(path: Path) -> Path:
+    parent = path.parent
+    while not (parent.exists() or parent.is_symlink()) and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def check_output(path: str | os.PathLike, flag: str, folder: bool = False) -> Path:
+    """``path`` as a ``Path`` when it can be written as a file (``folder``: as a folder); else a
+    one-line ConfigError naming ``flag``, the path and what to do. Creates nothing."""
+    path = Path(path)
+    want = "folder" if folder else "file"
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ConfigError(f"{flag} {path} is a file, not a folder; pass a folder path")
+        if not folder and path.is_dir():
+            raise ConfigError(f"{flag} {path} is a folder; pass a file path (e.g. {path / 'NAME'})")
+        if not folder and not path.is_file():
+            raise ConfigError(f"{flag} {path} is not a regular file (a device or a pipe); pass a file path")
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            raise ConfigError(f"{flag} {path} is not writable; fix its permissions or choose another {want}")
+        return path
+    parent = _nearest_existing(path)
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: folder {parent} is not writable; choose another location")
+    return path
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file of an output: ``OUTPUT.lock`` beside it."""
+    return Path(str(output) + ".lock")
+
+
+def _holder(fd: int) -> str:
+    """The pid written in a lock file (its holder may not have written it yet: wait a little)."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit():
+            return text
+        time.sleep(0.05)
+    return "unknown"
+
+
+def _acquire(path: Path, output: Path, flag: str) -> int:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _holder(fd)
+            os.close(fd)
+            raise OutputBusyError(
+                f"{output} is being written by another smoothinf process (pid {pid}, lock {path.name});"
+                f" wait for it to finish or choose another {flag}"
+            ) from None
+        # the previous holder removes the file before unlocking: a lock taken on a removed file
+        # guards nothing, so take the one now at the path
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        mine = os.fstat(fd)
+        if now is not None and (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+@contextmanager
+def output_lock(
+    output: str | os.PathLike, flag: str = "--out", lock: str | os.PathLike | None = None
+) -> Iterator[Path | None]:
+    """Hold the exclusive lock of ``output`` (file ``lock``, default ``OUTPUT.lock``) for the block;
+    OutputBusyError (one line naming the holder's pid and ``flag``) when another process holds it.
+
+    Folders created for the lock file are removed again when left empty, and so is the lock file,
+    so a refused or finished command leaves no trace. Under torchrun only rank 0 writes outputs:
+    the other ranks take no lock."""
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield None
+        return
+    output = Path(output)
+    path = Path(lock) if lock is not None else lock_path(output)
+    created = []
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    with naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path, output, flag)
+    try:
+        yield path
+    finally:
+        with suppress(OSError):  # already gone, or its folder turned read-only: the lock ends below
+            path.unlink()
+        os.close(fd)
+        for folder in created:  # innermost first; stop at the first that is not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break

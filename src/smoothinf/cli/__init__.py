@@ -11,9 +11,9 @@ import importlib
 import os
 import sys
 
-from smoothinf.errors import SmoothinfError
+from smoothinf.errors import SmoothinfError, os_error_line
 
-SUBCOMMAND_MODULES = ("data", "models", "train", "smoothing", "attack", "evaluation", "experiment")
+SUBCOMMAND_MODULES = ("data", "models", "train", "smoothing", "attack", "evaluation")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -100,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         ok = True
         return code
-    except (SmoothinfError, FileNotFoundError, ValueError) as exc:
+    except (SmoothinfError, ValueError) as exc:
         print(f"smoothinf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file-system error: one line naming the path, whatever the step
+        print(f"smoothinf {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"smoothinf {args.command}: interrupted", file=sys.stderr)

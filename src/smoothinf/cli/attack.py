@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--save-adv", default=None, help="write x, x_adv, y, predictions (safetensors)")
     p.add_argument("--save-grid", default=None, help="PNG grid of clean / adversarial pairs")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --save-adv / --save-grid files")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_common_args(p)
     p.set_defaults(func=run_attack)
@@ -83,8 +84,9 @@ def _smoothed(model: nn.Module, args: argparse.Namespace, m: int, vote: str) -> 
     return SmoothedClassifier(model, sigma=args.sigma, m=m, vote=vote, noise=args.noise)
 
 
-def _build(args: argparse.Namespace, model: nn.Module, defended: nn.Module, eps: float, device) -> Any:
-    """The attack object for ``args.attack`` (see the module docstring for surrogates)."""
+def _build(args: argparse.Namespace, model: nn.Module, defended: nn.Module, eps: float, device, x, y) -> Any:
+    """The attack object for ``args.attack`` (see the module docstring for surrogates); ``x``, ``y``:
+    examples the transfer source must accept."""
     from smoothinf.attacks import build_attack
     from smoothinf.noise import NoiseDistribution
 
@@ -111,8 +113,10 @@ def _build(args: argparse.Namespace, model: nn.Module, defended: nn.Module, eps:
     if not args.source_checkpoint:
         raise SmoothinfError("--attack transfer needs --source-checkpoint")
     from smoothinf.models.checkpoint import load_checkpoint
+    from smoothinf.models.inputs import check_model_input
 
     source, _ = load_checkpoint(args.source_checkpoint, device=device)
+    check_model_input(source, x[:2], y[:2], name=f"--source-checkpoint {args.source_checkpoint}: the data")
     extra = pgd_kw if args.source_attack in ("pgd", "epgd", "smoothadv") else {}
     return build_attack("transfer", model, eps, source=source, source_attack=args.source_attack, **extra)
 
@@ -165,6 +169,44 @@ def _check_smoothing_flags(args: argparse.Namespace) -> None:
         args.m = 32
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--save-adv / --save-grid are writable, and replace nothing without --overwrite (never the
+    checkpoint under attack): checked before the attack runs."""
+    from smoothinf.models.checkpoint import sidecar_path
+    from smoothinf.utils import check_output
+
+    inputs = {Path(p).resolve() for p in (args.checkpoint, sidecar_path(args.checkpoint))}
+    for flag, path in (("--save-adv", args.save_adv), ("--save-grid", args.save_grid)):
+        if path is None:
+            continue
+        path = check_output(path, flag)
+        if path.resolve() in inputs:
+            raise SmoothinfError(f"{flag} {path} is the --checkpoint under attack; choose another path")
+        if path.exists() and not args.overwrite:
+            raise SmoothinfError(
+                f"{flag} {path} already exists; pass --overwrite to replace it or choose another path"
+            )
+
+
+def _save_adversarial(path: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` (safetensors) through a temporary file, so a failed write (a full disk)
+    names ``path`` and leaves no half-written file."""
+    import os
+
+    from safetensors.torch import save
+
+    from smoothinf.errors import naming
+
+    tmp = Path(str(path) + ".tmp")
+    try:
+        with naming(path):
+            tmp.write_bytes(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+            os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def run_attack(args: argparse.Namespace) -> int:
     from smoothinf.attacks import defended_predict, is_randomised, robust_accuracy
     from smoothinf.evaluation.loading import load_checkpoint_and_examples
@@ -173,6 +215,7 @@ def run_attack(args: argparse.Namespace) -> int:
     _check_smoothing_flags(args)
     if args.eps is None and args.norm != "linf":  # before anything is loaded
         raise SmoothinfError("--eps is required with --norm l2")
+    _check_outputs(args)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     got = load_checkpoint_and_examples(
@@ -182,7 +225,7 @@ def run_attack(args: argparse.Namespace) -> int:
     eps = info.eps_linf if args.eps is None else args.eps
     x, y = x.to(device), y.to(device)
     defended = _smoothed(model, args, args.m, args.vote) if args.smooth else model
-    attack = _build(args, model, defended, eps, device)
+    attack = _build(args, model, defended, eps, device, x, y)
     gen = make_generator(args.seed, device)
     keep = bool(args.save_adv or args.save_grid)
     start = time.perf_counter()
@@ -216,33 +259,26 @@ def run_attack(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 3),
         "seed": args.seed,
     }
-    if keep:
-        x_adv = res.adversarial[args.attack]
-        pred = defended_predict(defended, x_adv, gen)
-        if args.save_adv:
-            from safetensors.torch import save_file
-
-            save_file(
-                {
-                    "x": x.cpu().contiguous(),
-                    "x_adv": x_adv.cpu().contiguous(),
-                    "y": y.cpu(),
-                    "pred_adv": pred.cpu(),
-                    "robust": res.robust.cpu(),
-                },
-                str(args.save_adv),
-            )
-            summary["save_adv"] = str(args.save_adv)
-        if args.save_grid:
-            save_grid(args.save_grid, x, x_adv, y, pred)
-            summary["save_grid"] = str(args.save_grid)
+    if args.save_adv:
+        summary["save_adv"] = str(args.save_adv)
+    if args.save_grid:
+        summary["save_grid"] = str(args.save_grid)
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary), flush=True)
     else:
         print(f"attack:          {summary['attack']} (eps={eps:.4g}, {args.norm})")
         print(f"defended by:     {summary['defended']}")
         print(f"examples:        {summary['n']} ({data}/{args.split})")
         print(f"clean accuracy:  {res.clean_accuracy:.4f}")
         print(f"robust accuracy: {res.worst_case_accuracy:.4f}")
-        print(f"time:            {seconds:.1f} s")
+        print(f"time:            {seconds:.1f} s", flush=True)
+    if keep:  # optional files, after the numbers are out
+        x_adv = res.adversarial[args.attack]
+        pred = defended_predict(defended, x_adv, gen)
+        if args.save_adv:
+            _save_adversarial(
+                args.save_adv, {"x": x, "x_adv": x_adv, "y": y, "pred_adv": pred, "robust": res.robust}
+            )
+        if args.save_grid:
+            save_grid(args.save_grid, x, x_adv, y, pred)
     return 0

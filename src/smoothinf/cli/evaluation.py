@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 from pathlib import Path
 
 from smoothinf.cli import add_common_args, count
 from smoothinf.errors import SmoothinfError
 from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate_grid, read_results, write_report
 from smoothinf.evaluation.loading import load_checkpoint_and_examples, protocol_inputs
-from smoothinf.evaluation.quickstart import QuickstartConfig, run_quickstart
+from smoothinf.quickstart import QuickstartConfig, run_quickstart
 from smoothinf.evaluation.slices import merge_slices
 from smoothinf.training.trainer import accuracy
-from smoothinf.utils import resolve_device
+from smoothinf.utils import check_output, output_lock, resolve_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -111,34 +113,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.set_defaults(func=run_sweep)
 
     q = subparsers.add_parser(
-        "quickstart", help="MNIST: PGD-AT, smoothed vs base under adaptive attacks, report"
+        "quickstart",
+        help="MNIST in under 5 minutes: a zoo PGD-AT model, base vs smoothed under adaptive attacks, report",
     )
     q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--epochs", type=count(1), default=6)
-    q.add_argument("--examples", type=count(1), default=200)
+    q.add_argument("--model", default=None, help="zoo model to rate (default: mnist_cnn_small_pgd_at_6ep)")
+    q.add_argument("--train", action="store_true", help="train the model first (6-epoch PGD-AT, resumable)")
+    q.add_argument("--epochs", type=count(1), default=6, help="epochs of --train")
     q.add_argument(
-        "--check-examples", type=count(0), default=50, help="examples of the cross-checks (0: off)"
+        "--full", action="store_true", help="the long version: 200 images, 3 runs, 4 smoothed rows"
     )
-    q.add_argument("--runs", type=count(1), default=3)
-    q.add_argument("--full", action="store_true", help="the whole test set (slow on CPU)")
+    q.add_argument("--examples", type=count(1), default=None, help="test images (default: 100; --full 200)")
+    q.add_argument(
+        "--check-examples",
+        type=count(0),
+        default=None,
+        help="images of the cross-checks (0: off; default: every image; --full 50)",
+    )
+    q.add_argument("--runs", type=count(1), default=None, help="repeated runs (default 1; --full 3)")
     add_common_args(q)
-    q.set_defaults(
-        func=lambda a: (
-            run_quickstart(
-                QuickstartConfig(
-                    out=a.out,
-                    epochs=a.epochs,
-                    examples=a.examples,
-                    check_examples=a.check_examples,
-                    runs=a.runs,
-                    full=a.full,
-                    seed=a.seed,
-                    device=a.device,
-                )
-            )
-            and 0
-        )
+    q.set_defaults(func=run_quickstart_command)
+
+
+def run_quickstart_command(a: argparse.Namespace) -> int:
+    """``smoothinf quickstart``: ``run_quickstart`` with the flags (None: the mode's default)."""
+    from smoothinf.quickstart import ZOO_MODEL
+
+    qc = QuickstartConfig(
+        out=a.out,
+        model=a.model or ZOO_MODEL,
+        train=a.train,
+        full=a.full,
+        epochs=a.epochs,
+        examples=a.examples,
+        check_examples=a.check_examples,
+        runs=a.runs,
+        seed=a.seed,
+        device=a.device,
     )
+    if a.model and a.train:
+        raise SmoothinfError("--model names a zoo model and --train trains one: pass one of them")
+    run_quickstart(qc)
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -176,6 +192,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         got = load_checkpoint_and_examples(
             args.checkpoint, args.data, split, args.root, args.max_examples, device, args.first_example or 0
         )
+        _note_short_slice(args.max_examples, args.first_example, got.x.shape[0], got.data, split)
         acc = accuracy(got.model, got.x, got.y)
         print(f"{got.data} {split}: clean accuracy {acc:.4f} on {got.x.shape[0]} examples")
         return 0
@@ -184,22 +201,47 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         cfg = EvalConfig(**{k: v for k, v in overrides.items() if v is not None})
     cfg.validate()
-    got, identity = protocol_inputs(cfg, device)
-    results = Path(args.results or Path(cfg.checkpoint).parent / "results.jsonl")
-    store = ResultsStore(results, identity=identity)
-    evaluate_grid(cfg, got.model, got.x, got.y, store)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
-        return 0
-    report = write_report(store.records, args.report_dir or results.parent / "report")
+    check_finite_grid(cfg)
+    results = check_output(args.results or Path(cfg.checkpoint).parent / "results.jsonl", "--results")
+    report_dir = check_output(args.report_dir or results.parent / "report", "--report-dir", folder=True)
+    with output_lock(results, "--results"):
+        got, identity = protocol_inputs(cfg, device)
+        _note_short_slice(cfg.max_examples, cfg.first_example, got.x.shape[0], got.data, cfg.split)
+        store = ResultsStore(results, identity=identity)
+        evaluate_grid(cfg, got.model, got.x, got.y, store)
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
+            return 0
+        with output_lock(report_dir, "--report-dir"):
+            report = write_report(store.records, report_dir)
     print((report.parent / "results.md").read_text())
     print(f"results: {results}; report: {report}")
     return 0
+
+
+def check_finite_grid(cfg: EvalConfig) -> None:
+    """Every sigma and eps of the grid is a finite number (``inf`` / ``nan`` pass ``>= 0`` tests)."""
+    for flag, values in (("--sigmas", cfg.sigmas), ("--eps", cfg.eps)):
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise SmoothinfError(f"{flag} must be finite numbers (pixel units), got {bad[0]}")
+
+
+def _note_short_slice(max_examples, first_example, got: int, data: str, split: str) -> None:
+    """A notice on stderr when the split ends before ``max_examples`` examples were taken."""
+    if max_examples is not None and got < max_examples:
+        start = f" from example {first_example}" if first_example else ""
+        print(
+            f"note: --max-examples {max_examples}{start}: {data}'s {split} split ends after {got} of them;"
+            f" evaluating those {got}",
+            file=sys.stderr,
+        )
 
 
 def run_sweep(args: argparse.Namespace) -> int:
     from smoothinf.evaluation.sweeps import ComputeSweepConfig, compute_sweep, write_compute_report
 
     device = resolve_device(args.device)
+    out = check_output(args.out or Path(args.checkpoint).parent / "compute_sweep", "--out", folder=True)
     got = load_checkpoint_and_examples(
         args.checkpoint, args.data, args.split, args.root, args.max_examples, device
     )
@@ -215,21 +257,22 @@ def run_sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
         judgements=args.judgements,
     )
-    out = Path(args.out or Path(args.checkpoint).parent / "compute_sweep")
-    records = compute_sweep(
-        got.model,
-        got.x,
-        got.y,
-        cfg,
-        out / "compute_sweep.jsonl",
-        weights_sha256=got.meta.get("weights_sha256"),
-    )
-    report = write_compute_report(records, out)
+    with output_lock(out / "compute_sweep.jsonl", "--out"):
+        records = compute_sweep(
+            got.model,
+            got.x,
+            got.y,
+            cfg,
+            out / "compute_sweep.jsonl",
+            weights_sha256=got.meta.get("weights_sha256"),
+        )
+        report = write_compute_report(records, out)
     print(report.read_text())
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
+    out = check_output(args.out or Path(args.results[0]).parent / "report", "--out", folder=True)
     records = []
     for path in args.results:
         got = read_results(path)
@@ -240,7 +283,8 @@ def run_report(args: argparse.Namespace) -> int:
         records, left_out = merge_slices(records)
         if left_out:
             print(f"note: {left_out} records left out: slices that not every run of their setting has")
-    report = write_report(records, args.out or Path(args.results[0]).parent / "report")
+    with output_lock(out, "--out"):
+        report = write_report(records, out)
     print((report.parent / "results.md").read_text())
     print(f"report: {report}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,12 +14,12 @@ import torch
 from tqdm import tqdm
 
 from smoothinf.cli import add_common_args, count
-from smoothinf.errors import SmoothinfError
+from smoothinf.errors import SmoothinfError, naming
 from smoothinf.evaluation.loading import load_checkpoint_and_examples
 from smoothinf.evaluation.report import plot_certified
 from smoothinf.evaluation.results import (
     mismatch_message,
-    split_torn_tail,
+    read_lines,
     tensor_digest,
     truncate_to,
     weights_digest,
@@ -33,7 +34,7 @@ from smoothinf.smoothing import (
     check_certifiable,
     predict_with_abstain,
 )
-from smoothinf.utils import make_generator, resolve_device
+from smoothinf.utils import check_output, make_generator, output_lock, resolve_device
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 PROVENANCE = "smoothinf-certify"
@@ -150,15 +151,18 @@ def provenance_path(out: Path) -> Path:
 
 
 def _read_rows(path: Path) -> tuple[list[list[str]], int | None]:
-    """Rows (lists of 6 fields) of a certify TSV and the offset of a torn last line (None: intact)."""
-    lines, torn_at = split_torn_tail(path)
+    """Rows (lists of 6 fields) of a certify TSV and the offset of a torn last line (None: intact;
+    -1: a complete last row without its newline). An example index met twice is refused: two
+    writers at once would count it twice."""
+    lines, torn_at = read_lines(path, "not a certify table: choose another --out")
     if not lines:
         return [], None
     if tuple(lines[0].split("\t")) != TSV_COLUMNS:
         raise SmoothinfError(f"{path} is not a certify TSV (header {lines[0][:60]!r}); choose another --out")
-    rows = []
+    rows: list[list[str]] = []
+    seen: dict[int, int] = {}
     for i, line in enumerate(lines[1:], 2):
-        fields = line.split("\t")
+        fields = line.rstrip("\r").split("\t")
         try:
             ok = len(fields) == len(TSV_COLUMNS) and [int(fields[0]), int(fields[2]), float(fields[3])]
             ok = ok and fields[-1] != "" and float(fields[-1]) >= 0
@@ -166,10 +170,22 @@ def _read_rows(path: Path) -> tuple[list[list[str]], int | None]:
             ok = False
         if not ok:
             if torn_at is not None and i == len(lines):
+                print(
+                    f"smoothinf: {path}:{i}: the last row was cut by an interrupted write; it is dropped"
+                    " and its example certified again",
+                    file=sys.stderr,
+                )
                 return rows, torn_at  # cut mid-write: recompute that example
             raise SmoothinfError(f"{path}:{i}: malformed certify row {line[:60]!r}; remove that line")
+        index = int(fields[0])
+        if index in seen:
+            raise SmoothinfError(
+                f"{path}:{i}: example {index} again (first on line {seen[index]}): two runs wrote to this"
+                " table at once; keep one of the two rows (or delete the table and rerun)"
+            )
+        seen[index] = i
         rows.append(fields)
-    return rows, (None if torn_at is None else -1)  # -1: complete last row without its newline
+    return rows, (None if torn_at is None else -1)
 
 
 def _resume_state(out: Path, identity: dict) -> tuple[set[int], int | None]:
@@ -179,8 +195,8 @@ def _resume_state(out: Path, identity: dict) -> tuple[set[int], int | None]:
     if not out.exists() or out.stat().st_size == 0:
         return set(), None
     try:
-        recorded = json.loads(side.read_text()) if side.exists() else None
-    except json.JSONDecodeError:
+        recorded = json.loads(side.read_text(encoding="utf-8")) if side.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise SmoothinfError(
             f"{side}: corrupt provenance JSON; delete {out} and {side.name} to restart"
         ) from None
@@ -188,6 +204,22 @@ def _resume_state(out: Path, identity: dict) -> tuple[set[int], int | None]:
         raise SmoothinfError(mismatch_message(out, recorded, identity, "--out"))
     rows, torn_at = _read_rows(out)
     return {int(r[0]) for r in rows}, torn_at
+
+
+def _start_table(out: Path, identity: dict) -> None:
+    """A new table: provenance first, then the header; a failed write (a full disk) leaves neither."""
+    side = provenance_path(out)
+    tmp = side.with_name(side.name + ".tmp")
+    try:
+        with naming(tmp):
+            tmp.write_text(json.dumps(identity, indent=1) + "\n")
+            os.replace(tmp, side)
+        with naming(out):
+            out.write_text("\t".join(TSV_COLUMNS) + "\n")
+    except OSError:
+        for path in (tmp, side, out):
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _blocks(selected: list[int], step: int) -> list[list[int]]:
@@ -202,9 +234,27 @@ def _block_generator(seed: int, block: int, device: torch.device) -> torch.Gener
 def run_certify(args: argparse.Namespace) -> int:
     _check_sigma_alpha(args, certifying=True)
     check_certifiable(args.noise)
+    out = check_output(args.out, "--out")
+    png = check_output(out.with_suffix(".png"), "--out (its plot)")
+    check_output(provenance_path(out), "--out (its provenance)")
     model, meta, name, data, x, y, device = _load(args)
-    out = Path(args.out)
     identity = certify_identity(args, meta, model, name, data, device)
+    with output_lock(out, "--out"):
+        rows = _certify_rows(args, out, identity, model, x, y, device)
+    radius = np.array([float(r[3]) for r in rows])
+    correct = np.array([r[4] == "1" for r in rows])
+    acc = certified_accuracy(radius, correct, RADII)
+    print("| radius | " + " | ".join(f"{r:g}" for r in RADII if r <= 1.5 * args.sigma * 4) + " |")
+    shown = [a for r, a in zip(RADII, acc, strict=True) if r <= 1.5 * args.sigma * 4]
+    print("| certified accuracy | " + " | ".join(f"{a:.3f}" for a in shown) + " |")
+    print(f"{len(radius)} examples in {out} (provenance {provenance_path(out).name})", flush=True)
+    plot_certified(radius, correct, args.sigma, png)  # optional: after the numbers are out
+    print(f"plot {png}")
+    return 0
+
+
+def _certify_rows(args, out: Path, identity: dict, model, x, y, device) -> list[list[str]]:
+    """Certify the examples ``out`` does not hold yet (appending a row each) and return every row."""
     done, torn_at = _resume_state(out, identity)
     selected = list(range(0, x.shape[0], args.skip))
     stray = sorted(done - set(selected))
@@ -213,22 +263,20 @@ def run_certify(args: argparse.Namespace) -> int:
             f"{out} holds example {stray[-1]}, beyond this run's {x.shape[0]} examples; pass"
             f" --max-examples {stray[-1] + 1} or more, or another --out"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not done and torn_at is None:  # a new table: provenance first, then the header
-        side = provenance_path(out)
-        tmp = side.with_name(side.name + ".tmp")
-        tmp.write_text(json.dumps(identity, indent=1) + "\n")
-        os.replace(tmp, side)
-        out.write_text("\t".join(TSV_COLUMNS) + "\n")
+    with naming(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if not done and torn_at is None:
+        _start_table(out, identity)
     elif torn_at is not None and torn_at >= 0:
-        truncate_to(out, torn_at)
+        with naming(out):
+            truncate_to(out, torn_at)
     elif torn_at == -1:
-        with out.open("a") as f:
+        with naming(out), out.open("a") as f:
             f.write("\n")
     todo = [
         (b, block) for b, block in enumerate(_blocks(selected, args.examples_per_step)) if set(block) - done
     ]
-    with out.open("a") as f:
+    with naming(out), out.open("a") as f:
         for b, block in tqdm(todo, desc="certify", unit="batch"):
             start = time.time()
             pred, radius = certify(
@@ -252,14 +300,4 @@ def run_certify(args: argparse.Namespace) -> int:
                 )
             f.flush()
             os.fsync(f.fileno())
-    rows, _ = _read_rows(out)
-    radius = np.array([float(r[3]) for r in rows])
-    correct = np.array([r[4] == "1" for r in rows])
-    acc = certified_accuracy(radius, correct, RADII)
-    print("| radius | " + " | ".join(f"{r:g}" for r in RADII if r <= 1.5 * args.sigma * 4) + " |")
-    shown = [a for r, a in zip(RADII, acc, strict=True) if r <= 1.5 * args.sigma * 4]
-    print("| certified accuracy | " + " | ".join(f"{a:.3f}" for a in shown) + " |")
-    png = out.with_suffix(".png")
-    plot_certified(radius, correct, args.sigma, png)
-    print(f"{len(radius)} examples in {out} (provenance {provenance_path(out).name}); plot {png}")
-    return 0
+    return _read_rows(out)[0]

@@ -19,7 +19,8 @@ _HELP = {
     "eps": "L_inf radius of the training attack (pixel units)",
     "sigma": "the one input-noise std (pixel units): of the gaussian / cni-iw / epgd / smoothadv"
     " objectives or of the --noise cni-i layer",
-    "noise_init": "init of the PNI/CNI weight-noise parameters (cni-i takes its std from --sigma)",
+    "noise_init": "init of the PNI noise scale alpha (cni-w starts its d and F at 0.0625 and 0.01; cni-i"
+    " takes its std from --sigma)",
     "init": "fine-tune from this checkpoint",
     "start_noise": "single-step uniform start radius in multiples of eps (fgsm-rs 1, n-fgsm 2)",
     "grad_align": "GradAlign weight lambda for single-step objectives (0: off; ~3x a step's cost)",

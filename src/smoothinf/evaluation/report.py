@@ -30,27 +30,34 @@ def setting_name(vote: str, sigma: float, m: int) -> str:
     return "base (no smoothing)" if vote == "none" else f"{vote} sigma={sigma:g} m={m}"
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """(mean, sample std) of ``values``; std 0 for a single value."""
     return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(records: list[dict]) -> dict[tuple, dict]:
-    """Group by (vote, sigma, m, eps): mean and std over runs of clean, each attack and worst case."""
+def pm(ms: tuple[float, float] | None) -> str:
+    """A (mean, std) pair of fractions as percent, ``"12.3 ± 0.4"``; ``"-"`` for None."""
+    return "-" if ms is None else f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+
+
+def aggregate(records: list[dict], metrics: tuple[str, ...] = ()) -> dict[tuple, dict]:
+    """Group by (vote, sigma, m, eps): mean and std over runs of clean, each attack and worst case,
+    and of each further per-record number named in ``metrics`` (under its own key)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["vote"], float(r["sigma"]), int(r["m"]), float(r["eps"]))].append(r)
     rows = {}
     for key, rs in groups.items():
         names = list(dict.fromkeys(a for r in rs for a in r["attacks"]))  # in the order they ran
-        attacks = {a: _mean_std([r["attacks"][a] for r in rs if a in r["attacks"]]) for a in names}
+        attacks = {a: mean_std([r["attacks"][a] for r in rs if a in r["attacks"]]) for a in names}
         cascade = bool(rs[0].get("cascade"))
         rules = [r.get("strongest_rule", "drop" if cascade else "alone") for r in rs]
         rows[key] = {
             "runs": len(rs),
             "n": rs[0]["n"],
-            "clean": _mean_std([r["clean"] for r in rs]),
+            "clean": mean_std([r["clean"] for r in rs]),
             "attacks": attacks,
-            "worst_case": _mean_std([r["worst_case"] for r in rs]),
+            "worst_case": mean_std([r["worst_case"] for r in rs]),
             "strongest": (
                 statistics.mode([r["strongest"] for r in rs])
                 if cascade
@@ -63,8 +70,9 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
             "checks_off": checks_off(rs[0]),
             "budget": rs[0].get("budget", {}),
             "checks": _merge_checks([r.get("checks", {}) for r in rs]),
-            "seconds": _mean_std([r["seconds"] for r in rs]) if all("seconds" in r for r in rs) else None,
+            "seconds": mean_std([r["seconds"] for r in rs]) if all("seconds" in r for r in rs) else None,
             "attack_time": _mean_attack_time(rs),
+            **{name: mean_std([r[name] for r in rs]) for name in metrics},
         }
     return rows
 
@@ -205,10 +213,6 @@ def compute_table(rows: dict[tuple, dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def _pm(ms: tuple[float, float]) -> str:
-    return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
-
-
 def markdown_table(rows: dict[tuple, dict]) -> str:
     """One line per setting and eps; accuracies in percent, mean ± std over runs."""
     names = list(dict.fromkeys(a for row in rows.values() for a in row["attacks"]))
@@ -216,9 +220,9 @@ def markdown_table(rows: dict[tuple, dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (vote, sigma, m, eps), row in _in_table_order(rows):
         name = setting_name(vote, sigma, m) + (OLD_JUDGING if row.get("judging", 1) == 1 else "")
-        cells = [name, f"{eps:g}", str(row["runs"]), _pm(row["clean"])]
-        cells += [_pm(row["attacks"][a]) if a in row["attacks"] else "-" for a in names]
-        cells += [_pm(row["worst_case"]), row["strongest"], row_flags(row)]
+        cells = [name, f"{eps:g}", str(row["runs"]), pm(row["clean"])]
+        cells += [pm(row["attacks"][a]) if a in row["attacks"] else "-" for a in names]
+        cells += [pm(row["worst_case"]), row["strongest"], row_flags(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -5,21 +5,25 @@ the data name / split / examples, every attack and smoothing setting that is not
 seed, batch sizes, the device type). Each record carries that identity and its fingerprint; a rerun
 whose identity differs is refused with one line naming the differing field, so two models (or two
 data slices) are never averaged into one row. Grid values and the run count may grow on resume.
-A last line cut by a crash (no trailing newline, not valid JSON) is dropped and recomputed.
+A last line cut by a crash (no trailing newline, not valid JSON) after records of this tool is
+dropped (with a note on stderr) and recomputed; a row met twice is refused (two writers at once:
+the command line holds ``smoothinf.utils.output_lock`` on the file while it writes).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from smoothinf.errors import ConfigError
+from smoothinf.errors import ConfigError, naming
 
 # Keys every result record must hold (what ``row_key`` and the report read).
 RECORD_KEYS = ("run", "vote", "sigma", "m", "eps", "n", "clean", "attacks", "worst_case")
@@ -81,15 +85,42 @@ def mismatch_message(path: Path, old: Mapping | None, new: Mapping, flag: str) -
     )
 
 
-def split_torn_tail(path: Path) -> tuple[list[str], int | None]:
-    """Lines of a text file and, when the last one has no trailing newline (a write cut by a crash
-    or a full disk), the byte offset where it starts; else None. The caller decides whether that
-    line is complete (a JSON line that parses, a TSV row with every column) or torn."""
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return data.decode().splitlines(), None
-    cut = data.rfind(b"\n") + 1
-    return data[:cut].decode().splitlines() + [data[cut:].decode(errors="replace")], cut
+MAX_LINE_BYTES = 8 * 2**20
+"""The longest line a reader accepts (a record is a few kB): a file of endless bytes, such as
+``/dev/full`` or a binary file without newlines, is refused at this size instead of filling memory."""
+
+
+def read_lines(path: Path, hint: str) -> tuple[list[str], int | None]:
+    """Lines of a text file, read one at a time, and, when the last one has no trailing newline (a
+    write cut by a crash or a full disk), the byte offset where it starts; else None. The caller
+    decides whether that line is complete (a JSON line that parses, a TSV row with every column)
+    or torn. A line over ``MAX_LINE_BYTES`` or not UTF-8 (a binary file) is a ConfigError naming
+    the file and line, ending with ``hint`` (what to do)."""
+    lines: list[str] = []
+    offset, torn_at = 0, None
+    with naming(path), path.open("rb") as handle:
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            i = len(lines) + 1
+            complete = raw.endswith(b"\n")
+            if len(raw) > MAX_LINE_BYTES and not complete:
+                raise ConfigError(
+                    f"{path}:{i}: a line longer than {MAX_LINE_BYTES // 2**20} MiB, not a text file of"
+                    f" records; {hint}"
+                )
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                if complete:
+                    raise ConfigError(
+                        f"{path}:{i}: not UTF-8 text (byte {error.start + 1} of the line: a binary file?);"
+                        f" {hint}"
+                    ) from None
+                text = raw.decode("utf-8", errors="replace")  # a torn last line may end mid-character
+            if not complete:
+                torn_at = offset
+            lines.append(text[:-1] if complete else text)
+            offset += len(raw)
+    return lines, torn_at
 
 
 def truncate_to(path: Path, offset: int) -> None:
@@ -178,8 +209,10 @@ class ResultsStore:
         self.fingerprint = fingerprint_of(self.identity) if self.identity is not None else fingerprint
         self._torn_at: int | None = None
         self.records = []
+        if self.path.is_dir():
+            raise ConfigError(f"{flag} {self.path} is a folder; pass a file path inside it")
         if self.path.exists():
-            self.records, self._torn_at = _read(self.path, allow_torn_tail=True, required=required)
+            self.records, self._torn_at = _read(self.path, True, required, key, flag)
         if self.fingerprint is not None:
             other = [r for r in self.records if r.get("fingerprint") != self.fingerprint]
             if other:
@@ -191,11 +224,22 @@ class ResultsStore:
                     f"{self.path} holds results of a different configuration (fingerprint "
                     f"{other[0].get('fingerprint')}); use another {flag} file"
                 )
+        if self._torn_at is not None:
+            print(
+                f"smoothinf: {self.path}: its last line was cut by an interrupted write; it is dropped"
+                " and its row computed again",
+                file=sys.stderr,
+            )
 
     def done(self) -> set[tuple]:
         return {self.key(r) for r in self.records}
 
     def append(self, record: dict) -> None:
+        with naming(self.path):
+            self._append(record)
+        self.records.append(record)
+
+    def _append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.fingerprint is not None:  # stamped in place: the caller's record matches the file
             record["fingerprint"] = self.fingerprint
@@ -213,7 +257,6 @@ class ResultsStore:
             f.write((json.dumps(record) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
-        self.records.append(record)
 
 
 def _is_number(value: object) -> bool:
@@ -253,17 +296,67 @@ def count_every_check(record: dict) -> dict:
     return record
 
 
+def _is_count(value: object, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_fraction(value: object) -> bool:
+    return _is_number(value) and 0.0 <= value <= 1.0
+
+
+def value_problem(record: dict) -> str | None:
+    """What is wrong with the values of a result record's keys (``RECORD_KEYS``), or None: run and
+    n are counts, m a count >= 1, sigma and eps finite numbers >= 0, vote a string, clean,
+    worst_case and every attack's accuracy fractions in [0, 1]."""
+    for name, ok, want in (
+        ("run", _is_count(record.get("run")), "an integer >= 0"),
+        ("n", _is_count(record.get("n")), "an integer >= 0 (examples)"),
+        ("m", _is_count(record.get("m"), 1), "an integer >= 1 (noise draws)"),
+        ("vote", isinstance(record.get("vote"), str), "a string"),
+        ("clean", _is_fraction(record.get("clean")), "an accuracy in [0, 1]"),
+        ("worst_case", _is_fraction(record.get("worst_case")), "an accuracy in [0, 1]"),
+    ):
+        if name in record and not ok:
+            return f"{name!r} must be {want}, got {record[name]!r}"
+    for name in ("sigma", "eps"):
+        value = record.get(name)
+        if name in record and not (_is_number(value) and math.isfinite(value) and value >= 0):
+            return f"{name!r} must be a finite number >= 0 (pixel units), got {value!r}"
+    attacks = record.get("attacks")
+    if isinstance(attacks, dict):
+        for attack, value in attacks.items():
+            if not _is_fraction(value):
+                return f"'attacks.{attack}' must be an accuracy in [0, 1], got {value!r}"
+    return None
+
+
 def _read(
-    path: Path, allow_torn_tail: bool, required: tuple[str, ...] = RECORD_KEYS
+    path: Path,
+    allow_torn_tail: bool,
+    required: tuple[str, ...] = RECORD_KEYS,
+    key: Callable[[dict], tuple] | None = row_key,
+    flag: str = "--results",
 ) -> tuple[list[dict], int | None]:
-    lines, torn_at = split_torn_tail(path)
-    records = []
+    """Records of a results file and the offset of a cut last line (None: none). A cut last line
+    is only taken for one when the lines before it are records (else the file is not a results
+    file of this tool and is refused); without ``allow_torn_tail`` it is an error. Values are
+    checked (``value_problem``) and a row ``key`` met twice is refused: two writers, or a file
+    appended twice, would count it twice."""
+    hint = f"not a smoothinf results file: choose another {flag}"
+    lines, torn_at = read_lines(path, hint)
+    records: list[dict] = []
+    seen: dict[tuple, int] = {}
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            if not records:  # no record before it: not a file of this tool, even if it lacks a newline
+                raise ConfigError(
+                    f"{path}:{i}: not a JSON record, {hint} (or delete it if it is a results file cut"
+                    " in its first record)"
+                ) from None
             if torn_at is not None and i == len(lines):
                 if allow_torn_tail:
                     return records, torn_at
@@ -279,6 +372,9 @@ def _read(
             )
         if "attacks" in required and not isinstance(record["attacks"], dict):
             raise ConfigError(f"{path}:{i}: 'attacks' must be an object of attack -> accuracy")
+        problem = value_problem(record) if "clean" in required else None
+        if problem:
+            raise ConfigError(f"{path}:{i}: {problem}; remove that line and rerun evaluate to recompute it")
         if not _timing_ok(record):
             raise ConfigError(
                 f"{path}:{i}: 'seconds' must be a number and 'attack_time' an object of attack -> "
@@ -288,15 +384,34 @@ def _read(
             records.append(count_every_check(record))
         except ValueError as error:
             raise ConfigError(f"{path}:{i}: {error}") from None
+        if key is not None:
+            try:
+                row = key(record)
+                hash(row)
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(
+                    f"{path}:{i}: the fields that identify a row ({', '.join(required[:4])}) are malformed;"
+                    " remove that line"
+                ) from None
+            if row in seen:
+                raise ConfigError(
+                    f"{path}:{i}: repeats the row of line {seen[row]} ({', '.join(map(str, row))}): two runs"
+                    " wrote to this file at once, or it was appended twice; keep one of the two lines"
+                    " (or delete the file and rerun)"
+                )
+            seen[row] = i
     return records, None
 
 
-def read_results(path: str | os.PathLike) -> list[dict]:
-    """All records of a results file; a malformed line or record is an error naming its number."""
+def read_results(path: str | os.PathLike, key: Callable[[dict], tuple] | None = row_key) -> list[dict]:
+    """All records of a results file; a malformed line or record, or a row met twice (``key``;
+    None: not checked), is an error naming its line."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"results file {path} not found")
-    records = _read(path, allow_torn_tail=False)[0]
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; pass a results file (e.g. {path / 'results.jsonl'})")
+    records = _read(path, allow_torn_tail=False, key=key, flag="results file")[0]
     prints = sorted({str(r.get("fingerprint")) for r in records})
     if len(prints) > 1:  # files written before identities existed could mix two models
         raise ConfigError(
@@ -309,21 +424,26 @@ def read_results(path: str | os.PathLike) -> list[dict]:
 def read_jsonl(path: str | os.PathLike, missing_ok: bool = True) -> list[dict]:
     """The JSON objects of a JSONL file, one per non-blank line ([] when absent and ``missing_ok``).
 
-    The one reader of the library's JSONL files (results, metrics, step states); a line that is not
-    JSON is an error naming the file and line.
+    The one reader of the library's JSONL files (results, metrics, step states), line by line with
+    a size limit per line (``MAX_LINE_BYTES``); a line that is not JSON, or not UTF-8 text, is an
+    error naming the file and line.
     """
     path = Path(path)
     if not path.exists():
         if missing_ok:
             return []
         raise ConfigError(f"{path} not found")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a JSONL file")
+    hint = "not a JSONL file of smoothinf: remove that line or the file"
+    lines, torn_at = read_lines(path, hint)
     records = []
-    with path.open(encoding="utf-8", errors="strict") as handle:
-        for i, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ConfigError(f"{path}:{i}: not a JSON line; remove that line or the file") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            cut = " (cut by an interrupted write)" if torn_at is not None and i == len(lines) else ""
+            raise ConfigError(f"{path}:{i}: not a JSON line{cut}; remove that line or the file") from None
     return records

@@ -4,7 +4,7 @@
 >>> model = create_model("resnet20", 10, 3, mean=(0.491, 0.482, 0.447), std=(0.247, 0.243, 0.262))
 """
 
-from smoothinf.models import cnn, linear, resnet, wide_resnet  # noqa: F401  (register the zoo)
+from smoothinf.models import cnn, lenet, linear, resnet, wide_resnet  # noqa: F401  (register the zoo)
 from smoothinf.models.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
 from smoothinf.models.inputs import ExpectedInput, check_model_input, expected_input
 from smoothinf.models.legacy import load_legacy_checkpoint

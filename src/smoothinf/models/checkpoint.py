@@ -17,8 +17,6 @@ Legacy ``.pth`` / ``.pth.tar`` files go through ``smoothinf.models.legacy`` (``w
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import os
 import tempfile
@@ -32,10 +30,12 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from smoothinf._version import __version__
+from smoothinf.data.integrity import file_digest
 from smoothinf.errors import CheckpointError, SmoothinfError
 from smoothinf.models.legacy import load_legacy_checkpoint
 from smoothinf.models.state import apply_state_dict, read_safetensors
 
+_sha256 = file_digest  # the name cli/models.py imports; the one file hash is data.integrity's
 FORMAT_NAME = "smoothinf-checkpoint"
 FORMAT_VERSION = 1
 LEGACY_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt")
@@ -83,14 +83,6 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tensors_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -161,7 +153,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping | N
             fh.flush()
             os.fsync(fh.fileno())
         sidecar["weights_file"] = path.name
-        sidecar["weights_sha256"] = _sha256(Path(tmp_weights))
+        sidecar["weights_sha256"] = file_digest(tmp_weights)
         try:
             text = json.dumps(sidecar, indent=2, default=_to_json, allow_nan=True)
         except (TypeError, ValueError) as exc:
@@ -180,12 +172,12 @@ def _metadata(data: bytes) -> tuple[bytes, dict[str, str]]:
     return header, json.loads(header).get("__metadata__") or {}
 
 
-def _metadata_in_order(data: bytes, order: list[str] | None = None) -> bytes:
-    """``data`` (a safetensors file) with its metadata keys in ``order`` (None: sorted); the
-    header keeps its length, so every tensor's offset stays."""
+def _metadata_in_order(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its metadata keys sorted; the header keeps its length,
+    so every tensor's offset stays."""
     header, written = _metadata(data)
     as_written = json.dumps(written, separators=(",", ":")).encode()
-    ordered = {k: written[k] for k in (sorted(written) if order is None else order)}
+    ordered = {k: written[k] for k in sorted(written)}
     in_order = json.dumps(ordered, separators=(",", ":")).encode()
     if as_written not in header or len(in_order) != len(as_written):
         raise CheckpointError("safetensors wrote its metadata in an unexpected form; cannot order it")
@@ -197,26 +189,6 @@ def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping
     writes the metadata in hash-map order, which changes from one save to the next, so equal
     weights would get another file sha256 (the identity that results are keyed on) at each save."""
     return _metadata_in_order(safetensors_bytes(dict(tensors), metadata=dict(metadata)))
-
-
-def restore_recorded_bytes(path: str | os.PathLike, sha256: str) -> bool:
-    """Rewrite checkpoint ``path`` (and its sidecar's hash) in the metadata order whose file
-    sha256 is ``sha256``, when one is: the same weights saved before checkpoints were canonical
-    (their metadata in whatever order the library kept), as results recorded under that hash.
-    Returns whether it was rewritten; the tensors are never touched."""
-    path = Path(path)
-    data = path.read_bytes()
-    keys = list(_metadata(data)[1])
-    if len(keys) > 6:  # permutations grow fast; smoothinf writes two keys
-        return False
-    candidates = (_metadata_in_order(data, list(order)) for order in itertools.permutations(keys))
-    match = next((c for c in candidates if hashlib.sha256(c).hexdigest() == sha256), None)
-    if match is None:
-        return False
-    text = json.dumps({**read_sidecar(path), "weights_sha256": sha256}, indent=2, allow_nan=True)
-    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(match))
-    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
-    return True
 
 
 def read_sidecar(path: str | os.PathLike) -> dict:
@@ -299,7 +271,7 @@ def load_checkpoint(
     if not sidecar_path(path).is_file():
         return _load_without_sidecar(path, device, arch, overrides)
     meta = read_sidecar(path)
-    if verify and meta.get("weights_sha256") and _sha256(path) != meta["weights_sha256"]:
+    if verify and meta.get("weights_sha256") and file_digest(path) != meta["weights_sha256"]:
         raise CheckpointError(
             f"{path}: weights do not match the sidecar's sha256 (file changed, truncated or half-written)"
         )

@@ -26,12 +26,15 @@ class ModelSpec:
 
     ``input_shape`` (C, H, W) is the default data shape (MNIST 1x28x28 or CIFAR 3x32x32);
     ``takes_input_size`` is True when the builder needs the spatial size (fully connected heads).
+    ``dataset_normalization``: whether ``create_model_for`` puts the data set's mean/std into the
+    model (False: raw pixels, mean 0 and std 1, as ``lenet`` is trained in the smoothing literature).
     """
 
     name: str
     builder: Callable[..., nn.Module]
     input_shape: tuple[int, int, int]
     description: str
+    dataset_normalization: bool = True
 
     @property
     def takes_input_size(self) -> bool:
@@ -39,9 +42,14 @@ class ModelSpec:
 
 
 def register_model(
-    name: str | None = None, *, input_shape: tuple[int, int, int] = (3, 32, 32), description: str = ""
+    name: str | None = None,
+    *,
+    input_shape: tuple[int, int, int] = (3, 32, 32),
+    description: str = "",
+    dataset_normalization: bool = True,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator adding ``builder(num_classes, in_channels, mean, std, **kw)`` under ``name``."""
+    """Decorator adding ``builder(num_classes, in_channels, mean, std, **kw)`` under ``name``
+    (``dataset_normalization``: see ``ModelSpec``)."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or builder.__name__
@@ -49,7 +57,7 @@ def register_model(
             raise SmoothinfError(f"model {key!r} is already registered")
         doc_lines = (builder.__doc__ or "").strip().splitlines()
         doc = description or (doc_lines[0] if doc_lines else "")
-        _REGISTRY[key] = ModelSpec(key, builder, tuple(input_shape), doc)
+        _REGISTRY[key] = ModelSpec(key, builder, tuple(input_shape), doc, bool(dataset_normalization))
         return builder
 
     return wrap
@@ -124,11 +132,15 @@ def _expand(values: Sequence[float] | float, channels: int) -> list[float]:
 
 
 def create_model_for(name: str, info, **kwargs) -> nn.Module:
-    """``create_model`` with classes, channels, normalisation (and input size) from a DatasetInfo."""
+    """``create_model`` with classes, channels, normalisation (and input size) from a DatasetInfo.
+
+    An architecture registered with ``dataset_normalization=False`` gets mean 0 and std 1 (raw
+    pixels) instead of the data set's statistics."""
     spec = get_model_spec(name)
     if spec.takes_input_size and "input_size" not in kwargs:
         kwargs["input_size"] = tuple(info.input_shape[1:])
-    return create_model(name, info.num_classes, info.in_channels, info.mean, info.std, **kwargs)
+    mean, std = (info.mean, info.std) if spec.dataset_normalization else (0.0, 1.0)
+    return create_model(name, info.num_classes, info.in_channels, mean, std, **kwargs)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -4,10 +4,15 @@ from smoothinf.smoothing.certify import certified_accuracy, certify, predict_wit
 from smoothinf.smoothing.classifier import SmoothedClassifier
 from smoothinf.smoothing.statistics import (
     ABSTAIN,
+    CertifiedExample,
+    average_certified_radius,
     binomial_two_sided_pvalue,
+    certified_accuracy_at,
     check_abstain_vote,
     check_certifiable,
     clopper_pearson_lower,
+    read_certify_log,
+    summarize_certification,
 )
 from smoothinf.smoothing.votes import (
     VOTES,
@@ -21,10 +26,13 @@ from smoothinf.smoothing.votes import (
 __all__ = [
     "ABSTAIN",
     "VOTES",
+    "CertifiedExample",
     "SmoothedClassifier",
     "apply_vote",
+    "average_certified_radius",
     "binomial_two_sided_pvalue",
     "certified_accuracy",
+    "certified_accuracy_at",
     "certify",
     "check_abstain_vote",
     "check_certifiable",
@@ -32,6 +40,8 @@ __all__ = [
     "clopper_pearson_lower",
     "exponential_rank",
     "predict_with_abstain",
+    "read_certify_log",
     "reciprocal_rank",
+    "summarize_certification",
     "top_k",
 ]

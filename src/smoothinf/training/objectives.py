@@ -10,6 +10,14 @@
 * epgd / smoothadv (EPGD-AT, SmoothAdv-AT): x_adv from EPGD / SmoothAdv with m_train draws, and the
   loss is that of the smoothed classifier at x_adv (Salman et al. 2019): CE averaged over m_train
   noisy copies x_adv + n_j (and x + n_j for the clean term). They need sigma > 0.
+  ``norm="l2"`` runs their attack in L2 (Salman et al.'s training threat model), ``warmup`` > 0 ramps
+  eps linearly over that many epochs (Salman et al.: min(eps, (epoch + 1) eps / warmup)), and
+  ``attack_noise="shared"`` trains smoothadv exactly as Salman et al.'s code: one set of m_train
+  draws per batch for every attack step and for the loss, no random start, the last iterate, step
+  2 eps / steps (``training.certified_objectives.smoothadv_shared``). The default ``"fresh"`` is
+  this library's SmoothAdv attack (fresh draws every step, random start, strongest visited point).
+* consistency / smoothmix / macer: certified-robustness training of the smoothed classifier
+  (Jeong & Shin 2020, Jeong et al. 2021, Zhai et al. 2020), see ``training.certified_objectives``.
 * fgsm / fgsm-rs / n-fgsm: single-step adversarial training (``training.single_step``), eq. 6.
 The inner attack runs with the model in eval mode (batch-norm statistics) and noise on; the attack
 restores the training mode afterwards. Batch-norm running statistics come only from the forwards
@@ -22,7 +30,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +39,7 @@ from smoothinf.attacks import EPGD, PGD, SmoothAdv
 from smoothinf.errors import ConfigError
 from smoothinf.noise import NoiseDistribution
 from smoothinf.training.single_step import SingleStep, grad_align_penalty, single_step_perturbation
+from smoothinf.training.step import Objective, Step, frozen_forward
 
 OBJECTIVES = (
     "standard",
@@ -44,21 +52,15 @@ OBJECTIVES = (
     "fgsm",
     "fgsm-rs",
     "n-fgsm",
+    "consistency",
+    "smoothmix",
+    "macer",
 )
 # Objectives that add Gaussian input noise of std sigma themselves (they need sigma > 0).
-INPUT_NOISE_OBJECTIVES = ("gaussian", "cni-iw", "epgd", "smoothadv")
-
-
-@dataclass
-class Step:
-    """The loss to minimise and the statistics of one batch (accuracies on clean / adversarial)."""
-
-    loss: torch.Tensor
-    clean_correct: int
-    adv_correct: int | None = None
-
-
-Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator | None], Step]
+INPUT_NOISE_OBJECTIVES = ("gaussian", "cni-iw", "epgd", "smoothadv", "consistency", "smoothmix", "macer")
+# The attack's noise draws for smoothadv: fresh every step (this library's attack) or one shared set
+# per batch for the attack and the loss (Salman et al.'s training code).
+ATTACK_NOISE = ("fresh", "shared")
 
 
 def _noisy(x: torch.Tensor, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -86,19 +88,6 @@ def _noisy_ce(
 
 
 @torch.no_grad()
-def _frozen_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits in eval mode (batch-norm running statistics neither used for training nor updated);
-    every module's training flag is restored afterwards."""
-    model = getattr(model, "module", model)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        return model(x)
-    finally:
-        for m, t in modes:
-            m.training = t
-
-
 def standard(sigma: float = 0.0) -> Objective:
     """CE on clean inputs, or on Gaussian-augmented inputs when sigma > 0."""
 
@@ -132,7 +121,7 @@ def adversarial(
             loss_clean, logits = _noisy_ce(model, x, y, sigma, draws, generator)
             loss = loss + (1.0 - weight) * loss_clean
         else:
-            logits = _frozen_forward(model, _noisy(x, sigma, generator))
+            logits = frozen_forward(model, _noisy(x, sigma, generator))
         return Step(loss, int((logits.argmax(1) == y).sum()), int((logits_adv.argmax(1) == y).sum()))
 
     return step
@@ -209,9 +198,21 @@ def build_objective(
     m_train: int = 8,
     start_noise: float | None = None,
     grad_align: float = 0.0,
+    *,
+    norm: str = "linf",
+    attack_noise: str = "fresh",
+    warmup: int = 0,
+    consistency_lambda: float = 10.0,
+    consistency_eta: float = 0.5,
+    smoothmix_eta: float = 1.0,
+    smoothmix_mix_step: int = 0,
+    macer_lambda: float = 16.0,
+    macer_gamma: float = 8.0,
+    macer_beta: float = 16.0,
+    macer_deferred_epochs: int = 0,
 ) -> Objective:
     """An objective by name: standard | gaussian | adversarial | trades | cni-iw | epgd | smoothadv
-    | fgsm | fgsm-rs | n-fgsm.
+    | fgsm | fgsm-rs | n-fgsm | consistency | smoothmix | macer.
 
     ``sigma`` (pixel units) is the Gaussian input noise the objective adds: gaussian, cni-iw, epgd
     and smoothadv need sigma > 0; adversarial with sigma > 0 is cni-iw. With input noise the
@@ -219,14 +220,45 @@ def build_objective(
     For the single-step ones alpha / start_noise None take the method's defaults (fgsm-rs:
     1.25 eps, start U[-eps, eps]; n-fgsm: eps, start U[-2 eps, 2 eps]) and grad_align > 0 adds
     GradAlign with that weight.
+
+    ``norm`` (linf | l2) is the threat model of the adversarial / epgd / smoothadv attacks;
+    ``warmup`` > 0 ramps eps over that many epochs (epgd, smoothadv) or SmoothMix's mixup weight, and
+    needs ``objective.set_epoch(epoch)`` every epoch; ``attack_noise``: see the module docstring.
+    consistency (m_train copies, lambda, eta), smoothmix (m_train, ``steps`` of size ``alpha``,
+    default 1.0, eta, mix_step) and macer (m_train, lambda, gamma, beta, deferred epochs) follow
+    ``training.certified_objectives``.
     """
-    if name in ("fgsm", "fgsm-rs", "n-fgsm"):
-        return single_step(single_step_perturbation(name, eps, alpha, start_noise), weight, grad_align)
-    alpha = 2.5 * eps / steps if alpha is None else alpha
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"unknown attack norm {norm!r}; use linf or l2")
+    if attack_noise not in ATTACK_NOISE:
+        raise ConfigError(f"unknown attack_noise {attack_noise!r}; use {' or '.join(ATTACK_NOISE)}")
+    if attack_noise != "fresh" and name != "smoothadv":
+        raise ConfigError(f"attack_noise {attack_noise!r} applies to the smoothadv objective, not {name}")
+    if norm != "linf" and name not in ("adversarial", "cni-iw", "epgd", "smoothadv"):
+        raise ConfigError(f"attack norm {norm} applies to adversarial, cni-iw, epgd, smoothadv; not {name}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup must be an integer >= 0 (epochs), got {warmup!r}")
+    if warmup and name not in ("epgd", "smoothadv", "smoothmix"):
+        raise ConfigError(f"warmup applies to the epgd, smoothadv and smoothmix objectives, not {name!r}")
     if name in INPUT_NOISE_OBJECTIVES and sigma <= 0:
         raise ConfigError(
             f"the {name} objective trains on Gaussian input noise: it needs --sigma > 0 (pixel units)"
         )
+    if name in ("consistency", "smoothmix", "macer") or (name == "smoothadv" and attack_noise == "shared"):
+        from smoothinf.training import certified_objectives as co
+
+        if name == "consistency":
+            return co.consistency(sigma, m_train, consistency_lambda, consistency_eta)
+        if name == "smoothmix":
+            step_size = 1.0 if alpha is None else alpha
+            return co.smoothmix(sigma, m_train, steps, step_size, smoothmix_eta, smoothmix_mix_step, warmup)
+        if name == "macer":
+            return co.macer(sigma, m_train, macer_lambda, macer_gamma, macer_beta, macer_deferred_epochs)
+        return co.smoothadv_shared(sigma, eps, m_train, steps, alpha, weight, norm, warmup)
+    if name in ("fgsm", "fgsm-rs", "n-fgsm"):
+        return single_step(single_step_perturbation(name, eps, alpha, start_noise), weight, grad_align)
+    step_rule = alpha is None  # Madry's 2.5 eps / steps, following eps through the warm-up
+    alpha = 2.5 * eps / steps if alpha is None else alpha
     noise = NoiseDistribution("gaussian", sigma)
     if name == "standard":
         return standard()
@@ -234,14 +266,26 @@ def build_objective(
         return standard(sigma)
     if name in ("adversarial", "cni-iw"):
         if sigma > 0:  # the reference code's noise inside the forward: PGD on one noisy draw per step
-            return adversarial(lambda model: EPGD(model, noise, 1, eps, alpha, steps), weight, sigma)
-        return adversarial(lambda model: PGD(model, eps, alpha, steps), weight)
+            return adversarial(lambda model: EPGD(model, noise, 1, eps, alpha, steps, norm), weight, sigma)
+        return adversarial(lambda model: PGD(model, eps, alpha, steps, norm), weight)
     if name == "trades":
         return trades(eps, alpha, steps, beta)
     if name in ("epgd", "smoothadv"):
         cls = EPGD if name == "epgd" else SmoothAdv
-        make = lambda model: cls(model, noise, m_train, eps, alpha, steps)  # noqa: E731
-        return adversarial(make, weight, sigma, draws=m_train)
+        if not warmup:
+            make = lambda model: cls(model, noise, m_train, eps, alpha, steps, norm)  # noqa: E731
+            return adversarial(make, weight, sigma, draws=m_train)
+        from smoothinf.training.certified_objectives import EpochClock
+
+        clock = EpochClock(name)
+
+        def make_warm(model):
+            eps_t = eps * clock.ramp(warmup)
+            return cls(model, noise, m_train, eps_t, 2.5 * eps_t / steps if step_rule else alpha, steps, norm)
+
+        step = adversarial(make_warm, weight, sigma, draws=m_train)
+        step.set_epoch = clock.set_epoch  # type: ignore[attr-defined]
+        return step
     raise ConfigError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,7 +16,7 @@ from tqdm import tqdm
 
 from smoothinf.data import load_splits
 from smoothinf.distributed import all_reduce_sum, barrier, init_distributed
-from smoothinf.errors import CheckpointError, ConfigError
+from smoothinf.errors import CheckpointError, ConfigError, TrainingDiverged
 from smoothinf.models import create_model_for, list_models, load_checkpoint, save_checkpoint
 from smoothinf.models.inputs import check_model_input
 from smoothinf.models.state import apply_state_dict
@@ -27,7 +30,14 @@ from smoothinf.training.objectives import (
     check_input_noise,
 )
 from smoothinf.training.single_step import SINGLE_STEP_OBJECTIVES
-from smoothinf.utils import check_dataclass_types, dataclass_from_yaml, resolve_device, seed_everything
+from smoothinf.utils import (
+    check_dataclass_types,
+    check_output,
+    dataclass_from_yaml,
+    output_lock,
+    resolve_device,
+    seed_everything,
+)
 
 
 @dataclass
@@ -36,9 +46,11 @@ class TrainConfig:
 
     ``sigma`` (pixel units) is the one input-noise std: of the objective's Gaussian noise
     (gaussian / cni-iw / epgd / smoothadv) or of the ``noise: cni-i`` layer, never both.
-    ``noise_init`` initialises the PNI/CNI weight-noise parameters only. ``noise_weight_decay``:
-    weight decay of the noise parameters (0 as in PNI; the paper's reference code uses
-    ``weight_decay`` for them too, see docs/training-fidelity.md).
+    ``noise_init`` initialises the PNI noise scales only (CNI-W's d and F start at 0.0625 and
+    0.01). ``noise_weight_decay``: weight decay of the noise parameters (0 as in PNI; the paper's
+    reference code uses ``weight_decay`` for them too, see docs/training-fidelity.md).
+    A NaN or infinite loss, gradient or weight stops the run (``TrainingDiverged``) before the
+    update that would save it.
     """
 
     data: str = "mnist"
@@ -57,6 +69,18 @@ class TrainConfig:
     m_train: int = 8
     start_noise: float | None = None
     grad_align: float = 0.0
+    # certified-robustness training (smoothinf.training.certified_objectives; build_objective)
+    attack_norm: str = "linf"
+    attack_noise: str = "fresh"
+    warmup_epochs: int = 0
+    consistency_lambda: float = 10.0
+    consistency_eta: float = 0.5
+    smoothmix_eta: float = 1.0
+    smoothmix_mix_step: int = 0
+    macer_lambda: float = 16.0
+    macer_gamma: float = 8.0
+    macer_beta: float = 16.0
+    macer_deferred_epochs: int = 0
     co_guard: str | None = None
     co_guard_every: int = 100
     co_guard_examples: int = 256
@@ -67,6 +91,8 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
+    sgd_momentum: str = "nesterov"
+    train_split: str = "train"
     weight_decay: float = 0.0
     noise_weight_decay: float = 0.0
     schedule: str = "constant"
@@ -99,6 +125,15 @@ class TrainConfig:
             raise ConfigError(f"unknown model {self.model!r}; see `smoothinf models list`")
         if self.noise is not None and self.noise not in NOISE_KINDS:
             raise ConfigError(f"unknown noise {self.noise!r}; choose one of {', '.join(NOISE_KINDS)}")
+        if self.sgd_momentum not in ("nesterov", "plain"):
+            raise ConfigError(f"unknown sgd_momentum {self.sgd_momentum!r}; use nesterov or plain")
+        if self.train_split not in ("train", "train+val"):
+            raise ConfigError(
+                f"unknown train_split {self.train_split!r}; use train, or train+val (the whole"
+                " training set; model selection then has no held-out split: use select_by last)"
+            )
+        if self.train_split == "train+val" and self.select_by != "last":
+            raise ConfigError("train_split train+val trains on the validation images: set select_by last")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
         if self.schedule not in ("constant", "multistep", "cosine", "cyclic"):
@@ -179,11 +214,13 @@ RUN_FILES = (
     "best.safetensors",
     "best.safetensors.json",
 )
+# The lock a training run holds on its folder (``smoothinf.utils.output_lock``) while it writes.
+LOCK_NAME = "train.lock"
 # Settings that may change on --resume: they do not alter the epochs already trained. (epochs may
 # grow, except with the cosine schedule, whose learning-rate curve depends on it.)
 RESUME_MAY_CHANGE = ("epochs", "eval_every", "out", "root", "device")
 # Objectives without an attack: their validation PGD accuracy says nothing, select by clean accuracy.
-NON_ADVERSARIAL = ("standard", "gaussian")
+NON_ADVERSARIAL = ("standard", "gaussian", "consistency", "macer")
 
 
 def selection_metric(cfg: TrainConfig) -> str:
@@ -195,19 +232,37 @@ def selection_metric(cfg: TrainConfig) -> str:
     return cfg.select_by
 
 
+def _torch_error_detail(exc: Exception) -> str:
+    """The informative part of a ``torch.load`` error, whole words only: the line after
+    "WeightsUnpickler error:" (which object was refused), else the first sentence."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        text = after[0] if after else text
+    first = " ".join(text.split()).split(". ")[0].rstrip(".")
+    return textwrap.shorten(first, width=160, placeholder=" ...")
+
+
 def _read_state(path: Path) -> dict:
-    """``last.pt`` (weights_only); a truncated or corrupt file is a one-line CheckpointError."""
+    """``last.pt`` (weights_only); a file that holds code-running objects, or that is truncated or
+    corrupt, is a one-line CheckpointError saying which and what to do."""
+    import pickle
     import warnings
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises RuntimeError / EOFError / UnpicklingError for cut files
-        msg = " ".join(str(exc).split())[:120]
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: not a file of ours
         raise CheckpointError(
-            f"{path} is truncated or corrupt ({type(exc).__name__}: {msg}); pass --overwrite to start"
-            " over or restore the file"
+            f"{path}: refused to load: it holds Python objects other than tensors and plain data, which"
+            f" could run code ({_torch_error_detail(exc)}); smoothinf train never writes such a file:"
+            " delete it, or pass --overwrite to start over"
+        ) from None
+    except Exception as exc:  # torch raises RuntimeError / EOFError for cut files
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({type(exc).__name__}: {_torch_error_detail(exc)}); pass"
+            " --overwrite to start over or restore the file"
         ) from None
     if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "epoch"} <= set(state):
         raise CheckpointError(f"{path} is not a smoothinf training state; pass --overwrite to start over")
@@ -367,6 +422,40 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     Returns the final metrics (val clean / PGD accuracy, test clean accuracy, wall time).
     """
     cfg.validate()
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    out = check_output(cfg.out, "--out", folder=True)
+    with output_lock(out, "--out", lock=out / LOCK_NAME):
+        return _train(cfg, resume, overwrite)
+
+
+# Noise kinds whose scale ``noise_init`` sets (CNI-W starts its d and F at fixed values, 0.0625 / 0.01).
+NOISE_INIT_KINDS = ("pni-w", "pni-a", "pni-wa")
+
+
+def _diverged(
+    cfg: TrainConfig, step: int, epoch: int, what: str, first: tuple[int, float] | None, kept: str
+) -> str:
+    """One line: where training diverged (``first``: this run's first step and its loss), the
+    objective, what was kept and what to try."""
+    hints = [f"a lower --lr (now {cfg.lr:g})"]
+    if cfg.noise in NOISE_INIT_KINDS:
+        hints.append(f"a smaller --noise-init (now {cfg.noise_init:g})")
+    if cfg.init is None:
+        hints.append("starting from an adversarially trained model with --init (as the paper does for CNI)")
+    began = f" ({first[1]:.4g} at step {first[0]})" if first is not None and step > first[0] else ""
+    tried = ", ".join(hints[:-1]) + (" or " if len(hints) > 1 else "") + hints[-1]
+    return (
+        f"training diverged at step {step} (epoch {epoch}, objective {cfg.objective}): {what}{began};"
+        f" {kept}; try {tried}"
+    )
+
+
+def _finite_weights(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool) -> dict:
     state = _prepare_out(cfg, resume, overwrite)
     device = resolve_device(cfg.device)
     info_dist = init_distributed(device)
@@ -376,6 +465,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         )
     splits, info = load_splits(cfg.data, ("train", "val", "test"), cfg.root)
     x, y = splits["train"].tensors(cfg.max_train_examples)
+    if cfg.train_split == "train+val":  # e.g. MNIST's 60,000 training images (the certified recipes)
+        xv_all, yv_all = splits["val"].tensors()
+        x, y = torch.cat([x, xv_all]), torch.cat([y, yv_all])
     seed_everything(cfg.seed)
     if cfg.init:  # fine-tune; --noise adds noise layers to a checkpoint that has none of that kind
         model, _ = load_checkpoint(cfg.init, device=device)
@@ -395,7 +487,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         model = torch.nn.parallel.DistributedDataParallel(model)
     groups = param_groups(base_model, cfg.weight_decay, cfg.noise_weight_decay)
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        nesterov = cfg.sgd_momentum == "nesterov"
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
     else:
         opt = torch.optim.Adam(groups, lr=cfg.lr)
     sched = _scheduler(cfg, opt)
@@ -410,6 +503,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         cfg.m_train,
         start_noise=cfg.start_noise,
         grad_align=cfg.grad_align,
+        norm=cfg.attack_norm,
+        attack_noise=cfg.attack_noise,
+        warmup=cfg.warmup_epochs,
+        consistency_lambda=cfg.consistency_lambda,
+        consistency_eta=cfg.consistency_eta,
+        smoothmix_eta=cfg.smoothmix_eta,
+        smoothmix_mix_step=cfg.smoothmix_mix_step,
+        macer_lambda=cfg.macer_lambda,
+        macer_gamma=cfg.macer_gamma,
+        macer_beta=cfg.macer_beta,
+        macer_deferred_epochs=cfg.macer_deferred_epochs,
     )
     out = Path(cfg.out)
     state_path, log_path = out / "last.pt", out / "metrics.jsonl"
@@ -423,6 +527,16 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             raise CheckpointError(f"{state_path}: optimizer state does not fit this run ({exc})") from None
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"])
+        threads = state.get("threads")
+        if device.type == "cpu" and threads is not None and threads != torch.get_num_threads():
+            state["changes"]["threads"] = [threads, torch.get_num_threads()]
+            if info_dist.is_main:
+                print(
+                    f"note: --resume: epochs 1-{start_epoch} ran on {threads} CPU thread(s), this run on"
+                    f" {torch.get_num_threads()}: sums may round differently, so the weights can differ"
+                    f" slightly from an uninterrupted run (pass --threads {threads} to match)",
+                    file=sys.stderr,
+                )
     if info_dist.is_main:
         if overwrite or state is None:  # a fresh run: no file of an earlier one may survive
             for name in RUN_FILES:
@@ -449,10 +563,18 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         perturbation = getattr(objective, "perturbation", None)
         guard = COGuard(cfg.guard_config(), xg, yg, cfg.eps, perturbation)
         guard.check(base_model, opt, global_step)  # the first restore point
+    first_loss = None
     for epoch in range(start_epoch, cfg.epochs):
+        kept = (
+            f"{out}/model.safetensors and last.pt of epoch {epoch} are kept"
+            if epoch
+            else "no checkpoint was written"
+        )
         guard_start = guard.seconds if guard else 0.0
         checks_start = len(guard.history) if guard else 0
         model.train()
+        if hasattr(objective, "set_epoch"):  # warm-ups and deferred terms (certified_objectives)
+            objective.set_epoch(epoch)
         batch_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         attack_gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch + 7)
         perm = torch.randperm(x.shape[0], generator=batch_gen)
@@ -469,12 +591,24 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             xb, yb = x[idx].to(device), y[idx].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 step = objective(model, xb, yb, attack_gen)
+            loss = step.loss.item()
+            if not math.isfinite(loss):  # stop before a NaN / inf update reaches the weights
+                bar.close()
+                raise TrainingDiverged(
+                    _diverged(cfg, global_step + 1, epoch + 1, f"the loss is {loss}", first_loss, kept)
+                )
+            first_loss = (global_step + 1, loss) if first_loss is None else first_loss
             opt.zero_grad(set_to_none=True)
             step.loss.float().backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(base_model.parameters(), cfg.grad_clip)
+            # the gradients' norm (clipped to grad_clip when set; x1.0 otherwise): a NaN / inf one
+            # would turn every weight NaN at this update
+            norm = torch.nn.utils.clip_grad_norm_(base_model.parameters(), cfg.grad_clip or math.inf)
+            if not math.isfinite(norm.item()):
+                bar.close()
+                what = f"the gradient norm is {norm.item()} at a loss of {loss:.4g}"
+                raise TrainingDiverged(_diverged(cfg, global_step + 1, epoch + 1, what, first_loss, kept))
             opt.step()
-            totals["loss"] += step.loss.item() * len(idx)
+            totals["loss"] += loss * len(idx)
             totals["clean"] += step.clean_correct
             totals["adv"] += step.adv_correct or 0
             totals["n"] += len(idx)
@@ -494,6 +628,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         if guard is not None and not stopped and not guard.due(global_step):  # epoch-end check
             stopped = guard.check(base_model, opt, global_step).collapsed and cfg.co_guard == "stop"
         loop_seconds = time.time() - epoch_start
+        if not _finite_weights(base_model):  # the last update overflowed: save nothing of it
+            raise TrainingDiverged(
+                _diverged(cfg, global_step, epoch + 1, "a weight is NaN or infinite", first_loss, kept)
+            )
         sched.step()
         model.eval()
         summed = all_reduce_sum(
@@ -540,6 +678,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 "torch_rng": torch.get_rng_state(),
                 "epoch": epoch + 1,
                 "config": asdict(cfg),
+                "threads": torch.get_num_threads(),
             },
             state_path,
         )
