@@ -19,7 +19,7 @@ from smoothinf.models import create_model, create_model_for, parameter_count
 from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import (
     average_certified_radius,
-    certified_accuracy_at,
+    certified_accuracy,
     read_certify_log,
     summarize_certification,
 )
@@ -216,7 +216,7 @@ def test_acr_and_certified_accuracy_by_hand():
     rows = [(1, 1, 0.8, 1), (2, 2, 0.3, 1), (3, 4, 0.5, 0), (5, -1, 0.0, 0)]
     radius, correct = [r[2] for r in rows], [r[3] for r in rows]
     assert average_certified_radius(radius, correct) == pytest.approx((0.8 + 0.3) / 4)
-    assert certified_accuracy_at(radius, correct, [0.0, 0.3, 0.5, 1.0]).tolist() == [0.5, 0.5, 0.25, 0.0]
+    assert certified_accuracy(radius, correct, [0.0, 0.3, 0.5, 1.0]).tolist() == [0.5, 0.5, 0.25, 0.0]
     summary = summarize_certification(rows, radii=(0.0, 0.5))
     assert summary == {
         "examples": 4,

@@ -112,6 +112,11 @@ def test_certify_cli_writes_tsv_and_resumes(synthetic_checkpoint, tmp_path, caps
     # n = 500, alpha = 0.01: p_lower <= 0.01^(1/500), so the radius is at most 0.1 * Phi^-1(that).
     assert max(radii) <= 0.1 * 2.359 and max(radii) > 0
     assert tsv.with_suffix(".png").exists()
+    # ACR: the mean of radius x correct over the 14 rows the TSV holds, as printed
+    correct = [r.split("\t")[4] == "1" for r in rows[1:]]
+    expected = sum(r for r, c in zip(radii, correct, strict=True) if c) / 14
+    printed = float(capsys.readouterr().out.rsplit("ACR ", 1)[1].split()[0])
+    assert abs(printed - expected) < 1e-3 and printed > 0
 
 
 def test_malloc_tuning_applies_on_glibc():

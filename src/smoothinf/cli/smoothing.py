@@ -28,6 +28,7 @@ from smoothinf.noise import NOISE_FAMILIES
 from smoothinf.smoothing import (
     VOTES,
     SmoothedClassifier,
+    average_certified_radius,
     certified_accuracy,
     certify,
     check_abstain_vote,
@@ -247,6 +248,8 @@ def run_certify(args: argparse.Namespace) -> int:
     print("| radius | " + " | ".join(f"{r:g}" for r in RADII if r <= 1.5 * args.sigma * 4) + " |")
     shown = [a for r, a in zip(RADII, acc, strict=True) if r <= 1.5 * args.sigma * 4]
     print("| certified accuracy | " + " | ".join(f"{a:.3f}" for a in shown) + " |")
+    acr = average_certified_radius(radius, correct)
+    print(f"ACR {acr:.3f} (average certified radius, abstentions and errors 0)")
     print(f"{len(radius)} examples in {out} (provenance {provenance_path(out).name})", flush=True)
     plot_certified(radius, correct, args.sigma, png)  # optional: after the numbers are out
     print(f"plot {png}")

@@ -1,13 +1,13 @@
 """Smoothed inference (batched Monte Carlo votes) and L2 certification."""
 
-from smoothinf.smoothing.certify import certified_accuracy, certify, predict_with_abstain
+from smoothinf.smoothing.certify import certify, predict_with_abstain
 from smoothinf.smoothing.classifier import SmoothedClassifier
 from smoothinf.smoothing.statistics import (
     ABSTAIN,
     CertifiedExample,
     average_certified_radius,
     binomial_two_sided_pvalue,
-    certified_accuracy_at,
+    certified_accuracy,
     check_abstain_vote,
     check_certifiable,
     clopper_pearson_lower,
@@ -32,7 +32,6 @@ __all__ = [
     "average_certified_radius",
     "binomial_two_sided_pvalue",
     "certified_accuracy",
-    "certified_accuracy_at",
     "certify",
     "check_abstain_vote",
     "check_certifiable",

@@ -13,7 +13,6 @@ probabilities or logits are not binomial counts, so ``predict_with_abstain`` ref
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from smoothinf.errors import SmoothinfError
@@ -21,7 +20,7 @@ from smoothinf.noise.distributions import NoiseDistribution
 from smoothinf.smoothing.classifier import SmoothedClassifier
 from smoothinf.smoothing.statistics import check_certifiable
 
-__all__ = ["certified_accuracy", "certify", "predict_with_abstain"]
+__all__ = ["certify", "predict_with_abstain"]
 
 
 def predict_with_abstain(
@@ -56,16 +55,3 @@ def certify(
         raise SmoothinfError(f"certification needs sigma > 0, got {sigma}")
     smoothed = SmoothedClassifier(model, sigma, m=1, vote="hard", noise=noise, batch_size=batch_size)
     return smoothed.certify(x, n0, n, alpha, generator)
-
-
-def certified_accuracy(
-    radius: torch.Tensor | np.ndarray, correct: torch.Tensor | np.ndarray, thresholds
-) -> np.ndarray:
-    """Fraction of examples certified correct with radius >= each threshold (strict > 0 at 0 is
-    not required: an abstain has correct = False)."""
-    radius = np.asarray(radius, dtype=np.float64)
-    correct = np.asarray(correct, dtype=bool)
-    thresholds = np.asarray(list(thresholds), dtype=np.float64)
-    if radius.size == 0:
-        return np.zeros_like(thresholds)
-    return ((radius[None, :] >= thresholds[:, None]) & correct[None, :]).mean(1)

@@ -5,7 +5,7 @@ tests the top two counts (PREDICT). The checks refuse what the statistics do not
 holds for Gaussian noise only, and the binomial test for hard-vote counts only.
 
 Summaries of a certification run, as the literature reports them (Cohen et al.'s ``analyze.py``,
-Zhai et al.'s ACR): ``certified_accuracy_at`` (fraction certified correct with radius >= r),
+Zhai et al.'s ACR): ``certified_accuracy`` (fraction certified correct with radius >= r),
 ``average_certified_radius`` (mean of radius * correct, an abstention counting 0), and
 ``read_certify_log`` for Cohen's per-image TSV (``idx label predict radius correct time``).
 """
@@ -147,7 +147,7 @@ def average_certified_radius(radius: Sequence[float] | np.ndarray, correct: Sequ
     return float((radius * correct).mean()) if radius.size else 0.0
 
 
-def certified_accuracy_at(
+def certified_accuracy(
     radius: Sequence[float] | np.ndarray, correct: Sequence | np.ndarray, radii: Iterable[float]
 ) -> np.ndarray:
     """Certified accuracy at each of ``radii``: the fraction of examples that are correct with a
@@ -169,7 +169,7 @@ def summarize_certification(rows: Iterable, radii: Iterable[float] = (0.0, 0.5, 
     radius = np.asarray([f[1] for f in fields], dtype=np.float64)
     correct = np.asarray([f[2] for f in fields], dtype=bool)
     radii = [float(r) for r in radii]
-    accuracy = certified_accuracy_at(radius, correct, radii)
+    accuracy = certified_accuracy(radius, correct, radii)
     return {
         "examples": len(fields),
         "acr": average_certified_radius(radius, correct),
