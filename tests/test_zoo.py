@@ -170,3 +170,14 @@ def test_convert_refuses_to_replace_a_checkpoint(tmp_path, capsys):
     assert "exists" in err and "--overwrite" in err and err.count("\n") == 1
     assert (out.read_bytes(), (tmp_path / "model.safetensors.json").read_text()) == before
     assert cli_main(args + ["--overwrite"]) == 0
+
+
+def test_the_readme_results_table_is_the_cards_table():
+    """The README's results table is generated from the cards (``smoothinf.zoo.results_table``)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- zoo-table")
+    table = readme[readme.index("\n", start) + 1 : readme.index("<!-- /zoo-table -->")]
+    assert table == zoo.results_table()
+    assert table.count("\n| [`") == len(zoo.names())

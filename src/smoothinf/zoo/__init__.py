@@ -104,3 +104,44 @@ def load(name: str, device: str = "cpu", root: str | os.PathLike | None = None) 
 
 
 __all__ = ["CARD_FORMAT", "ZOO_DIR", "card", "card_path", "load", "names", "weights_path"]
+
+
+def _percent(figure: dict | None, spread: bool = False) -> str:
+    if not figure or figure.get("value") is None:
+        return "-"
+    text = f"{100 * figure['value']:.1f}"
+    if spread and len(figure.get("runs") or []) > 1:
+        text += f" ± {100 * figure['std_over_runs']:.1f}"
+    return text
+
+
+def _images(figure: dict | None) -> str:
+    if not figure or figure.get("value") is None:
+        return ""
+    runs = len(figure.get("runs") or [0])
+    return f"{figure['images']['count']} images x {runs} run{'s' if runs > 1 else ''}"
+
+
+def results_table(root: str | os.PathLike | None = None) -> str:
+    """The zoo's cards as one Markdown table (accuracies in %, L_inf eps of each card; the README's
+    results table is this text)."""
+    lines = [
+        "| model | clean | worst case, default protocol | AutoAttack, same images | best smoothed row"
+        " (worst case) | certified at L2 0.5 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names(root):
+        c = card(name, root)
+        worst, auto, best = c.get("worst_case"), c.get("autoattack"), c.get("best_smoothed")
+        setting = (best or {}).get("setting") or {}
+        smoothed = "-"
+        if best:
+            smoothed = f"{_percent(best)} ({setting['vote']} sigma {setting['sigma']:g}, m {setting['m']})"
+        certified = ((c.get("certified") or {}).get("value") or {}).get("0.5")
+        lines.append(
+            f"| [`{name}`](src/smoothinf/zoo/cards/{name}.json) | {_percent(c.get('clean'))} | "
+            f"{_percent(worst, spread=True)} ({_images(worst)}, eps {worst['eps']:g}) | "
+            f"{_percent(auto)} ({auto.get('version', '') if auto else ''}) | {smoothed} | "
+            f"{'-' if certified is None else f'{100 * certified:.1f}'} |"
+        )
+    return "\n".join(lines) + "\n"
