@@ -35,7 +35,7 @@ test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks studies
 
 # the CPU benchmarks, then BENCHMARKS.md rebuilt from benchmarks/page_notes.md and every results file
 bench: install

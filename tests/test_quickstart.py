@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smoothinf.cli import main as cli_main
 from smoothinf import quickstart
-from smoothinf.quickstart import QuickstartConfig, trained_model, training_finished, wilson
+from smoothinf.cli import main as cli_main
 from smoothinf.models import create_model, save_checkpoint
+from smoothinf.quickstart import QuickstartConfig, trained_model, training_finished, wilson
 
 
 def _checkpoint(folder, epoch: int, epochs: int):

@@ -12,8 +12,8 @@ from smoothinf.cli import add_common_args, count
 from smoothinf.errors import SmoothinfError
 from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate_grid, read_results, write_report
 from smoothinf.evaluation.loading import load_checkpoint_and_examples, protocol_inputs
-from smoothinf.quickstart import QuickstartConfig, run_quickstart
 from smoothinf.evaluation.slices import merge_slices
+from smoothinf.quickstart import QuickstartConfig, run_quickstart
 from smoothinf.training.trainer import accuracy
 from smoothinf.utils import check_output, output_lock, resolve_device
 

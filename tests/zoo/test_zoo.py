@@ -176,7 +176,7 @@ def test_the_readme_results_table_is_the_cards_table():
     """The README's results table is generated from the cards (``smoothinf.zoo.results_table``)."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start = readme.index("<!-- zoo-table")
     table = readme[readme.index("\n", start) + 1 : readme.index("<!-- /zoo-table -->")]
     assert table == zoo.results_table()

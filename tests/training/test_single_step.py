@@ -18,7 +18,7 @@ from smoothinf.training import build_objective
 from smoothinf.training.co_guard import COGuard, COGuardConfig
 from smoothinf.training.single_step import SingleStep, grad_align_penalty, single_step_perturbation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _linear(seed: int = 0) -> nn.Module:

@@ -8,6 +8,7 @@ from torch import nn
 
 from smoothinf.evaluation import EvalConfig, evaluate_grid
 from smoothinf.evaluation.report import aggregate, checks_table, markdown_table, row_flags
+from support import argmax_data, linear10
 
 EPS = 0.02
 
@@ -27,22 +28,10 @@ class Masked(nn.Module):
         return z.detach() + 0.0 * z
 
 
-def _linear10() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).eval()
-
-
-def _data(model: nn.Module, n: int = 12, side: int = 4):
-    x = torch.rand((n, 1, side, side), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return x, y
-
-
 def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
     pytest.importorskip("pyautoattack")
     model = Masked().eval()
-    x, y = _data(model, side=16)
+    x, y = argmax_data(model, side=16)
     cfg = EvalConfig(
         checkpoint="unused",
         votes=[],
@@ -86,8 +75,8 @@ def _soft_vote_config(**changes) -> EvalConfig:
 
 def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model():
     pytest.importorskip("pyautoattack")
-    model = _linear10()
-    x, y = _data(model, 8)
+    model = linear10()
+    x, y = argmax_data(model, 8)
     cfg = _soft_vote_config()
     base, smooth = evaluate_grid(cfg, model, x, y, progress=False)
     assert base["checks"]["autoattack"]["version"] == "standard"
@@ -110,8 +99,8 @@ def test_weight_noise_rows_get_the_convergence_check():
     get the doubled-budget check too (each doubled attack has twice the steps and draws)."""
     from smoothinf.noise import inject_noise
 
-    base = _linear10()  # the labels' own model, with weight noise: most examples stay right
-    x, y = _data(base, 8)
+    base = linear10()  # the labels' own model, with weight noise: most examples stay right
+    x, y = argmax_data(base, 8)
     model = inject_noise(base, "pni-w", init=0.1).eval()
     cfg = EvalConfig(
         checkpoint="unused",
@@ -140,8 +129,8 @@ def test_weight_noise_rows_get_the_convergence_check():
 def test_cascade_runs_later_attacks_only_on_robust_examples_with_the_same_worst_case():
     from smoothinf.attacks import robust_accuracy
 
-    model = _linear10()
-    x, y = _data(model, 10)
+    model = linear10()
+    x, y = argmax_data(model, 10)
     w = model[1].weight
 
     def push(rows: list[int]):
@@ -201,8 +190,8 @@ def test_the_doubled_attacks_finds_count_in_the_worst_case(monkeypatch):
     """A doubled-budget attack that fools more lowers the worst case by exactly its ``extra``."""
     from smoothinf.evaluation import protocol
 
-    model = _linear10()
-    x, y = _data(model, 8)
+    model = linear10()
+    x, y = argmax_data(model, 8)
     real = protocol.build_attacks
 
     def build(*args, scale: int = 1, **kwargs):

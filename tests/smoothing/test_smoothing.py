@@ -23,19 +23,7 @@ from smoothinf.smoothing import (
     reciprocal_rank,
     top_k,
 )
-
-
-class Linear2(torch.nn.Module):
-    """Binary linear classifier: logits (0, w.x + b); class 1 iff w.x + b > 0."""
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.w = torch.nn.Parameter(w.clone())
-        self.b = b
-
-    def forward(self, x):
-        z = x.flatten(1) @ self.w.flatten() + self.b
-        return torch.stack([torch.zeros_like(z), z], 1)
+from support import Linear2
 
 
 def make_linear(seed=0, shape=(1, 4, 4)):

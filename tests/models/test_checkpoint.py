@@ -21,7 +21,7 @@ from smoothinf.models import create_model, load_checkpoint, load_legacy_checkpoi
 from smoothinf.models.legacy import map_legacy_keys
 
 SIAM = Path("/work/shared/data/siam_resnet20_cifar10_standard.pth.tar")
-SIAM = SIAM if SIAM.is_file() else Path(__file__).resolve().parents[2] / "shared/data" / SIAM.name
+SIAM = SIAM if SIAM.is_file() else Path(__file__).resolve().parents[3] / "shared/data" / SIAM.name
 CIFAR_MEAN, CIFAR_STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
 needs_siam = pytest.mark.skipif(not SIAM.is_file(), reason="SIAM legacy checkpoint not present")
 

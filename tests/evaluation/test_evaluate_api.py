@@ -10,7 +10,7 @@ from smoothinf.errors import ConfigError
 from smoothinf.evaluation import EvalConfig, Report, evaluate_grid
 from smoothinf.evaluation.verdict import DEFAULT_M, evaluate
 from smoothinf.smoothing import SmoothedClassifier
-from test_protocol_checks import _data, _linear10
+from support import argmax_data, linear10
 
 SIGMA = 0.05
 # Small budgets: the preset's APGD at 5 steps x 2 draws, 4 judgements, 8 images.
@@ -59,8 +59,8 @@ def test_grid_records_are_pinned_to_those_before_the_row_refactor():
     """A tiny grid (base + hard-vote row, 2 runs, Square and doubled-budget checks) gives the
     records the protocol gave before its rows became ``evaluate_row`` (values computed with that
     code): same keys, seeds, accuracies, strongest attacks, checks and fingerprint."""
-    model = _linear10()
-    x, y = _data(model, 8)
+    model = linear10()
+    x, y = argmax_data(model, 8)
     setting = dict(votes=["hard"], sigmas=[SIGMA], ms=[4], runs=2)
     cfg = EvalConfig(checkpoint="unused", square_queries=20, autoattack_check=False, **setting, **GRID)
     records = evaluate_grid(cfg, model, x, y, progress=False)
@@ -117,8 +117,8 @@ def test_report_rows_equal_the_grid_records_of_the_equivalent_config_and_say_che
     exactly as evaluate_grid runs the EvalConfig with that one setting and check_examples=0; the
     report aggregates them (mean ± std), prints the table stating the checks are off, and saves
     and loads back to the same records and per-image values."""
-    model = _linear10()
-    x, y = _data(model, 8)
+    model = linear10()
+    x, y = argmax_data(model, 8)
     report = evaluate(model, x, y, eps=0.1, sigma=SIGMA, m=4, checks=False, runs=2, **SMALL)
     setting = dict(votes=["hard"], sigmas=[SIGMA], ms=[4], runs=2)
     cfg = EvalConfig(checkpoint="in-memory Sequential", max_examples=8, check_examples=0, **setting, **GRID)
@@ -164,8 +164,8 @@ def test_a_smoothed_classifier_is_its_own_row_and_checks_run_by_default():
     smoothed row; checks=True (the default) cross-checks min(100, N) images, where some are left
     (at eps 0.2 the preset fools the base row on every image, the smoothed row not)."""
     pytest.importorskip("pyautoattack")
-    model = _linear10()
-    x, y = _data(model, 6)
+    model = linear10()
+    x, y = argmax_data(model, 6)
     g = SmoothedClassifier(model, SIGMA, 4, "soft")
     report = evaluate(g, x, y, eps=0.2, sigma=SIGMA, **SMALL)  # an equal sigma is allowed
     assert [(r.vote, r.sigma, r.m) for r in report.rows] == [("none", 0.0, 1), ("soft", SIGMA, 4)]
@@ -183,8 +183,8 @@ def test_a_smoothed_classifier_is_its_own_row_and_checks_run_by_default():
 
 
 def test_without_sigma_only_the_model_itself_is_evaluated():
-    model = _linear10()
-    x, y = _data(model, 4)
+    model = linear10()
+    x, y = argmax_data(model, 4)
     report = evaluate(model, x, y, eps=0.1, checks=False, **SMALL)
     assert len(report.rows) == 1 and report.smoothed is None and report.defended is report.base
     assert report.robust.shape == (4,) and report.records[0]["config"]["votes"] == []
@@ -205,8 +205,8 @@ def test_without_sigma_only_the_model_itself_is_evaluated():
     ],
 )
 def test_missing_or_invalid_arguments_are_one_line_config_errors(kwargs, message):
-    model = _linear10()
-    x, y = _data(model, 2)
+    model = linear10()
+    x, y = argmax_data(model, 2)
     with pytest.raises(ConfigError, match=message) as err:
         evaluate(model, x, y, **kwargs)
     assert "\n" not in str(err.value)
@@ -215,8 +215,8 @@ def test_missing_or_invalid_arguments_are_one_line_config_errors(kwargs, message
 def test_smoothed_classifier_settings_win_and_conflicts_are_errors():
     """A SmoothedClassifier's sigma, m and vote are the smoothed row's; other values given are
     errors (before any work); a plain model's smoothed row defaults to a hard vote over 64 draws."""
-    model = _linear10()
-    x, y = _data(model, 2)
+    model = linear10()
+    x, y = argmax_data(model, 2)
     g = SmoothedClassifier(model, 0.1, 8, "weighted")
     for name, value in (("sigma", 0.2), ("m", 16), ("vote", "hard")):
         with pytest.raises(ConfigError, match=f"{name}={value!r} differs from the SmoothedClassifier's"):

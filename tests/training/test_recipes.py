@@ -15,7 +15,7 @@ from smoothinf.errors import ConfigError
 from smoothinf.recipes import RECIPES_DIR, describe, recipe_names, recipe_path, resolve_config
 from smoothinf.training.trainer import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = recipe_names()
 
 

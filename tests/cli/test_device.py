@@ -31,7 +31,7 @@ from smoothinf.noise import (
 from smoothinf.smoothing import SmoothedClassifier, certify, predict_with_abstain, top_k
 from smoothinf.training.objectives import build_objective
 from smoothinf.training.trainer import TrainConfig, train
-from test_smoothing import Linear2  # the same binary linear classifier
+from support import Linear2  # the binary linear classifier of the smoothing tests
 
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
 
