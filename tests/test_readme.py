@@ -17,7 +17,7 @@ def test_the_readme_is_a_product_page():
     text = README.read_text()
     assert len(text.encode()) <= 10_500
     assert "make demo" in text and "make test" in text
-    assert len(snippets()) == 3
+    assert len(snippets()) == 4
 
 
 def test_the_readme_snippets_run_as_written(tmp_path, monkeypatch, capsys):
