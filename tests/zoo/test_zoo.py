@@ -181,3 +181,26 @@ def test_the_readme_results_table_is_the_cards_table():
     table = readme[readme.index("\n", start) + 1 : readme.index("<!-- /zoo-table -->")]
     assert table == zoo.results_table()
     assert table.count("\n| [`") == len(zoo.names())
+
+
+def test_a_fine_tunings_card_trains_its_zoo_starting_point_first(tmp_path):
+    """``init`` matched on the tensor digest to a zoo card: the retraining command trains that
+    model again first and starts from its output file; an init outside the zoo is no match."""
+    import smoothinf.zoo.cards as cards
+    from smoothinf.evaluation.results import weights_digest
+    from smoothinf.models import load_checkpoint
+
+    base = _linear_checkpoint(tmp_path / "a")
+    other = _linear_checkpoint(tmp_path / "b", seed=1)
+    root = tmp_path / "zoo"
+    (root / "cards").mkdir(parents=True)
+    fake = {
+        "format": zoo.CARD_FORMAT,
+        "weights": {"tensor_sha256": weights_digest(load_checkpoint(base)[0])},
+        "training": {"output_file": "best.safetensors"},
+    }
+    (root / "cards" / "base.json").write_text(json.dumps(fake))
+    cpu = torch.device("cpu")
+    assert cards._zoo_init(str(base), root, cpu) == {"name": "base", "file": "best.safetensors"}
+    assert cards._zoo_init(str(other), root, cpu) is None
+    assert cards._zoo_init(None, root, cpu) is None

@@ -35,6 +35,8 @@ import torch
 from smoothinf._version import __version__
 from smoothinf.errors import ConfigError
 from smoothinf.zoo import CARD_FORMAT, ZOO_DIR, card_path, weights_path
+from smoothinf.zoo import card as read_card
+from smoothinf.zoo import names as zoo_names
 
 FIGURES = ("clean", "clean_first_1000", "worst_case", "autoattack", "best_smoothed", "certified")
 """The measured fields of a card; each is a dict with a ``value`` or None with a ``missing`` reason."""
@@ -364,6 +366,22 @@ def _describe(meta: dict, epochs: int) -> str:
     return f"{meta['arch']['name']} on {meta.get('dataset')}, {text}, eps {t.get('eps')}, {epochs} epochs"
 
 
+def _zoo_init(init: str | None, root: Path, device) -> dict | None:
+    """The zoo model a fine-tuning started from (matched on the tensor digest of ``init``), as
+    ``{"name", "file"}``; None when ``init`` is unset, absent here, or no zoo model."""
+    from smoothinf.evaluation.results import weights_digest
+    from smoothinf.models import load_checkpoint
+
+    if not init or not Path(init).is_file():
+        return None
+    digest = weights_digest(load_checkpoint(init, device=device)[0])
+    for other in zoo_names(root):
+        other_card = read_card(other, root)
+        if other_card["weights"]["tensor_sha256"] == digest:
+            return {"name": other, "file": other_card["training"].get("output_file", "model.safetensors")}
+    return None
+
+
 def write_card(
     checkpoint: str | os.PathLike,
     name: str,
@@ -530,6 +548,17 @@ def write_card(
         seconds = (meta.get("metrics") or {}).get("seconds")
         seconds_from = "the sidecar's last epoch (one process)"
     epochs = int((meta.get("metrics") or {}).get("epoch") or t.get("epochs") or 0)
+    retrain = f"smoothinf models show {name} --train-config > {name}.yaml && "
+    retrain += f"smoothinf train --config {name}.yaml --out runs/{name}"
+    start = _zoo_init(t.get("init"), root, device)
+    if start:  # a fine-tuning: train its zoo starting point again first, then start from that
+        t = {**t, "init": f"runs/{start['name']}/{start['file']}"}
+        retrain = (
+            f"smoothinf models show {start['name']} --train-config > {start['name']}.yaml && "
+            f"smoothinf train --config {start['name']}.yaml --out runs/{start['name']} && {retrain}"
+        )
+    elif t.get("init"):
+        missing["training.init"] = f"starts from {t['init']}, which is no zoo model"
     card = {
         "format": CARD_FORMAT,
         "name": name,
@@ -549,10 +578,9 @@ def write_card(
             "bytes": target.stat().st_size,
         },
         "training": {
-            "command": (
-                f"smoothinf models show {name} --train-config > {name}.yaml && "
-                f"smoothinf train --config {name}.yaml --out runs/{name}"
-            ),
+            "command": retrain,
+            "output_file": source.name,
+            "starts_from": start["name"] if start else None,
             "config": t,
             "epochs": epochs,
             "wall_seconds": seconds,
