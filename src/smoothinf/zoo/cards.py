@@ -243,7 +243,13 @@ def clean_accuracy(model, x, y, draws: int, seed: int, batch_size: int = 1000) -
     return out
 
 
-def _clean_figure(model, test, keys, tensor_sha, count, draws, seed, root, folder) -> dict:
+def _test_images(name: str, x: torch.Tensor, digest: str) -> dict:
+    """The identity of the first ``len(x)`` test images of data set ``name`` (a record's ``data``)."""
+    count = int(x.shape[0])
+    return {"name": name, "split": "test", "first_example": 0, "count": count, "sha256": digest}
+
+
+def _clean_figure(model, test, data_name, keys, tensor_sha, count, draws, seed, root, folder) -> dict:
     from smoothinf.evaluation.results import tensor_digest
 
     x, y = test.tensors(count)
@@ -261,13 +267,7 @@ def _clean_figure(model, test, keys, tensor_sha, count, draws, seed, root, folde
             {
                 "kind": "clean",
                 "weights_sha256": tensor_sha,
-                "data": {
-                    "name": "mnist",
-                    "split": "test",
-                    "first_example": 0,
-                    "count": int(x.shape[0]),
-                    "sha256": digest,
-                },
+                "data": _test_images(data_name, x, digest),
                 "draws": draws,
                 "seed": seed,
                 "accuracy": sum(per_draw) / len(per_draw),
@@ -286,7 +286,9 @@ def _clean_figure(model, test, keys, tensor_sha, count, draws, seed, root, folde
     }
 
 
-def _certified_figure(model, test, tensor_sha, keys, sigma, count, n, seed, device, root, folder) -> dict:
+def _certified_figure(
+    model, test, data_name, tensor_sha, keys, sigma, count, n, seed, device, root, folder
+) -> dict:
     from smoothinf.evaluation.results import tensor_digest
     from smoothinf.smoothing import certified_accuracy, certify
 
@@ -310,13 +312,7 @@ def _certified_figure(model, test, tensor_sha, keys, sigma, count, n, seed, devi
             {
                 "kind": "certify",
                 "weights_sha256": tensor_sha,
-                "data": {
-                    "name": "mnist",
-                    "split": "test",
-                    "first_example": 0,
-                    "count": int(x.shape[0]),
-                    "sha256": digest,
-                },
+                "data": _test_images(data_name, x, digest),
                 "sigma": sigma,
                 "n0": CERTIFY_N0,
                 "n": n,
@@ -425,7 +421,8 @@ def write_card(
     origin = _import_records(list(records), keys, folder)
     origin.update(_previous_origins(name, root))
     ckpt_rel = str(target.relative_to(root))
-    test, _ = load_dataset(meta.get("dataset") or "mnist", "test")
+    data_name = meta.get("dataset") or "mnist"
+    test, _ = load_dataset(data_name, "test")
     missing: dict[str, str] = {}
     card: dict = {"format": CARD_FORMAT, "name": name}
 
@@ -437,7 +434,9 @@ def write_card(
         if field in skip:
             card[field], missing[field] = None, "skipped (--skip)"
         else:
-            card[field] = _clean_figure(model, test, keys, tensor_sha, count, draws, seed, root, folder)
+            card[field] = _clean_figure(
+                model, test, data_name, keys, tensor_sha, count, draws, seed, root, folder
+            )
 
     def base_group() -> tuple[Path, list[dict]] | None:
         groups = _protocol_groups(folder, keys)
@@ -538,7 +537,7 @@ def write_card(
         missing["certified"] = "not trained for certification (no Gaussian input noise in training)"
     else:
         card["certified"] = _certified_figure(
-            model, test, tensor_sha, keys, sigma, examples, certify_n, seed, device, root, folder
+            model, test, data_name, tensor_sha, keys, sigma, examples, certify_n, seed, device, root, folder
         )
 
     metrics_file = source.parent / "metrics.jsonl"
