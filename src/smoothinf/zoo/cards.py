@@ -359,7 +359,11 @@ def _describe(meta: dict, epochs: int) -> str:
     noise = meta.get("noise")
     if noise:
         text = f"{str(noise.get('kind', noise)).upper()} weight noise + {text}"
-    return f"{meta['arch']['name']} on {meta.get('dataset')}, {text}, eps {t.get('eps')}, {epochs} epochs"
+    text = f"{meta['arch']['name']} on {meta.get('dataset')}, {text}, eps {t.get('eps')}, {epochs} epochs"
+    selected = (meta.get("metrics") or {}).get("epoch")
+    if selected and int(selected) != epochs:
+        text += f" (the weights of epoch {selected}, selected by {t.get('select_by')})"
+    return text
 
 
 def _zoo_init(init: str | None, root: Path, device) -> dict | None:
@@ -546,7 +550,8 @@ def write_card(
     if seconds is None:
         seconds = (meta.get("metrics") or {}).get("seconds")
         seconds_from = "the sidecar's last epoch (one process)"
-    epochs = int((meta.get("metrics") or {}).get("epoch") or t.get("epochs") or 0)
+    epochs = int(t.get("epochs") or (meta.get("metrics") or {}).get("epoch") or 0)
+    selected = (meta.get("metrics") or {}).get("epoch")  # the epoch whose weights these are
     retrain = f"smoothinf models show {name} --train-config > {name}.yaml && "
     retrain += f"smoothinf train --config {name}.yaml --out runs/{name}"
     start = _zoo_init(t.get("init"), root, device)
@@ -582,6 +587,7 @@ def write_card(
             "starts_from": start["name"] if start else None,
             "config": t,
             "epochs": epochs,
+            "selected_epoch": selected,
             "wall_seconds": seconds,
             "wall_seconds_from": seconds_from,
             "machine": machine or f"{machine_description()} (the machine that wrote this card)",
