@@ -27,7 +27,7 @@ from smoothinf.data import load_dataset
 from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.protocol import evaluate_grid
 from smoothinf.evaluation.report import aggregate, setting_name, write_report
-from smoothinf.evaluation.results import ResultsStore, evaluation_identity, fingerprint_of
+from smoothinf.evaluation.results import ResultsStore, evaluation_identity, fingerprint_of, weights_digest
 from smoothinf.evaluation.sanity import run_sanity_checks
 from smoothinf.models import load_checkpoint, read_sidecar
 from smoothinf.smoothing import SmoothedClassifier, certified_accuracy, certify
@@ -155,14 +155,13 @@ def run_quickstart(qc: QuickstartConfig) -> Path:
     out = Path(qc.out)
     if qc.train:
         ckpt = trained_model(qc, device)
-        model, meta = load_checkpoint(ckpt, device=device)
+        model, _ = load_checkpoint(ckpt, device=device)
         source = f"`{ckpt}` (trained here: PGD-AT, eps 0.3, w = 0.5, {qc.epochs} epochs)"
         checkpoint = str(ckpt)
     else:
         import smoothinf.zoo as zoo
 
         model = zoo.load(qc.model, device=str(device))
-        meta = read_sidecar(zoo.weights_path(qc.model))
         about = zoo.card(qc.model)["description"]
         source = f"the zoo's `{qc.model}` ({about}; `smoothinf models show {qc.model}`)"
         checkpoint = f"zoo:{qc.model}"
@@ -189,7 +188,7 @@ def run_quickstart(qc: QuickstartConfig) -> Path:
         seed=qc.seed,
         device=str(device),
     )
-    identity = evaluation_identity(cfg, meta["weights_sha256"], x, y, device)
+    identity = evaluation_identity(cfg, weights_digest(model), x, y, device)
     # one file per identity: a rerun resumes its own rows, never mixes with another model's or mode's
     store = ResultsStore(out / "records" / f"{fingerprint_of(identity)}.jsonl", identity=identity)
     predictions = _predictions(model, x[:PREDICT_IMAGES].to(device), y[:PREDICT_IMAGES], QUICK_SIGMA, qc.seed)

@@ -143,3 +143,38 @@ def test_compute_sweep_refuses_another_setting_or_model(tmp_path):
         weight.copy_(saved)
     grown = compute_sweep(model, x, y, ComputeSweepConfig(**{**cfg, "runs": 2}), path, progress=False)
     assert [r["run"] for r in grown] == [0, 1] and grown[0]["accuracy"] == first[0]["accuracy"]
+
+
+def test_results_are_keyed_on_the_tensors_not_the_files_bytes(ckpt, tmp_path, capsys):
+    """The same weights in other file bytes (the metadata in another order) resume the same results
+    file; other weights are refused naming weights_sha256 (issue 39 item 8)."""
+    import hashlib
+
+    from smoothinf.models import load_checkpoint, save_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    again = save_checkpoint(tmp_path / "again.safetensors", model, {"dataset": "synthetic"})
+    # the same tensors in other file bytes: the safetensors metadata in another order
+    data = again.read_bytes()
+    a = b'"format":"pt","smoothinf_arch":"mnist_cnn_small"'
+    b = b'"smoothinf_arch":"mnist_cnn_small","format":"pt"'
+    assert a in data
+    again.write_bytes(data.replace(a, b, 1))
+    sidecar = Path(str(again) + ".json")
+    meta = json.loads(sidecar.read_text())
+    meta["weights_sha256"] = hashlib.sha256(again.read_bytes()).hexdigest()
+    sidecar.write_text(json.dumps(meta))
+    assert again.read_bytes() != Path(ckpt).read_bytes()
+    results = tmp_path / "r.jsonl"
+    grid = ["evaluate", "--attacks", "pgd", "--steps", "2", "--eps", "0.1", "--max-examples", "4"]
+    grid += ["--device", "cpu", "--check-examples", "0", "--results", str(results)]
+    assert main([*grid, "-c", str(ckpt)]) == 0
+    kept = results.read_bytes()
+    assert main([*grid, "-c", str(again)]) == 0  # nothing to do: the rows are these weights'
+    assert results.read_bytes() == kept
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    other = save_checkpoint(tmp_path / "other.safetensors", model, {"dataset": "synthetic"})
+    capsys.readouterr()
+    assert main([*grid, "-c", str(other)]) == 2
+    assert "weights_sha256" in capsys.readouterr().err

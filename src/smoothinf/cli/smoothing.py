@@ -132,7 +132,7 @@ def certify_identity(args: argparse.Namespace, meta: dict, model, name: str, dat
     ``--max-examples`` may grow on resume: the table then holds more examples of the same split."""
     return {
         "format": PROVENANCE,
-        "weights_sha256": meta.get("weights_sha256") or weights_digest(model),
+        "weights_sha256": weights_digest(model),  # the tensors' digest, not the file's bytes
         "data": {"name": name, "split": args.split, "sha256": tensor_digest(data.images, data.labels)},
         "sigma": float(args.sigma),
         "n0": args.n0,

@@ -77,8 +77,8 @@ def protocol_inputs(cfg: EvalConfig, device: str | torch.device) -> tuple[Checkp
     )
     cfg.data = loaded.data
     source_sha = read_sidecar(cfg.transfer_source).get("weights_sha256") if cfg.transfer_source else None
-    weights = loaded.meta.get("weights_sha256") or weights_digest(loaded.model)
-    identity = evaluation_identity(cfg, weights, loaded.x, loaded.y, device, source_sha)
+    # keyed on the tensors, not the file's bytes: a re-saved checkpoint of the same weights resumes
+    identity = evaluation_identity(cfg, weights_digest(loaded.model), loaded.x, loaded.y, device, source_sha)
     return loaded, identity
 
 

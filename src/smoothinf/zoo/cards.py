@@ -197,7 +197,7 @@ def _measure_protocol(model, meta, ckpt_rel: str, x, y, first: int, folder: Path
     images from ``first`` on; its records go to ``folder/FINGERPRINT.jsonl``."""
     from smoothinf.evaluation.config import EvalConfig
     from smoothinf.evaluation.protocol import evaluate_grid
-    from smoothinf.evaluation.results import ResultsStore, evaluation_identity
+    from smoothinf.evaluation.results import ResultsStore, evaluation_identity, weights_digest
 
     cfg = EvalConfig(
         checkpoint=ckpt_rel,
@@ -215,7 +215,7 @@ def _measure_protocol(model, meta, ckpt_rel: str, x, y, first: int, folder: Path
         seed=grid["seed"],
         device=str(grid["device"]),
     )
-    identity = evaluation_identity(cfg, meta["weights_sha256"], x, y, grid["device"])
+    identity = evaluation_identity(cfg, weights_digest(model), x, y, grid["device"])
     from smoothinf.evaluation.results import fingerprint_of
 
     path = folder / f"{fingerprint_of(identity)}.jsonl"
