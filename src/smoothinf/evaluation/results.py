@@ -147,7 +147,7 @@ def tensor_digest(*tensors) -> str:
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of a model's state dict (names, dtypes, shapes, values) for models without a sidecar."""
+    """sha256 of a model's state dict (names, dtypes, shapes, values): what results are keyed on."""
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
         digest.update(key.encode())
@@ -163,9 +163,11 @@ def evaluation_identity(
     device: str | torch.device = "cpu",
     source_sha256: str | None = None,
 ) -> dict:
-    """What makes an evaluation's numbers what they are: the weights (sha256 of the checkpoint file,
-    checked against its sidecar on load), the data (name, split, count and a hash of the examples),
-    every setting of ``cfg`` but the grid axes, the transfer source's weights and the device type.
+    """What makes an evaluation's numbers what they are: the weights (``weights_digest``: a digest of
+    the tensors, so the same weights in another file are the same; records written before this held
+    the checkpoint file's sha256 under the same key), the data (name, split, count and a hash of the
+    examples), every setting of ``cfg`` but the grid axes, the transfer source's weights and the
+    device type.
     Pass it as ``ResultsStore(path, identity=...)``."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY}
     if not settings.get("first_example"):  # absent at 0: files from before slices keep their identity
