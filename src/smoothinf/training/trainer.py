@@ -468,6 +468,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool) -> dict:
     if cfg.train_split == "train+val":  # e.g. MNIST's 60,000 training images (the certified recipes)
         xv_all, yv_all = splits["val"].tensors()
         x, y = torch.cat([x, xv_all]), torch.cat([y, yv_all])
+        x, y = x[: cfg.max_train_examples], y[: cfg.max_train_examples]  # None keeps all
     seed_everything(cfg.seed)
     if cfg.init:  # fine-tune; --noise adds noise layers to a checkpoint that has none of that kind
         model, _ = load_checkpoint(cfg.init, device=device)
