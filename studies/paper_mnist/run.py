@@ -1,7 +1,7 @@
 """Run (or resume) the paper-MNIST study and write its page: ``python studies/paper_mnist/run.py``.
 
-The same flags as the former ``smoothinf experiment paper-mnist``; ``--report-only`` rebuilds the
-page from ``--out``'s files and runs nothing. Errors in a flag or a config are one line, exit 2.
+``--report-only`` rebuilds the page from ``--out``'s files and runs nothing. Errors in a flag or a
+config are one line, exit 2.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ class LongTrainingConfig:
 
 @dataclass
 class StudyConfig:
-    """What the study trains and how it evaluates (``configs/paper_mnist/study.yaml``)."""
+    """What the study trains and how it evaluates (``studies/paper_mnist/configs/study.yaml``)."""
 
     models: list[str] = field(default_factory=list)
     noise_models: list[str] = field(default_factory=list)
