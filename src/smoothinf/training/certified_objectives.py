@@ -31,13 +31,12 @@ Objectives whose loss depends on the epoch (warm-up, MACER's deferral) carry ``s
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smoothinf.attacks.base import project
+from smoothinf.attacks.base import attack_mode, project
 from smoothinf.errors import ConfigError
 from smoothinf.noise import NoiseDistribution
 from smoothinf.training.step import Step, frozen_forward
@@ -103,18 +102,6 @@ def _mean_softmax(logits: torch.Tensor, m: int) -> torch.Tensor:
     return F.softmax(logits, dim=1).view(m, -1, logits.shape[1]).mean(0)
 
 
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode for the attack (batch-norm running statistics), training flags restored after."""
-    modes = [(mod, mod.training) for mod in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for mod, flag in modes:
-            mod.training = flag
-
-
 def smoothed_pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -142,7 +129,7 @@ def smoothed_pgd(
     m = noise.shape[0] // x.shape[0]
     base = getattr(model, "module", model)
     adv, kept = x.detach(), x.detach()
-    with _eval_mode(base):
+    with attack_mode(base):
         for i in range(steps):
             if i == keep_step:
                 kept = adv

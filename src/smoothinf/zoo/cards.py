@@ -34,6 +34,7 @@ import torch
 
 from smoothinf._version import __version__
 from smoothinf.errors import ConfigError
+from smoothinf.evaluation.results import read_jsonl
 from smoothinf.zoo import CARD_FORMAT, ZOO_DIR, card_path, weights_path
 from smoothinf.zoo import card as read_card
 from smoothinf.zoo import names as zoo_names
@@ -71,12 +72,6 @@ def training_seconds(metrics_rows: list[dict]) -> float | None:
         total += s - last if s >= last else s
         last = s
     return round(total, 1) if metrics_rows else None
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _append(path: Path, row: dict) -> None:
@@ -257,7 +252,7 @@ def _clean_figure(model, test, data_name, keys, tensor_sha, count, draws, seed, 
     path = folder / "clean.jsonl"
     rows = [
         r
-        for r in _jsonl(path)
+        for r in read_jsonl(path)
         if r["weights_sha256"] in keys and r["data"]["sha256"] == digest and r["draws"] == draws
     ]
     if not rows:
@@ -297,7 +292,7 @@ def _certified_figure(
     path = folder / "certify.jsonl"
     rows = [
         r
-        for r in _jsonl(path)
+        for r in read_jsonl(path)
         if r["weights_sha256"] in keys
         and r["data"]["sha256"] == digest
         and (r["n"], r["sigma"]) == (n, sigma)
@@ -545,7 +540,7 @@ def write_card(
         )
 
     metrics_file = source.parent / "metrics.jsonl"
-    seconds = training_seconds(_jsonl(metrics_file)) if metrics_file.is_file() else None
+    seconds = training_seconds(read_jsonl(metrics_file)) if metrics_file.is_file() else None
     seconds_from = f"{metrics_file.name} next to the checkpoint (summed over resumed segments)"
     if seconds is None:
         seconds = (meta.get("metrics") or {}).get("seconds")
