@@ -9,7 +9,8 @@ import torch
 from smoothinf import quickstart
 from smoothinf.cli import main as cli_main
 from smoothinf.models import create_model, save_checkpoint
-from smoothinf.quickstart import QuickstartConfig, trained_model, training_finished, wilson
+from smoothinf.quickstart import QuickstartConfig, trained_model, training_finished
+from smoothinf.smoothing.statistics import wilson
 
 
 def _checkpoint(folder, epoch: int, epochs: int):

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from smoothinf.data import load_dataset
@@ -31,6 +30,7 @@ from smoothinf.evaluation.results import ResultsStore, evaluation_identity, fing
 from smoothinf.evaluation.sanity import run_sanity_checks
 from smoothinf.models import load_checkpoint, read_sidecar
 from smoothinf.smoothing import SmoothedClassifier, certified_accuracy, certify
+from smoothinf.smoothing.statistics import wilson
 from smoothinf.training.trainer import TrainConfig, train
 from smoothinf.utils import resolve_device
 
@@ -111,18 +111,6 @@ def trained_model(qc: QuickstartConfig, device: torch.device) -> Path:
         resume=True,  # continues an interrupted run; starts one when there is none
     )
     return ckpt
-
-
-def wilson(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of ``successes / n`` (a sum of per-image P(correct) for a
-    randomised row: then approximate)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _predictions(model, x, y, sigma: float, seed: int) -> list[str]:

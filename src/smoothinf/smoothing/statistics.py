@@ -176,3 +176,15 @@ def summarize_certification(rows: Iterable, radii: Iterable[float] = (0.0, 0.5, 
         "abstain": float((predict == ABSTAIN).mean()) if fields else 0.0,
         "certified_accuracy": {f"{r:g}": float(v) for r, v in zip(radii, accuracy, strict=True)},
     }
+
+
+def wilson(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of ``successes / n`` (a sum of per-image P(correct) for a
+    randomised row: then approximate)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
