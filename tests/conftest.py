@@ -60,3 +60,12 @@ def mnist_small_model():
     model.eval()
     xt, yt = test.tensors(512)
     return model, xt, yt
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A CLI call with --threads sets torch's thread count for the process; put it back after each
+    test so that no test sees another's setting."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -24,10 +24,10 @@ import torch
 
 from smoothinf.data import load_dataset
 from smoothinf.evaluation.config import EvalConfig
-from smoothinf.evaluation.protocol import evaluate_grid
 from smoothinf.evaluation.report import aggregate, setting_name, write_report
 from smoothinf.evaluation.results import ResultsStore, evaluation_identity, fingerprint_of, weights_digest
 from smoothinf.evaluation.sanity import run_sanity_checks
+from smoothinf.evaluation.verdict import evaluate
 from smoothinf.models import load_checkpoint, read_sidecar
 from smoothinf.smoothing import SmoothedClassifier, certified_accuracy, certify
 from smoothinf.smoothing.statistics import wilson
@@ -181,7 +181,7 @@ def run_quickstart(qc: QuickstartConfig) -> Path:
     store = ResultsStore(out / "records" / f"{fingerprint_of(identity)}.jsonl", identity=identity)
     predictions = _predictions(model, x[:PREDICT_IMAGES].to(device), y[:PREDICT_IMAGES], QUICK_SIGMA, qc.seed)
     eval_start = time.time()
-    evaluate_grid(cfg, model, x, y, store)
+    evaluate(model, x, y, config=cfg, results=store, progress=True)
     eval_seconds = time.time() - eval_start
     sanity = [c.line() for c in run_sanity_checks(model, x.to(device), y.to(device), 0.3)]
     xc, yc = test.tensors(qc.certify_examples)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
+import smoothinf
 from paper_mnist.study import MADRY_MNIST, MADRY_MNIST_CLEAN, StudyConfig
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.loading import protocol_inputs
-from smoothinf.evaluation.protocol import evaluate_grid
 from smoothinf.evaluation.report import aggregate, pm, row_flags, setting_name
 from smoothinf.evaluation.results import (
     ResultsStore,
@@ -119,7 +119,7 @@ def long_eval_job(out: Path, name: str, study: StudyConfig, first_example: int, 
     def work():
         set_aside_foreign_rows(results, fingerprint_of(identity))  # other weights, data or settings
         store = ResultsStore(results, identity=identity)
-        evaluate_grid(cfg, got.model, got.x, got.y, store)
+        smoothinf.evaluate(got.model, got.x, got.y, config=cfg, results=store, progress=True)
 
     fp = fingerprint({"identity": identity, "grid": grid})
     run_step(out, f"{STAGE}/eval/{_slice_name(name, first_example)}", fp, [results], work, log, discard=False)

@@ -48,7 +48,7 @@ from paper_mnist.study import (  # noqa: F401  (re-exported)
     tempered_attack_name,
     unbits,
 )
-from smoothinf._version import __version__
+from smoothinf import __version__
 from smoothinf.attacks import EPGD, PGD, AutoAttackAdapter, TransferAttack, is_randomised
 from smoothinf.attacks.presets import preset_attacks, tempered_name
 from smoothinf.data import load_splits

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from smoothinf.evaluation import EvalConfig, evaluate_grid, protocol, write_report
+from smoothinf.evaluation import EvalConfig, evaluate, protocol, write_report
 from smoothinf.evaluation.report import aggregate, markdown_table
 from smoothinf.models.linear import LinearClassifier
 
@@ -90,7 +90,7 @@ def test_checks_run_by_default_on_a_deterministic_row_and_switching_them_off_is_
     model = _linear10()
     x, y = _data(model, 12)
     common = dict(checkpoint="unused", votes=[], eps=[0.05], apgd_steps=10, runs=1, square_queries=50)
-    (rec,) = evaluate_grid(EvalConfig(**common), model, x, y, progress=False)
+    (rec,) = evaluate(model, x, y, config=EvalConfig(**common)).records
     checks = rec["checks"]
     assert set(checks) == {"autoattack", "blackbox"} and rec["checks_off"] == {}
     assert checks["autoattack"]["version"] == "standard"
@@ -113,7 +113,7 @@ def test_checks_run_by_default_on_a_deterministic_row_and_switching_them_off_is_
         cli_evaluation.run_evaluate(build_parser().parse_args(["evaluate", "-c", "m", "--attacks", "pgd"]))
     assert seen["cfg"].check_examples == EvalConfig().check_examples == 100
 
-    (off,) = evaluate_grid(EvalConfig(**common, check_examples=0), model, x, y, progress=False)
+    (off,) = evaluate(model, x, y, config=EvalConfig(**common, check_examples=0)).records
     assert off["checks"] == {}
     assert off["checks_off"] == dict.fromkeys(("autoattack", "blackbox", "convergence"), "check_examples=0")
     assert off["worst_case"] == off["worst_case_attacks"]
@@ -144,7 +144,7 @@ def test_the_strongest_attack_of_a_cascade_is_the_one_whose_points_matter(monkey
     monkeypatch.setattr(protocol, "build_attacks", lambda *a, **k: dict(attacks))
     cfg = EvalConfig(checkpoint="unused", votes=["hard"], sigmas=[SIGMA], ms=[1], eps=[0.3], runs=1)
     cfg.check_examples = 0  # not about the cross-checks: off, as a stated choice
-    base, smooth = evaluate_grid(cfg, model, x, y, progress=False)
+    base, smooth = evaluate(model, x, y, config=cfg).records
     assert smooth["cascade"] and list(smooth["attacks"]) == ["pgd", "apgd-ce"]
     assert smooth["attacks"]["pgd"] == pytest.approx(0.3, abs=0.06)
     assert smooth["attacks"]["apgd-ce"] < 0.02
@@ -174,7 +174,7 @@ def test_folding_a_check_that_changes_nothing_keeps_the_worst_case_unbiased(monk
     cfg = EvalConfig(checkpoint="unused", votes=["hard"], sigmas=[SIGMA], ms=[1], eps=[0.3], runs=1)
     cfg.attacks, cfg.judgements, cfg.check_examples = ["pgd"], 16, 200
     cfg.autoattack_check = cfg.blackbox_check = False
-    _, smooth = evaluate_grid(cfg, model, x, y, progress=False)
+    _, smooth = evaluate(model, x, y, config=cfg).records
     conv = smooth["checks"]["convergence"]
     # the mean of 200 fresh 16-judgement estimates: sd about 0.007
     assert smooth["worst_case"] == pytest.approx(truth, abs=0.025)
@@ -196,7 +196,7 @@ def test_judging_is_part_of_the_identity_and_old_records_are_marked(tmp_path):
     assert old.fingerprint() == "61745d43ad8629cd"
     assert EvalConfig(checkpoint="c", check_examples=0).fingerprint() != old.fingerprint()
     with pytest.raises(ConfigError, match="judging 1 names the old judging rules"):
-        evaluate_grid(old, _linear10(), *_data(_linear10(), 2), progress=False)
+        evaluate(_linear10(), *_data(_linear10(), 2), config=old)
     with pytest.raises(ConfigError, match="judging must be 1"):
         EvalConfig(checkpoint="c", judging=3).validate()
 
@@ -231,7 +231,7 @@ class _NoisyLogits(nn.Module):
 
 
 def test_a_stochastic_model_built_elsewhere_is_attacked_as_a_randomised_row():
-    """``evaluate_grid`` probes the model before building the attacks: its unsmoothed row gets the
+    """``evaluate(..., config=)`` probes the model before building the attacks: its unsmoothed row gets the
     randomised preset (APGD-CE and APGD-DLR with draws, tempered APGD-CE; old code: the deterministic
     one, APGD-CE and APGD-T with one draw)
     and the doubled-budget check, and is judged as a random classifier."""
@@ -239,7 +239,7 @@ def test_a_stochastic_model_built_elsewhere_is_attacked_as_a_randomised_row():
     x, y = _data(model.inner, 8)
     cfg = EvalConfig(checkpoint="unused", votes=[], eps=[0.05], apgd_steps=5, attack_m=2, runs=1)
     cfg.judgements, cfg.check_examples, cfg.autoattack_check, cfg.blackbox_check = 4, 8, False, False
-    (rec,) = evaluate_grid(cfg, model, x, y, progress=False)
+    (rec,) = evaluate(model, x, y, config=cfg).records
     # (a random model's own forward is judged by argmax counts: the tempered APGD-CE runs too)
     assert list(rec["attacks"]) == ["pgd", "apgd-ce", "apgd-dlr", "apgd-ce-t0.5", "apgd-ce-t0.25"]
     assert rec["budget"]["apgd-ce"] == {"steps": 5, "draws": 2, "restarts": 1, "gradients": 10}

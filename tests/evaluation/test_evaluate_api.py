@@ -1,5 +1,5 @@
 """The one-call entry point ``evaluate(model, x, y, eps=...) -> Report`` and the protocol's row
-function behind both it and the config-driven grid (``evaluate_grid``)."""
+function behind both it and the config-driven grid (``evaluate(..., config=)``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from smoothinf.errors import ConfigError
-from smoothinf.evaluation import EvalConfig, Report, evaluate_grid
+from smoothinf.evaluation import EvalConfig, Report
 from smoothinf.evaluation.verdict import DEFAULT_M, evaluate
 from smoothinf.smoothing import SmoothedClassifier
 from support import argmax_data, linear10
@@ -30,6 +30,7 @@ RECORD_KEYS = sorted(
         "clean",
         "attacks",
         "worst_case",
+        "robust",
         "worst_case_attacks",
         "counted_checks",
         "strongest",
@@ -63,7 +64,7 @@ def test_grid_records_are_pinned_to_those_before_the_row_refactor():
     x, y = argmax_data(model, 8)
     setting = dict(votes=["hard"], sigmas=[SIGMA], ms=[4], runs=2)
     cfg = EvalConfig(checkpoint="unused", square_queries=20, autoattack_check=False, **setting, **GRID)
-    records = evaluate_grid(cfg, model, x, y, progress=False)
+    records = evaluate(model, x, y, config=cfg).records
     base_attacks = {"pgd": 0.5, "apgd-ce": 0.5, "apgd-t": 0.5}
     base_without = {"pgd": 1.0, "apgd-ce": 0.5, "apgd-t": 0.5}
     base_checks = {"blackbox": (4, 4.0, 0.0, 4.0, 0.0, False)}
@@ -114,7 +115,7 @@ def test_grid_records_are_pinned_to_those_before_the_row_refactor():
 
 def test_report_rows_equal_the_grid_records_of_the_equivalent_config_and_say_checks_are_off(tmp_path):
     """evaluate(..., sigma, m, checks=False, runs=2) runs the base and the smoothed row of each run,
-    exactly as evaluate_grid runs the EvalConfig with that one setting and check_examples=0; the
+    exactly as evaluate(config=) runs the EvalConfig with that one setting and check_examples=0; the
     report aggregates them (mean ± std), prints the table stating the checks are off, and saves
     and loads back to the same records and per-image values."""
     model = linear10()
@@ -123,7 +124,7 @@ def test_report_rows_equal_the_grid_records_of_the_equivalent_config_and_say_che
     setting = dict(votes=["hard"], sigmas=[SIGMA], ms=[4], runs=2)
     cfg = EvalConfig(checkpoint="in-memory Sequential", max_examples=8, check_examples=0, **setting, **GRID)
     assert report.config == cfg
-    records = evaluate_grid(cfg, model, x, y, progress=False)
+    records = evaluate(model, x, y, config=cfg).records
     assert [_untimed(r) for r in report.records] == [_untimed(r) for r in records]
     assert all(r["checks"] == {} for r in report.records)
 
@@ -225,3 +226,59 @@ def test_smoothed_classifier_settings_win_and_conflicts_are_errors():
     assert (cfg.votes, cfg.sigmas, cfg.ms, cfg.eps, cfg.runs) == (["weighted"], [0.1], [8], [0.2], 1)
     cfg = evaluate(model, x, y, eps=0.2, sigma=0.1, checks=False, **FAST).config
     assert (cfg.votes, cfg.ms, cfg.check_examples, cfg.attacks) == (["hard"], [DEFAULT_M], 0, ["default"])
+
+
+def test_config_form_resumes_from_a_results_path_keyed_on_the_weights(tmp_path):
+    """evaluate(config=, results=path): a second call reads every row back (nothing runs: the file
+    does not grow) and returns the same report, per-image values included; the file is keyed on the
+    weights' tensor digest, so another model's weights are refused with one line."""
+    model = linear10()
+    x, y = argmax_data(model, 6)
+    cfg = EvalConfig(
+        checkpoint="mem",
+        max_examples=6,
+        votes=["soft"],
+        sigmas=[SIGMA],
+        ms=[2],
+        runs=1,
+        check_examples=0,
+        **GRID,
+    )
+    path = tmp_path / "results.jsonl"
+    first = evaluate(model, x, y, config=cfg, results=path)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and [r["vote"] for r in first.records] == ["none", "soft"]
+    assert first.records[1]["robust"] == [round(v, 6) for v in first.smoothed.robust.tolist()]
+    again = evaluate(model, x, y, config=cfg, results=path)
+    assert path.read_text().splitlines() == lines
+    assert [_untimed(r) for r in again.records] == [_untimed(r) for r in first.records]
+    assert torch.equal(again.robust, first.robust)
+    other = linear10()
+    with torch.no_grad():
+        other[-1].bias += 1.0
+    with pytest.raises(ConfigError, match="weights_sha256"):
+        evaluate(other, x, y, config=cfg, results=path)
+
+
+def test_config_form_refuses_keywords_that_it_would_ignore():
+    model = linear10()
+    x, y = argmax_data(model, 4)
+    cfg = EvalConfig(checkpoint="mem", max_examples=4, votes=[], check_examples=0, **GRID)
+    for kwargs, name in ((dict(eps=0.1), "eps"), (dict(runs=2), "runs"), (dict(sigma=0.1), "sigma")):
+        with pytest.raises(ConfigError, match=f"set {name} in the EvalConfig"):
+            evaluate(model, x, y, config=cfg, **kwargs)
+    with pytest.raises(ConfigError, match="pass the base model"):
+        evaluate(SmoothedClassifier(model, SIGMA, 2, "soft"), x, y, config=cfg)
+
+
+def test_records_without_per_image_values_still_make_a_report():
+    """Records written before records kept ``robust`` aggregate as before; their rows have no
+    per-image values and asking for them is a one-line error."""
+    model = linear10()
+    x, y = argmax_data(model, 4)
+    report = evaluate(model, x, y, eps=0.1, checks=False, **FAST)
+    old = [{k: v for k, v in r.items() if k != "robust"} for r in report.records]
+    rebuilt = Report(old)
+    assert rebuilt.base.robust is None and rebuilt.base.worst_case == report.base.worst_case
+    with pytest.raises(ConfigError, match="no per-image values"):
+        _ = rebuilt.robust

@@ -15,7 +15,7 @@ from smoothinf.evaluation import (
     EvalConfig,
     ResultsStore,
     aggregate,
-    evaluate_grid,
+    evaluate,
     markdown_table,
     read_results,
     run_sanity_checks,
@@ -113,20 +113,20 @@ def test_protocol_resume_skips_finished_rows(synthetic_model, tmp_path):
         device="cpu",
     )
     store = ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint())
-    first = evaluate_grid(cfg, model, x, y, store, progress=False)
+    first = evaluate(model, x, y, config=cfg, results=store).records
     assert len(first) == 2  # base + one smoothed setting
     assert set(first[1]["attacks"]) == {"pgd", "epgd"} and set(first[0]["attacks"]) == {"pgd"}
     for r in first:
         assert r["worst_case"] <= min(r["attacks"].values()) <= r["clean"]
     cfg.runs = 2
     store = ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint())
-    second = evaluate_grid(cfg, model, x, y, store, progress=False)
-    assert [r["run"] for r in second] == [1, 1]
+    second = evaluate(model, x, y, config=cfg, results=store).records
+    assert [r["run"] for r in second] == [0, 0, 1, 1]  # run 0 read back, run 1 new
+    assert second[:2] == first
     assert len(read_results(tmp_path / "r.jsonl")) == 4
-    assert (
-        evaluate_grid(cfg, model, x, y, ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint()), progress=False)
-        == []
-    )
+    again = evaluate(model, x, y, config=cfg, results=ResultsStore(tmp_path / "r.jsonl", cfg.fingerprint()))
+    assert again.records == second and len(read_results(tmp_path / "r.jsonl")) == 4  # nothing run again
+    assert torch.equal(again.base.robust, torch.tensor([r["robust"] for r in (second[0], second[2])]).mean(0))
 
 
 def test_counts_argmaxes_picks_the_rows_of_the_tempered_attacks():
@@ -172,8 +172,8 @@ def test_default_preset_adds_tempered_attacks_to_hard_votes(synthetic_model):
         check_examples=0,  # not about the cross-checks: off, as a stated choice
         device="cpu",
     )
-    with_t = evaluate_grid(EvalConfig(**common), model, x[:40], y[:40], progress=False)
-    without = evaluate_grid(EvalConfig(**common, temperatures=[]), model, x[:40], y[:40], progress=False)
+    with_t = evaluate(model, x[:40], y[:40], config=EvalConfig(**common)).records
+    without = evaluate(model, x[:40], y[:40], config=EvalConfig(**common, temperatures=[])).records
     by_vote = {r["vote"]: r for r in with_t}
     assert set(by_vote["hard"]["attacks"]) == {"pgd", "apgd-ce", "apgd-dlr", "apgd-ce-t0.5", "apgd-ce-t0.25"}
     assert set(by_vote["soft"]["attacks"]) == {"pgd", "apgd-ce", "apgd-dlr"}
@@ -330,7 +330,7 @@ def test_protocol_runs_transfer_and_nattack(synthetic_model, tmp_path):
         check_examples=0,  # not about the cross-checks: off, as a stated choice
         device="cpu",
     )
-    recs = evaluate_grid(cfg, model, x[:30], y[:30], progress=False)
+    recs = evaluate(model, x[:30], y[:30], config=cfg).records
     base = recs[0]
     assert set(base["attacks"]) == {"pgd", "transfer", "nattack"}
     # The transfer source is the model itself, so on the base model transfer is white-box PGD with
@@ -388,6 +388,41 @@ def test_compute_sweep_cli_and_checks(synthetic_model, tmp_path, capsys):
     # The check fires when more steps raise accuracy, and stays silent otherwise.
     assert not compute_checks({("epgd", 1, 1): (0.5, 0), ("epgd", 4, 1): (0.7, 0)})[0].passed
     assert compute_checks({("epgd", 1, 1): (0.5, 0), ("epgd", 4, 1): (0.4, 0)})[0].passed
+
+
+def test_a_compute_sweep_point_is_the_protocol_row_at_that_budget():
+    """Each sweep point is ``evaluate`` with that attack alone at that steps x draws: its accuracy
+    equals the smoothed row's of the same EvalConfig (same seed, same judgements)."""
+    from smoothinf.evaluation import EvalConfig, evaluate
+    from smoothinf.evaluation.sweeps import ComputeSweepConfig, compute_sweep
+    from support import argmax_data, linear10
+
+    model = linear10()
+    x, y = argmax_data(model, 10)
+    cfg = ComputeSweepConfig(
+        sigma=0.1, m=4, vote="hard", eps=0.1, steps=[2], draws=[3], attacks=["epgd"], runs=1
+    )
+    cfg.judgements = 4
+    (point,) = compute_sweep(model, x, y, cfg, progress=False)
+    same = EvalConfig(
+        checkpoint="c",
+        max_examples=10,
+        eps=[0.1],
+        votes=["hard"],
+        sigmas=[0.1],
+        ms=[4],
+        attacks=["epgd"],
+        steps=2,
+        attack_m=3,
+        check_examples=0,
+        cascade=False,
+        judgements=4,
+        runs=1,
+        device="cpu",
+    )
+    row = evaluate(model, x, y, config=same).smoothed
+    assert point["accuracy"] == row.attacks["epgd"] and point["clean"] == row.clean
+    assert 0 <= point["accuracy"] <= point["clean"] <= 1
 
 
 def test_report_compute_table_gives_mean_seconds_per_run_per_attack_and_check():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from smoothinf.evaluation import EvalConfig, evaluate_grid
+from smoothinf.evaluation import EvalConfig, evaluate
 from smoothinf.evaluation.report import aggregate, checks_table, markdown_table, row_flags
 from support import argmax_data, linear10
 
@@ -44,7 +44,7 @@ def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
         convergence_check=False,
         square_queries=300,
     )
-    (rec,) = evaluate_grid(cfg, model, x, y, progress=False)
+    (rec,) = evaluate(model, x, y, config=cfg).records
     bb = rec["checks"]["blackbox"]
     assert rec["clean"] == 1.0
     # Zero gradients: the white-box attacks only fool where a random start happens to.
@@ -78,7 +78,7 @@ def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model(
     model = linear10()
     x, y = argmax_data(model, 8)
     cfg = _soft_vote_config()
-    base, smooth = evaluate_grid(cfg, model, x, y, progress=False)
+    base, smooth = evaluate(model, x, y, config=cfg).records
     assert base["checks"]["autoattack"]["version"] == "standard"
     assert smooth["checks"]["autoattack"]["version"].startswith("rand (official APGD-CE + APGD-DLR")
     assert "on a 1-draw soft surrogate" in smooth["checks"]["autoattack"]["version"]  # attack_m draws
@@ -117,7 +117,7 @@ def test_weight_noise_rows_get_the_convergence_check():
         autoattack_check=False,
         blackbox_check=False,
     )
-    for rec in evaluate_grid(cfg, model, x, y, progress=False):
+    for rec in evaluate(model, x, y, config=cfg).records:
         conv = rec["checks"]["convergence"]
         assert conv["attack"] == rec["strongest"] and conv["attack"] in rec["attacks"] and conv["n"] == 8
         # fresh judgements value each chosen point (a cascade's columns need not decrease any more):
@@ -206,7 +206,7 @@ def test_the_doubled_attacks_finds_count_in_the_worst_case(monkeypatch):
 
     monkeypatch.setattr(protocol, "build_attacks", build)
     cfg = _soft_vote_config(autoattack_check=False)
-    _, smooth = evaluate_grid(cfg, model, x, y, progress=False)
+    _, smooth = evaluate(model, x, y, config=cfg).records
     conv = smooth["checks"]["convergence"]
     assert conv["flag"] and conv["extra"] > 1
     assert smooth["worst_case"] == pytest.approx(smooth["worst_case_attacks"] - conv["extra"] / 8, abs=1e-4)

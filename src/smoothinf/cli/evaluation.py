@@ -10,7 +10,7 @@ from pathlib import Path
 
 from smoothinf.cli import add_common_args, count
 from smoothinf.errors import SmoothinfError
-from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate_grid, read_results, write_report
+from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate, read_results, write_report
 from smoothinf.evaluation.loading import load_checkpoint_and_examples, protocol_inputs
 from smoothinf.evaluation.slices import merge_slices
 from smoothinf.quickstart import QuickstartConfig, run_quickstart
@@ -208,7 +208,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         got, identity = protocol_inputs(cfg, device)
         _note_short_slice(cfg.max_examples, cfg.first_example, got.x.shape[0], got.data, cfg.split)
         store = ResultsStore(results, identity=identity)
-        evaluate_grid(cfg, got.model, got.x, got.y, store)
+        evaluate(got.model, got.x, got.y, config=cfg, results=store, progress=True)
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
             return 0
         with output_lock(report_dir, "--report-dir"):

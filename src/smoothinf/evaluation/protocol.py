@@ -1,8 +1,8 @@
 """The evaluation protocol: defended classifiers x attacks x R seeded runs, judged per example.
 
-``evaluate_row`` evaluates one (run, setting, eps) row; ``evaluate_grid`` runs an ``EvalConfig``'s
-grid of them (resumable, distributed); ``smoothinf.evaluation.verdict.evaluate`` runs one model's
-rows and returns a ``Report``."""
+``evaluate_row`` evaluates one (run, setting, eps) row; ``smoothinf.evaluate``
+(``smoothinf.evaluation.verdict``) runs a model's rows, or an ``EvalConfig``'s grid of them
+(resumable, distributed), and returns a ``Report``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from smoothinf import __version__
 from smoothinf.attacks import (
@@ -30,11 +29,9 @@ from smoothinf.attacks import (
 )
 from smoothinf.attacks.judge import detect_randomised
 from smoothinf.attacks.presets import preset_attacks
-from smoothinf.distributed import gather_json, init_distributed
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.config import JUDGING, EvalConfig
-from smoothinf.evaluation.report import setting_name
-from smoothinf.evaluation.results import COUNTED_CHECKS, ResultsStore
+from smoothinf.evaluation.results import COUNTED_CHECKS
 from smoothinf.noise import NoiseDistribution
 from smoothinf.smoothing import SmoothedClassifier
 from smoothinf.utils import model_device
@@ -261,9 +258,10 @@ Setting = tuple[str, float, int]
 
 @dataclass
 class RowResult:
-    """One evaluated row (run, setting, eps): ``record``, the JSON-friendly dict ``evaluate_grid``
-    stores (its keys are the results files' schema), and ``robust``, each example's worst case
-    (N,) float in [0, 1]: P(correct) at its strongest point, cross-checks' finds included."""
+    """One evaluated row (run, setting, eps): ``record``, the JSON-friendly dict a results file
+    stores (its keys are the results files' schema; ``record["robust"]`` holds ``robust`` as a
+    list), and ``robust``, each example's worst case (N,) float in [0, 1]: P(correct) at its
+    strongest point, cross-checks' finds included."""
 
     record: dict
     robust: torch.Tensor
@@ -343,6 +341,7 @@ def evaluate_row(
         "clean": result.clean_accuracy,
         "attacks": acc,
         "worst_case": robust.sum().item() / max(int(x.shape[0]), 1),
+        "robust": [round(v, 6) for v in robust.tolist()],
         "worst_case_attacks": result.worst_case_accuracy,
         "counted_checks": list(COUNTED_CHECKS),
         "strongest": result.strongest,
@@ -364,69 +363,3 @@ def evaluate_row(
         "version": __version__,
     }
     return RowResult(record, robust)
-
-
-def evaluate_grid(
-    cfg: EvalConfig,
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    store: ResultsStore | None = None,
-    progress: bool = True,
-) -> list[dict]:
-    """Run the protocol over ``cfg``'s grid on (x, y): one record per (run, setting, eps) row
-    (``grid_jobs``), each ``evaluate_row``'s; the config-driven form behind ``smoothinf evaluate``,
-    the quickstart and the studies (``smoothinf.evaluation.verdict.evaluate`` is the one-model call).
-
-    Records already in ``store`` are skipped (resume); new ones are appended as they finish. Each
-    record holds clean accuracy, per-attack and worst-case robust accuracy of the defended
-    classifier (smoothed with fresh noise for its own judging; ``judging``), the cross-checks
-    (``_checks``; ``checks_off``: those switched off and by which setting), the strongest attack
-    (``RobustResult.strongest`` under ``strongest_rule``; ``without``: each attack's worst case
-    without its points) and timings. A model whose two forwards differ is marked randomised first
-    (``detect_randomised``).
-    """
-    x, y = prepare_inputs(cfg, model, x, y)
-    device = x.device
-    done = store.done() if store is not None else set()
-    jobs = grid_jobs(cfg)
-    jobs = [j for j in jobs if (j[0], j[1][0], float(j[1][1]), int(j[1][2]), float(j[2])) not in done]
-    # Under torchrun each rank takes every world-th (run, setting, eps) job on all examples, so every
-    # record is computed exactly as one process would (same seed, same data, same draws).
-    source = None
-    if "transfer" in cfg.attacks:
-        from smoothinf.models import load_checkpoint
-
-        source, _ = load_checkpoint(cfg.transfer_source, device=device)
-    dist_info = init_distributed(device)
-    mine = jobs[dist_info.rank :: dist_info.world_size]
-    records = []
-    bar = tqdm(mine, desc="evaluate", disable=not progress or not dist_info.is_main)
-    for run, setting, eps in bar:
-        row = f"run {run}, {setting_name(*setting)}, eps {eps:g}"
-        bar.set_postfix_str(row)
-        result = evaluate_row(
-            cfg,
-            model,
-            x,
-            y,
-            run,
-            setting,
-            eps,
-            source=source,
-            on_step=lambda s, r=row: bar.set_postfix_str(f"{r}: {s}"),
-        )
-        records.append(result.record)
-        if store is not None and not dist_info.enabled:
-            store.append(records[-1])
-    if dist_info.enabled:
-        records = sorted(
-            gather_json(records, dist_info),
-            key=lambda r: jobs.index((r["run"], (r["vote"], r["sigma"], r["m"]), r["eps"])),
-        )
-        if not dist_info.is_main:
-            return records
-        if store is not None:
-            for r in records:
-                store.append(r)
-    return records

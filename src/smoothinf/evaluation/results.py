@@ -309,7 +309,8 @@ def _is_fraction(value: object) -> bool:
 def value_problem(record: dict) -> str | None:
     """What is wrong with the values of a result record's keys (``RECORD_KEYS``), or None: run and
     n are counts, m a count >= 1, sigma and eps finite numbers >= 0, vote a string, clean,
-    worst_case and every attack's accuracy fractions in [0, 1]."""
+    worst_case and every attack's accuracy fractions in [0, 1], and ``robust`` (when present) n
+    fractions."""
     for name, ok, want in (
         ("run", _is_count(record.get("run")), "an integer >= 0"),
         ("n", _is_count(record.get("n")), "an integer >= 0 (examples)"),
@@ -324,6 +325,11 @@ def value_problem(record: dict) -> str | None:
         value = record.get(name)
         if name in record and not (_is_number(value) and math.isfinite(value) and value >= 0):
             return f"{name!r} must be a finite number >= 0 (pixel units), got {value!r}"
+    robust = record.get("robust")
+    if "robust" in record and not (
+        isinstance(robust, list) and len(robust) == record.get("n") and all(_is_fraction(v) for v in robust)
+    ):
+        return "'robust' must list each example's P(correct) in [0, 1], one per example (n)"
     attacks = record.get("attacks")
     if isinstance(attacks, dict):
         for attack, value in attacks.items():

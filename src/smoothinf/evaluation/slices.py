@@ -121,6 +121,9 @@ def combine(parts: list[dict]) -> dict:
         "slices": slices,
         "config": {**head.get("config", {}), "first_example": slices[0][0], "max_examples": n},
     }
+    merged.pop("robust", None)
+    if all(isinstance(p.get("robust"), list) for p in parts):  # per image, in slice order
+        merged["robust"] = [v for p in parts for v in p["robust"]]
     if all("worst_case_attacks" in p for p in parts):
         merged["worst_case_attacks"] = _weighted(parts, lambda p: p["worst_case_attacks"])
     for key in ("seconds", "attack_seconds"):

@@ -1,5 +1,6 @@
 """The attack-compute sweep: robust accuracy of a smoothed classifier vs the attack's k x m
-(steps x noise draws per step) for PGD, EPGD and SmoothAdv (paper Fig. 0.B.3)."""
+(steps x noise draws per step) for PGD, EPGD and SmoothAdv (paper Fig. 0.B.3); each point is one
+``smoothinf.evaluate`` call with that attack alone at that budget."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from smoothinf.attacks import EPGD, PGD, SmoothAdv, robust_accuracy
 from smoothinf.errors import ConfigError
+from smoothinf.evaluation.config import EvalConfig
 from smoothinf.evaluation.report import pyplot
 from smoothinf.evaluation.results import ResultsStore, tensor_digest, weights_digest
 from smoothinf.evaluation.sanity import Check
-from smoothinf.noise import NoiseDistribution
-from smoothinf.smoothing import VOTES, SmoothedClassifier
+from smoothinf.evaluation.verdict import evaluate
+from smoothinf.smoothing import VOTES
 
 SWEEP_ATTACKS = ("pgd", "epgd", "smoothadv")
 
@@ -79,6 +80,7 @@ def compute_sweep(
         "data": {"examples": int(x.shape[0]), "sha256": tensor_digest(x, y)},
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("steps", "draws", "attacks", "runs")},
         "device": device.type,
+        "measured_by": "smoothinf.evaluate",  # files of the sweep's own loop (before) are refused
     }
     x, y = x.to(device), y.to(device)
     path = Path(results) if results is not None else None
@@ -89,8 +91,6 @@ def compute_sweep(
         store = ResultsStore(path, identity=identity, key=_key, required=required, flag="--out")
         records = store.records
     done = {_key(r) for r in records}
-    defended = SmoothedClassifier(model, cfg.sigma, cfg.m, cfg.vote)
-    noise = NoiseDistribution("gaussian", cfg.sigma)
     jobs = [
         (run, a, k, d)
         for run in range(cfg.runs)
@@ -101,12 +101,8 @@ def compute_sweep(
     for run, name, k, d in tqdm(jobs, desc="compute sweep", disable=not progress):
         if (run, name, k, d) in done:
             continue
-        if name == "pgd":
-            attack = PGD(model, cfg.eps, steps=k)
-        else:
-            attack = (EPGD if name == "epgd" else SmoothAdv)(model, noise, d, cfg.eps, steps=k)
-        gen = torch.Generator(device=device).manual_seed(cfg.seed + run)
-        res = robust_accuracy(defended, x, y, {name: attack}, gen, judgements=cfg.judgements)
+        report = evaluate(model, x, y, config=_budget_config(cfg, x.shape[0], name, k, d, run, device))
+        row = report.smoothed
         record = {
             "sweep": "compute",
             "run": run,
@@ -114,8 +110,8 @@ def compute_sweep(
             "steps": k,
             "draws": d,
             "compute": k * d,
-            "accuracy": res.accuracy[name],
-            "clean": res.clean_accuracy,
+            "accuracy": row.attacks[name],
+            "clean": row.clean,
             "n": int(x.shape[0]),
             "config": asdict(cfg),
         }
@@ -124,6 +120,32 @@ def compute_sweep(
         else:
             records.append(record)
     return records
+
+
+def _budget_config(
+    cfg: ComputeSweepConfig, n: int, attack: str, steps: int, draws: int, run: int, device: torch.device
+) -> EvalConfig:
+    """The protocol's config of one sweep point: the smoothed row (sigma, m, vote) attacked by
+    ``attack`` alone at ``steps`` x ``draws`` (PGD on the base model, EPGD / SmoothAdv through the
+    noise, each keeping its best point as the smoothed classifier judges it), judged
+    ``judgements`` times, seeded ``cfg.seed + run``, no cross-checks (the sweep is the budget check)."""
+    return EvalConfig(
+        checkpoint="compute sweep",
+        max_examples=int(n),
+        eps=[cfg.eps],
+        votes=[cfg.vote],
+        sigmas=[cfg.sigma],
+        ms=[cfg.m],
+        attacks=[attack],
+        steps=steps,
+        attack_m=draws,
+        check_examples=0,
+        cascade=False,
+        judgements=cfg.judgements,
+        runs=1,
+        seed=cfg.seed + run,
+        device=str(device),
+    )
 
 
 def summarize(records: list[dict]) -> dict[tuple, tuple[float, float]]:

@@ -1,10 +1,12 @@
-"""One call to rate a model: ``evaluate(model, x, y, eps=...)`` runs the protocol on its rows and
-returns a ``Report`` (accuracies, per-image P(correct), flags, budgets, seconds; printable, saved
-as JSON and read back).
+"""The one entry point: ``evaluate(model, x, y, eps=...)`` runs the protocol
+(``smoothinf.evaluation.protocol.evaluate_row`` per row) and returns a ``Report`` (accuracies,
+per-image P(correct), flags, budgets, seconds; printable, saved as JSON and read back).
 
-It is ``evaluate_grid``'s protocol (``smoothinf.evaluation.protocol``) on a grid of at most two
-rows (``Report.config``): the base model and, with ``sigma`` (or a ``SmoothedClassifier``),
-its smoothed version. Each row's record is the one ``evaluate_grid`` writes for that config.
+Called with keywords it rates one model: the base model and, with ``sigma`` (or a
+``SmoothedClassifier``), its smoothed version. Called with ``config=`` (an ``EvalConfig``: a grid
+of votes x sigmas x ms x eps, any attacks, budgets and cross-checks) it runs that grid, resumable
+through ``results=`` and split across processes under torchrun: the form behind ``smoothinf
+evaluate``, the quickstart, the zoo's cards and the studies.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from smoothinf.attacks.presets import DEFAULT_DRAWS, DEFAULT_STEPS, PRESETS
+from smoothinf.distributed import gather_json, init_distributed
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.config import CHECK_EXAMPLES, EvalConfig
 from smoothinf.evaluation.protocol import evaluate_row, grid_jobs, prepare_inputs
@@ -30,7 +34,7 @@ from smoothinf.evaluation.report import (
     runs_text,
     setting_name,
 )
-from smoothinf.evaluation.results import row_key
+from smoothinf.evaluation.results import ResultsStore, evaluation_identity, row_key, weights_digest
 from smoothinf.smoothing import VOTES, SmoothedClassifier
 from smoothinf.utils import resolve_device
 
@@ -61,7 +65,8 @@ class Row:
     worst_case_std: float
     attacks: dict[str, float]  # attack -> accuracy (cumulative in a cascade), in the order they ran
     attacks_std: dict[str, float]
-    robust: torch.Tensor  # (N,) float: P(correct) at each image's strongest point, mean over runs
+    robust: torch.Tensor | None  # (N,) float: P(correct) at each image's strongest point, mean over
+    # runs; None when a record lacks it (results files written before records held it)
     strongest: str
     flags: str  # the cross-checks' flags ("-" when none)
     budget: dict[str, dict]  # attack -> steps, draws, restarts, gradients per image
@@ -77,22 +82,26 @@ class Row:
 
 @dataclass
 class Report:
-    """What ``evaluate`` found: ``records`` (``evaluate_grid``'s records, one per (run, row), in the
-    order they ran) and ``per_image`` ((N,) float P(correct) of each record's worst case, on the
-    CPU). ``rows`` aggregates them per (setting, eps), base model first; ``print(report)`` gives
-    the table; ``save`` / ``load`` keep both as JSON."""
+    """What ``evaluate`` found: ``records`` (one per (run, row), in the order they ran; the results
+    files' schema) and ``per_image`` ((N,) float P(correct) of each record's worst case, on the
+    CPU; None for a record without it). ``per_image`` defaults to each record's ``robust`` list.
+    ``rows`` aggregates them per (setting, eps), base model first; ``print(report)`` gives the
+    table; ``save`` / ``load`` keep both as JSON."""
 
     records: list[dict]
-    per_image: list[torch.Tensor]
+    per_image: list[torch.Tensor | None] | None = None
     rows: list[Row] = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.per_image is None:
+            rows = [r.get("robust") for r in self.records]
+            self.per_image = [None if v is None else torch.tensor(v, dtype=torch.float32) for v in rows]
         if len(self.records) != len(self.per_image) or not self.records:
             raise ConfigError(
                 f"a report needs one per-image tensor per record, got {len(self.records)} records and"
                 f" {len(self.per_image)} tensors"
             )
-        self.per_image = [p.detach().float().cpu() for p in self.per_image]
+        self.per_image = [None if p is None else p.detach().float().cpu() for p in self.per_image]
         self._aggregated = aggregate(self.records)
         self.rows = [self._row(key, row) for key, row in self._aggregated.items()]
         self.rows.sort(key=lambda r: (r.eps, r.vote != "none"))
@@ -111,18 +120,18 @@ class Report:
             worst_case_std=row["worst_case"][1],
             attacks={a: v[0] for a, v in row["attacks"].items()},
             attacks_std={a: v[1] for a, v in row["attacks"].items()},
-            robust=torch.stack(same).mean(0),
+            robust=None if any(p is None for p in same) else torch.stack(same).mean(0),
             strongest=row["strongest"],
             flags=row_flags(row),
             budget=row["budget"],
             checks=row["checks"],
             checks_off=row["checks_off"],
-            seconds=row["seconds"][0],
+            seconds=row["seconds"][0] if row["seconds"] else float("nan"),
         )
 
     @property
     def config(self) -> EvalConfig:
-        """The ``EvalConfig`` whose grid ``evaluate_grid`` runs to the same records."""
+        """The ``EvalConfig`` that ``evaluate(..., config=)`` runs to the same records."""
         return EvalConfig(**self.records[0]["config"])
 
     @property
@@ -143,6 +152,8 @@ class Report:
     @property
     def robust(self) -> torch.Tensor:
         """(N,) float in [0, 1]: ``defended``'s P(correct) per image at its strongest point."""
+        if self.defended.robust is None:
+            raise ConfigError("these records hold no per-image values (written before records kept them)")
         return self.defended.robust
 
     def __str__(self) -> str:
@@ -173,7 +184,7 @@ class Report:
         data = {
             "format": REPORT_FORMAT,
             "records": self.records,
-            "per_image": [p.tolist() for p in self.per_image],
+            "per_image": [None if p is None else p.tolist() for p in self.per_image],
         }
         path.write_text(json.dumps(data) + "\n")
         return path
@@ -184,7 +195,7 @@ class Report:
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
             raise ConfigError(f"{path} is not a smoothinf report ({REPORT_FORMAT}) written by Report.save")
-        per_image = [torch.tensor(p, dtype=torch.float32) for p in data["per_image"]]
+        per_image = [None if p is None else torch.tensor(p, dtype=torch.float32) for p in data["per_image"]]
         return cls(data["records"], per_image)
 
 
@@ -221,6 +232,20 @@ def _smoothing(
     return model.model, model.sigma, model.m, model.vote, model.noise.family
 
 
+_KEYWORD_DEFAULTS = {
+    "norm": "linf",
+    "preset": "default",
+    "checks": True,
+    "judgements": 16,
+    "runs": 1,
+    "steps": DEFAULT_STEPS,
+    "attack_m": DEFAULT_DRAWS,
+    "seed": 0,
+    "device": "auto",
+}
+"""``evaluate``'s protocol keywords with their defaults: with ``config=`` each must keep its default."""
+
+
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -239,6 +264,9 @@ def evaluate(
     attack_m: int = DEFAULT_DRAWS,
     seed: int = 0,
     device: str = "auto",
+    config: EvalConfig | None = None,
+    results: str | os.PathLike | ResultsStore | None = None,
+    progress: bool = False,
 ) -> Report:
     """Rate ``model``'s robustness on (x, y) with the protocol; returns a ``Report``.
 
@@ -261,11 +289,60 @@ def evaluate(
         runs: repeated runs with seeds ``seed``, ``seed + 1``, ...; the report gives mean ± std.
         steps, attack_m: the preset's APGD steps and noise draws per attack step (its defaults).
         device: "auto" (CUDA when present), "cpu", "cuda", ...
+        config: an ``EvalConfig`` giving the whole protocol instead of the keywords above (which
+            must then keep their defaults): its grid of votes x sigmas x ms x eps (the base model's
+            row always first), its attacks, budgets and cross-checks; ``model`` is the base model
+            and stays on its device (x, y move there).
+        results: a JSONL file (or a ``ResultsStore``) that keeps each row's record as it finishes;
+            rows already in it are read back, not run again (resume). A path is keyed on the
+            weights' tensor digest, the examples and every setting that changes a number
+            (``evaluation_identity``): a file of other weights, data or settings is refused.
+        progress: a progress bar over the rows.
 
     Rows: the base model (unsmoothed; for a SmoothedClassifier, its inner model) and, when
     ``sigma`` is given or ``model`` is a SmoothedClassifier, the smoothed classifier (vote, sigma,
-    m), judged with fresh noise. Each row's record equals ``evaluate_grid``'s for ``Report.config``.
+    m), judged with fresh noise. Under torchrun each rank runs every world-size-th row on all
+    examples and every rank returns the whole report.
     """
+    keywords = dict(norm=norm, preset=preset, checks=checks, judgements=judgements, runs=runs, steps=steps)
+    keywords.update(attack_m=attack_m, seed=seed, device=device)
+    if config is None:
+        base, cfg = _keyword_config(model, x, y, eps, sigma, m, vote, **keywords)
+        base.to(cfg.device)
+    else:
+        changed = [k for k, v in keywords.items() if v != _KEYWORD_DEFAULTS[k]]
+        changed += [k for k, v in dict(eps=eps, sigma=sigma, m=m, vote=vote).items() if v is not None]
+        if changed:
+            raise ConfigError(
+                f"config= gives the whole protocol; set {', '.join(changed)} in the EvalConfig instead"
+            )
+        if not isinstance(config, EvalConfig):
+            raise ConfigError(f"config must be an EvalConfig, got {type(config).__name__}")
+        if isinstance(model, SmoothedClassifier):
+            raise ConfigError("with config=, pass the base model: the config's grid gives the smoothing")
+        _check_inputs(model, x, y)
+        base, cfg = model, config
+    x, y = prepare_inputs(cfg, base, x, y)
+    store = results
+    if results is not None and not isinstance(results, ResultsStore):
+        store = ResultsStore(results, identity=evaluation_identity(cfg, weights_digest(base), x, y, x.device))
+    records = _run_grid(cfg, base, x, y, store, progress)
+    return Report(records)
+
+
+def _check_inputs(model: object, x: object, y: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model must be a torch.nn.Module mapping [0, 1] images to logits, got {type(model).__name__}"
+        )
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ConfigError("x and y must be tensors: (N, C, H, W) images in [0, 1] and (N,) labels")
+
+
+def _keyword_config(
+    model, x, y, eps, sigma, m, vote, *, norm, preset, checks, judgements, runs, steps, attack_m, seed, device
+) -> tuple[nn.Module, EvalConfig]:
+    """(base model, the ``EvalConfig`` of ``evaluate``'s keyword form), every value checked."""
     if eps is None:
         raise ConfigError(
             "eps is required: the L_inf radius in pixel units, e.g. 0.3 for MNIST, 8/255 for CIFAR-10"
@@ -275,12 +352,7 @@ def evaluate(
         raise ConfigError(f"norm {norm!r} is not run by the protocol; choose one of {', '.join(NORMS)}")
     if preset not in PRESETS:
         raise ConfigError(f"unknown attack preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if not isinstance(model, nn.Module):
-        raise ConfigError(
-            f"model must be a torch.nn.Module mapping [0, 1] images to logits, got {type(model).__name__}"
-        )
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise ConfigError("x and y must be tensors: (N, C, H, W) images in [0, 1] and (N,) labels")
+    _check_inputs(model, x, y)
     base, sigma, m, vote, noise = _smoothing(model, sigma, m, vote)
     if vote not in VOTES:
         raise ConfigError(f"unknown vote {vote!r}; choose one of {', '.join(VOTES)}")
@@ -302,7 +374,46 @@ def evaluate(
         seed=seed,
         device=str(resolve_device(device)),
     )
-    base.to(cfg.device)
-    x, y = prepare_inputs(cfg, base, x, y)
-    rows = [evaluate_row(cfg, base, x, y, run, setting, e) for run, setting, e in grid_jobs(cfg)]
-    return Report([r.record for r in rows], [r.robust for r in rows])
+    return base, cfg
+
+
+def _run_grid(
+    cfg: EvalConfig,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    store: ResultsStore | None,
+    progress: bool,
+) -> list[dict]:
+    """Every (run, setting, eps) row of ``cfg`` (``grid_jobs``) as ``evaluate_row``'s record, in grid
+    order: rows already in ``store`` are read back, new ones appended as they finish. Under
+    torchrun each rank takes every world-th new row on all examples (so every record is computed
+    exactly as one process would: same seed, data and draws) and every rank gets them all."""
+    jobs = grid_jobs(cfg)
+    order = {(run, v, float(s), int(m), float(e)): i for i, (run, (v, s, m), e) in enumerate(jobs)}
+    stored = {row_key(r): r for r in store.records} if store is not None else {}
+    todo = [j for j, k in zip(jobs, order, strict=True) if k not in stored]
+    source = None
+    if "transfer" in cfg.attacks:
+        from smoothinf.models import load_checkpoint
+
+        source, _ = load_checkpoint(cfg.transfer_source, device=x.device)
+    dist_info = init_distributed(x.device)
+    mine = todo[dist_info.rank :: dist_info.world_size]
+    new = []
+    bar = tqdm(mine, desc="evaluate", disable=not progress or not dist_info.is_main)
+    for run, setting, eps in bar:
+        row = f"run {run}, {setting_name(*setting)}, eps {eps:g}"
+        bar.set_postfix_str(row)
+        on_step = lambda s, r=row: bar.set_postfix_str(f"{r}: {s}")  # noqa: E731
+        record = evaluate_row(cfg, model, x, y, run, setting, eps, source=source, on_step=on_step).record
+        new.append(record)
+        if store is not None and not dist_info.enabled:
+            store.append(record)
+    if dist_info.enabled:
+        new = gather_json(new, dist_info)
+        if store is not None and dist_info.is_main:
+            for r in sorted(new, key=lambda r: order[row_key(r)]):
+                store.append(r)
+    done = {**stored, **{row_key(r): r for r in new}}
+    return [done[k] for k in order if k in done]

@@ -5,7 +5,7 @@
 unchanged so its sha256 still keys its records), copies the result records of ``records`` files
 that are keyed on the same weights into ``records/NAME/FINGERPRINT.jsonl``, and reads the card's
 robustness figures from every record in ``records/NAME/``. What is missing it measures, on
-``examples`` images, with the library's protocol (``evaluate_grid``, the ``default`` preset,
+``examples`` images, with the library's protocol (``smoothinf.evaluate``, the ``default`` preset,
 cross-checks on), and appends those records there too, so a second call measures nothing:
 
 * ``worst_case`` (and ``best_smoothed``): the default protocol on the first ``examples`` test
@@ -191,8 +191,8 @@ def _measure_protocol(model, meta, ckpt_rel: str, x, y, first: int, folder: Path
     """Run the protocol (one run, cross-checks on when ``grid["checks"]``) on (x, y), the test
     images from ``first`` on; its records go to ``folder/FINGERPRINT.jsonl``."""
     from smoothinf.evaluation.config import EvalConfig
-    from smoothinf.evaluation.protocol import evaluate_grid
     from smoothinf.evaluation.results import ResultsStore, evaluation_identity, weights_digest
+    from smoothinf.evaluation.verdict import evaluate
 
     cfg = EvalConfig(
         checkpoint=ckpt_rel,
@@ -215,7 +215,7 @@ def _measure_protocol(model, meta, ckpt_rel: str, x, y, first: int, folder: Path
 
     path = folder / f"{fingerprint_of(identity)}.jsonl"
     store = ResultsStore(path, identity=identity)
-    evaluate_grid(cfg, model, x, y, store, progress=False)
+    evaluate(model, x, y, config=cfg, results=store)
     return path
 
 
