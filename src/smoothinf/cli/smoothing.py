@@ -1,4 +1,10 @@
-"""``smoothinf predict`` and ``smoothinf certify``."""
+"""``smoothinf predict`` and ``smoothinf certify``.
+
+Both draw their noise keyed by example (``smoothinf.noise.keyed``): the draws of example i are a
+function of (--seed, stage, i = its index in the data split, draw index), so a row depends only on
+the model, the example, sigma, the draw counts, alpha, the noise and the seed, never on
+--batch-size, --examples-per-step, --max-examples, --skip or the order of the examples.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from smoothinf.evaluation.results import (
     truncate_to,
     weights_digest,
 )
-from smoothinf.noise import NOISE_FAMILIES
+from smoothinf.noise import KEYED_STREAM, NOISE_FAMILIES
 from smoothinf.smoothing import (
     VOTES,
     SmoothedClassifier,
@@ -35,7 +41,7 @@ from smoothinf.smoothing import (
     check_certifiable,
     predict_with_abstain,
 )
-from smoothinf.utils import check_output, make_generator, output_lock, resolve_device
+from smoothinf.utils import check_output, output_lock, resolve_device
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 PROVENANCE = "smoothinf-certify"
@@ -62,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--m", type=count(1), default=32, help="noise draws per example")
     p.add_argument("--vote", default="hard", choices=VOTES)
     p.add_argument("--alpha", type=float, default=None, help="abstain unless significant at level alpha")
-    p.add_argument("--examples-per-step", type=count(1), default=256)
+    p.add_argument(
+        "--examples-per-step", type=count(1), default=256, help="examples per call (does not change a result)"
+    )
     p.set_defaults(func=run_predict)
 
     c = subparsers.add_parser("certify", help="L2 certificates of the hard-vote smoothed classifier")
@@ -79,7 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " is refused",
     )
     c.add_argument(
-        "--examples-per-step", type=count(1), default=16, help="examples per certify call (changes draws)"
+        "--examples-per-step",
+        type=count(1),
+        default=16,
+        help="examples per certify call and table write (does not change a row)",
     )
     c.set_defaults(func=run_certify)
 
@@ -107,15 +118,15 @@ def run_predict(args: argparse.Namespace) -> int:
     smoothed = SmoothedClassifier(
         model, args.sigma, args.m, args.vote, args.noise, batch_size=args.batch_size
     )
-    gen = make_generator(args.seed, device)
     preds = []
     step = args.examples_per_step
     for i in tqdm(range(0, x.shape[0], step), desc="predict", unit="batch"):
         xb = x[i : i + step].to(device)
+        keys = {"index": torch.arange(i, i + xb.shape[0]), "seed": args.seed}  # split indices
         if args.alpha is None:
-            preds.append(smoothed.predict(xb, gen).cpu())
+            preds.append(smoothed.predict(xb, **keys).cpu())
         else:
-            preds.append(predict_with_abstain(smoothed, xb, args.m, args.alpha, gen).cpu())
+            preds.append(predict_with_abstain(smoothed, xb, args.m, args.alpha, **keys).cpu())
     pred = torch.cat(preds)
     acc = (pred == y).float().mean().item()
     line = f"smoothed accuracy {acc:.4f} (sigma {args.sigma}, m {args.m}, vote {args.vote}, n {len(y)})"
@@ -127,9 +138,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def certify_identity(args: argparse.Namespace, meta: dict, model, name: str, data, device) -> dict:
     """Everything that changes a certify row: weights, data (name, split, a hash of the whole
-    split), sigma, n0, n, alpha, noise, seed, skip, examples per step (the draws of a step are
-    shared) and device type. ``--batch-size`` (rows per forward) does not change the draws and
-    ``--max-examples`` may grow on resume: the table then holds more examples of the same split."""
+    split), sigma, n0, n, alpha, noise, seed, the noise stream scheme (``KEYED_STREAM``: draws keyed
+    by example) and device type (the draws are generated there); plus skip, which selects the
+    examples the table holds. ``--batch-size`` and ``--examples-per-step`` change no draw and are
+    left out, so a resume may change them; ``--max-examples`` may grow on resume: the table then
+    holds more examples of the same split."""
     return {
         "format": PROVENANCE,
         "weights_sha256": weights_digest(model),  # the tensors' digest, not the file's bytes
@@ -141,7 +154,7 @@ def certify_identity(args: argparse.Namespace, meta: dict, model, name: str, dat
         "noise": args.noise,
         "seed": args.seed,
         "skip": args.skip,
-        "examples_per_step": args.examples_per_step,
+        "noise_stream": KEYED_STREAM,
         "device": device.type,
     }
 
@@ -201,6 +214,13 @@ def _resume_state(out: Path, identity: dict) -> tuple[set[int], int | None]:
         raise SmoothinfError(
             f"{side}: corrupt provenance JSON; delete {out} and {side.name} to restart"
         ) from None
+    stream = recorded.get("noise_stream") if isinstance(recorded, dict) else None
+    if isinstance(recorded, dict) and recorded.get("format") == PROVENANCE and stream != KEYED_STREAM:
+        how = f"noise stream {stream!r}" if stream else "noise drawn per block of examples (older smoothinf)"
+        raise SmoothinfError(
+            f"{out} was certified with {how}, this run draws noise {KEYED_STREAM!r}: its rows cannot be"
+            " extended; start a new --out (or delete it)"
+        )
     if recorded != identity:
         raise SmoothinfError(mismatch_message(out, recorded, identity, "--out"))
     rows, torn_at = _read_rows(out)
@@ -221,15 +241,6 @@ def _start_table(out: Path, identity: dict) -> None:
         for path in (tmp, side, out):
             path.unlink(missing_ok=True)
         raise
-
-
-def _blocks(selected: list[int], step: int) -> list[list[int]]:
-    return [selected[s : s + step] for s in range(0, len(selected), step)]
-
-
-def _block_generator(seed: int, block: int, device: torch.device) -> torch.Generator:
-    """Each block of examples draws from its own stream, so a resumed run recomputes a block exactly."""
-    return make_generator(int(np.random.SeedSequence([seed, block]).generate_state(1)[0]), device)
 
 
 def run_certify(args: argparse.Namespace) -> int:
@@ -276,12 +287,14 @@ def _certify_rows(args, out: Path, identity: dict, model, x, y, device) -> list[
     elif torn_at == -1:
         with naming(out), out.open("a") as f:
             f.write("\n")
-    todo = [
-        (b, block) for b, block in enumerate(_blocks(selected, args.examples_per_step)) if set(block) - done
-    ]
+    todo = [i for i in selected if i not in done]
+    step = args.examples_per_step
     with naming(out), out.open("a") as f:
-        for b, block in tqdm(todo, desc="certify", unit="batch"):
+        for block in tqdm(
+            [todo[s : s + step] for s in range(0, len(todo), step)], desc="certify", unit="batch"
+        ):
             start = time.time()
+            # draws keyed by each example's index in the split: a row depends on no other example
             pred, radius = certify(
                 model,
                 x[block].to(device),
@@ -290,13 +303,12 @@ def _certify_rows(args, out: Path, identity: dict, model, x, y, device) -> list[
                 args.n,
                 args.alpha,
                 args.batch_size,
-                _block_generator(args.seed, b, device),
-                args.noise,
+                noise=args.noise,
+                index=torch.tensor(block, dtype=torch.int64),
+                seed=args.seed,
             )
             per = (time.time() - start) / len(block)
             for k, i in enumerate(block):
-                if i in done:
-                    continue
                 correct = int(pred[k].item() == y[i].item())
                 f.write(
                     f"{i}\t{y[i].item()}\t{pred[k].item()}\t{radius[k].item():.4f}\t{correct}\t{per:.3f}\n"

@@ -1,4 +1,4 @@
-"""Noise: input-noise distributions, the per-draw contract, PNI/CNI noise-injection layers."""
+"""Noise: input-noise distributions, keyed draws, the per-draw contract, PNI/CNI noise-injection layers."""
 
 from smoothinf.noise.distributions import NOISE_FAMILIES, NoiseDistribution, as_noise
 from smoothinf.noise.draws import (
@@ -21,12 +21,15 @@ from smoothinf.noise.inject import (
     param_groups,
     set_noise,
 )
+from smoothinf.noise.keyed import KEYED_STREAM, KeyedNoise
 from smoothinf.noise.layers import InputNoise, NoisyLayer
 
 __all__ = [
     "NOISE_FAMILIES",
     "NOISE_KINDS",
     "InputNoise",
+    "KEYED_STREAM",
+    "KeyedNoise",
     "NoiseDistribution",
     "NoisyLayer",
     "as_noise",

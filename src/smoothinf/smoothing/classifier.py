@@ -6,11 +6,20 @@ All m draws of many examples run as batched forwards: a chunk of d whole draws i
 noise. ``batch_size`` bounds d * N. Counting is a sum over the draw axis, never a Python loop over
 draws or examples. With a fixed generator the input-noise draws do not depend on the chunk size
 (on the CPU); noisy inputs are not clipped (Cohen et al.'s convention).
+
+Two sources of draws. A ``generator`` (or torch's global one) is consumed in chunk order, so an
+example's draws depend on the examples batched with it and on ``batch_size``. ``certify``,
+``predict`` and ``vote_counts`` also take ``index`` (each example's index in its data split) and a
+``seed``: the draws then come from ``smoothinf.noise.keyed.KeyedNoise``, keyed by (seed, stage,
+example index, draw index), and an example's result depends only on the model, the example, its
+index, the noise, the draw counts and the seed, not on batch size, grouping, order or count of the
+other examples (exactly for hard votes; float sums of soft votes may differ in the last bits).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +30,7 @@ from smoothinf.errors import SmoothinfError
 from smoothinf.models.inputs import check_model_input
 from smoothinf.noise.distributions import NoiseDistribution, as_noise
 from smoothinf.noise.draws import chunk_rows, draw_major, noise_layers, per_draw_noise, rows_for_draws
+from smoothinf.noise.keyed import ESTIMATE, LAYER_SLOT, PREDICT, SELECT, KeyedNoise, as_index
 from smoothinf.smoothing.statistics import (
     ABSTAIN,
     binomial_two_sided_pvalue,
@@ -38,6 +48,23 @@ def _check_count(name: str, value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise SmoothinfError(f"{name} must be an integer >= 1, got {value!r}")
     return value
+
+
+def _keyed(
+    noise: NoiseDistribution,
+    x: torch.Tensor,
+    generator: torch.Generator | None,
+    index: torch.Tensor | Sequence[int] | None,
+    seed: int,
+) -> tuple[KeyedNoise, torch.Tensor] | None:
+    """The keyed sampler and the (N,) int64 indices when ``index`` is given, else None."""
+    if index is None:
+        return None
+    if generator is not None:
+        raise SmoothinfError(
+            "give either generator (draws in batch order) or index and seed (draws keyed by example)"
+        )
+    return KeyedNoise(noise, seed), as_index(index, x.shape[0])
 
 
 def _check_k(k: int, num_classes: int) -> None:
@@ -160,13 +187,77 @@ class SmoothedClassifier(nn.Module):
                 outs.append(total)
         return torch.cat(outs)
 
-    def vote_counts(
-        self, x: torch.Tensor, generator: torch.Generator | None = None, m: int | None = None
+    def _keyed_votes(
+        self, x: torch.Tensor, m: int, vote: str, keyed: KeyedNoise, index: torch.Tensor, stage: int
     ) -> torch.Tensor:
-        """(N, K) vote counts (hard), rank-weight sums (weighted) or summed scores (soft/logits)."""
+        """Sum over draws [0, m) of ``stage`` of the votes (N, K), the draws of example ``index[i]``
+        taken from ``keyed`` (whole blocks of ``keyed.block`` draws, each from its own generator).
+
+        Groups of examples and spans of whole blocks bound a forward by ``rows_per_forward``; when
+        fewer rows than a block fit, a block is drawn once and forwarded in equal pieces. A model
+        with noise layers forwards one block of one example at a time (``keyed.block`` rows,
+        whatever ``batch_size``), its layers drawing from that block's own generator, so their
+        weight noise and batch statistics do not depend on the other examples either."""
+        if not 0 <= stage < LAYER_SLOT:
+            raise SmoothinfError(f"stage must lie in [0, {LAYER_SLOT}), got {stage}")
+        n, block = x.shape[0], keyed.block
+        layers = noise_layers(self.model)
+        if layers:
+            group, span, piece = 1, block, block
+        else:
+            rows = self.rows_per_forward(x)
+            group = min(max(n, 1), max(1, rows // block))
+            per = rows // group
+            if per >= block:
+                span = min(per // block, math.ceil(m / block)) * block
+                piece = span
+            else:  # rows < block: one example, a block in equal pieces
+                span, piece = block, math.ceil(block / math.ceil(block / per))
+        shape = tuple(x.shape[1:])
+        totals = []
+        for start in range(0, n, group):
+            xs, idx = x[start : start + group], index[start : start + group]
+            buf = None
+            if self.sigma > 0:
+                buf = torch.empty((xs.shape[0], span) + shape, device=x.device, dtype=x.dtype)
+            total = None
+            for a in range(0, m, span):
+                b = min(a + span, m)
+                if buf is not None:
+                    keyed.fill(buf[:, : math.ceil((b - a) / block) * block], idx, stage, a // block)
+                for c in range(a, b, piece):
+                    d = min(c + piece, b) - c
+                    noise = None if buf is None else buf[:, c - a : c - a + d].transpose(0, 1)
+                    batch = rows_for_draws(xs, d, noise)
+                    gen = None
+                    if layers:
+                        gen = keyed.generator(int(idx[0]), stage + LAYER_SLOT, c // block, x.device)
+                    with per_draw_noise(self.model, d, gen, layers):
+                        logits = self.model(batch)
+                    total = accumulate_votes(total, draw_major(logits, d), vote, self.weights)
+            totals.append(total)
+        return torch.cat(totals)
+
+    def vote_counts(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        m: int | None = None,
+        *,
+        index: torch.Tensor | Sequence[int] | None = None,
+        seed: int = 0,
+        stage: int = PREDICT,
+    ) -> torch.Tensor:
+        """(N, K) vote counts (hard), rank-weight sums (weighted) or summed scores (soft/logits).
+
+        ``index`` (N,) int64, each example's index in its data split: draws keyed by (``seed``,
+        ``stage``, index, draw) instead of taken from ``generator`` (see the module doc)."""
         self._check(x)
         m = self.m if m is None else _check_count("m", m)
+        keyed = _keyed(self.noise, x, generator, index, seed)
         with torch.no_grad():
+            if keyed is not None:
+                return self._keyed_votes(x, m, self.vote, keyed[0], keyed[1], stage)
             return self._accumulate(x, m, self.vote, generator, grad=False)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -187,18 +278,23 @@ class SmoothedClassifier(nn.Module):
         *,
         alpha: float | None = None,
         n: int | None = None,
+        index: torch.Tensor | Sequence[int] | None = None,
+        seed: int = 0,
     ) -> torch.Tensor:
         """Smoothed prediction (N,) int64 of x (N, C, H, W) in [0, 1] from n draws (default m).
 
         alpha None: argmax of the vote counts, ties to the lowest class. alpha given: Cohen et al.'s
         PREDICT (hard vote only): -1 (abstain) where the top two counts of the n draws do not
-        differ at level alpha (two-sided binomial test).
+        differ at level alpha (two-sided binomial test). With ``index`` (N,) int64 (each example's
+        index in its data split) the draws are keyed by (``seed``, example, draw), so an example's
+        prediction does not depend on the others; else they come from ``generator`` in batch order.
         """
+        keys = {"index": index, "seed": seed}
         if alpha is None:
-            return self.vote_counts(x, generator, m=n).argmax(1)
+            return self.vote_counts(x, generator, m=n, **keys).argmax(1)
         check_abstain_vote(self.vote)
         check_alpha(alpha)
-        counts = self.vote_counts(x, generator, m=self.m if n is None else _check_count("n", n))
+        counts = self.vote_counts(x, generator, m=self.m if n is None else _check_count("n", n), **keys)
         top2 = counts.topk(2, dim=1)
         n_a = top2.values[:, 0].round().long().cpu().numpy()
         n_b = top2.values[:, 1].round().long().cpu().numpy()
@@ -215,6 +311,9 @@ class SmoothedClassifier(nn.Module):
         alpha: float,
         generator: torch.Generator | None = None,
         batch_size: int | None = None,
+        *,
+        index: torch.Tensor | Sequence[int] | None = None,
+        seed: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cohen et al.'s CERTIFY of x (N, C, H, W) in [0, 1]: n0 draws select c_A, n fresh draws
         count n_A, p_A_lower is the one-sided Clopper-Pearson bound at level 1 - alpha; returns
@@ -222,7 +321,14 @@ class SmoothedClassifier(nn.Module):
         (N,) float64, pixel units, 0 on abstain). Hard vote and Gaussian noise only; the
         classifier's m is not used; ``batch_size`` bounds the rows of a forward (default: its own).
         With probability >= 1 - alpha the hard-vote smoothed classifier returns c_A everywhere within
-        the radius (Cohen, Rosenfeld, Kolter 2019, Theorem 1)."""
+        the radius (Cohen, Rosenfeld, Kolter 2019, Theorem 1).
+
+        Draws: with ``index`` (N,) int64, each example's index in its data split, the n0 and the n
+        draws are independent keyed streams (``smoothinf.noise.keyed``, stages SELECT and ESTIMATE)
+        of (``seed``, index, draw), so an example's row depends only on the model, the example, its
+        index, sigma, n0, n, alpha and the seed: not on ``batch_size``, nor on which or how many
+        other examples are certified with it, nor their order. Without ``index`` both stages draw
+        from ``generator`` in batch order, and a row depends on its batch."""
         check_abstain_vote(self.vote)
         check_certifiable(self.noise)
         if self.sigma <= 0:
@@ -233,8 +339,9 @@ class SmoothedClassifier(nn.Module):
         check_alpha(alpha)
         saved, self.batch_size = self.batch_size, self.batch_size if batch_size is None else batch_size
         try:
-            c_a = self.vote_counts(x, generator, m=n0).argmax(1)
-            counts = self.vote_counts(x, generator, m=n)
+            keys = {"index": index, "seed": seed}
+            c_a = self.vote_counts(x, generator, m=n0, stage=SELECT, **keys).argmax(1)
+            counts = self.vote_counts(x, generator, m=n, stage=ESTIMATE, **keys)
         finally:
             self.batch_size = saved
         n_a = counts.gather(1, c_a[:, None])[:, 0].round().cpu().numpy()
