@@ -6,7 +6,10 @@ N = 100,000, alpha = 0.001 on all 10,000 MNIST test images. For each method and 
 recomputes the average certified radius (ACR) and the certified accuracy at radius 0 / 0.5 / 1 /
 1.5 / 2 on every 20th test image (idx % 20 == 0: 500 images, the subset this study certifies) and
 on all 10,000, per run and as the mean over the released runs (five seeds per setting), and writes
-``reference.json`` beside this file with the log files used and the commit they came from.
+``reference.json`` beside this file with the log files used and the commit they came from. It also
+writes ``reference_rows.json``: every run's per-image rows (idx, label, predict, radius, correct) on
+the idx % 20 == 0 subset, so that a comparison can be made on any subset of those images
+(``page.py`` compares on exactly the images a smoothinf run certified).
 
     python studies/certified_mnist/reference.py --repo /path/to/smoothmix/.git   # a clone or mirror
 
@@ -29,6 +32,9 @@ HERE = Path(__file__).resolve().parent
 RADII = (0.0, 0.5, 1.0, 1.5, 2.0)
 EVERY = 20
 ROOT = "data/certify/mnist"
+TEST_IMAGES = 10_000
+# The released logs' CERTIFY settings (the SmoothMix authors' certify.py defaults for MNIST).
+N0, N, ALPHA = 100, 100_000, 0.001
 
 # (method, sigma) -> (the recipe's settings, the log files of its released runs). Runs: the five
 # seeds each setting was released with (consistency's "_0" and SmoothMix's "0" runs are single
@@ -114,15 +120,20 @@ def _mean(summaries: list[dict]) -> dict:
     }
 
 
+def _read(log_dir: Path, path: str) -> list:
+    rows = read_certify_log(log_dir / path)
+    if [r.idx for r in rows] != list(range(TEST_IMAGES)):
+        raise SystemExit(f"{path}: {len(rows)} rows, expected the {TEST_IMAGES:,} test images in order")
+    return rows
+
+
 def compute(log_dir: Path) -> dict:
     """Per setting: the mean over runs on every 20th image and on all images, plus each run's."""
     out = {}
     for key, spec in SETTINGS.items():
         runs, subset, full = [], [], []
         for path in spec["logs"]:
-            rows = read_certify_log(log_dir / path)
-            if len(rows) != 10_000:
-                raise SystemExit(f"{path}: {len(rows)} rows, expected the 10,000 test images")
+            rows = _read(log_dir, path)
             sub = summarize_certification([r for r in rows if r.idx % EVERY == 0], RADII)
             whole = summarize_certification(rows, RADII)
             subset.append(sub)
@@ -138,6 +149,56 @@ def compute(log_dir: Path) -> dict:
             "per_run": runs,
         }
     return out
+
+
+def subset_rows(log_dir: Path) -> dict:
+    """Per setting: the idx and label of every 20th test image and, per released run, its predict,
+    radius and correct on those images (lists aligned with idx)."""
+    out = {}
+    for key, spec in SETTINGS.items():
+        runs, idx, label = [], None, None
+        for path in spec["logs"]:
+            rows = [r for r in _read(log_dir, path) if r.idx % EVERY == 0]
+            if idx is None:
+                idx, label = [r.idx for r in rows], [r.label for r in rows]
+            elif [r.label for r in rows] != label:
+                raise SystemExit(f"{path}: labels differ from {spec['logs'][0]}")
+            runs.append(
+                {
+                    "log": path,
+                    "predict": [r.predict for r in rows],
+                    "radius": [r.radius for r in rows],
+                    "correct": [r.correct for r in rows],
+                }
+            )
+        out[key] = {
+            "method": spec["method"],
+            "sigma": spec["sigma"],
+            "idx": idx,
+            "label": label,
+            "runs": runs,
+        }
+    return out
+
+
+def rows_json(doc: dict) -> str:
+    """``doc`` (with ``settings`` from ``subset_rows``) as JSON with one line per list: compact,
+    and a regenerated file diffs line by line."""
+    head = {k: v for k, v in doc.items() if k != "settings"}
+    lines = ["{"] + [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()] + [' "settings": {']
+    settings = list(doc["settings"].items())
+    for i, (key, s) in enumerate(settings):
+        lines.append(f"  {json.dumps(key)}: {{")
+        for field in ("method", "sigma", "idx", "label"):
+            lines.append(f"   {json.dumps(field)}: {json.dumps(s[field], separators=(',', ':'))},")
+        lines.append('   "runs": [')
+        for j, run in enumerate(s["runs"]):
+            body = json.dumps(run, separators=(",", ":"))
+            lines.append(f"    {body}{',' if j < len(s['runs']) - 1 else ''}")
+        lines.append("   ]")
+        lines.append("  }" + ("," if i < len(settings) - 1 else ""))
+    lines += [" }", "}"]
+    return "\n".join(lines) + "\n"
 
 
 def _export(repo: str, commit: str, dest: Path) -> str:
@@ -180,19 +241,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", required=True, help="git directory of jh-jeong/smoothmix (clone or mirror)")
     parser.add_argument("--commit", default="HEAD")
     parser.add_argument("--out", default=str(HERE / "reference.json"))
+    parser.add_argument("--rows-out", default=str(HERE / "reference_rows.json"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         sha = _export(args.repo, args.commit, Path(tmp))
         results = compute(Path(tmp))
+        rows = subset_rows(Path(tmp))
     doc = {
         "source": "https://github.com/jh-jeong/smoothmix",
         "commit": sha,
-        "protocol": "Cohen et al. CERTIFY, N0 100, N 100000, alpha 0.001, LeNet, MNIST test set",
+        "protocol": f"Cohen et al. CERTIFY, N0 {N0}, N {N}, alpha {ALPHA:g}, LeNet, MNIST test set",
         "subset": f"idx % {EVERY} == 0",
         "radii": list(RADII),
         "results": results,
     }
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    rows_doc = {
+        "source": doc["source"],
+        "commit": sha,
+        "n0": N0,
+        "n": N,
+        "alpha": ALPHA,
+        "test_images": TEST_IMAGES,
+        "subset": doc["subset"],
+        "columns": "per setting: idx, label; per run: log, predict (-1 abstains), radius, correct",
+        "settings": rows,
+    }
+    Path(args.rows_out).write_text(rows_json(rows_doc))
     print(table(results))
     return 0
 
