@@ -77,6 +77,19 @@ def aggregate(records: list[dict], metrics: tuple[str, ...] = ()) -> dict[tuple,
     return rows
 
 
+def plot_mean_std(ax, points: list[tuple[float, tuple[float, float]]], label: str) -> None:
+    """One curve on ``ax``: (x, (mean, std)) points, accuracies as fractions drawn in %, std as
+    error bars."""
+    ax.errorbar(
+        [p[0] for p in points],
+        [100 * p[1][0] for p in points],
+        yerr=[100 * p[1][1] for p in points],
+        marker="o",
+        capsize=3,
+        label=label,
+    )
+
+
 def checks_off(record: dict) -> dict[str, str]:
     """Cross-check -> the setting that switched it off, as the record states it (records written
     before ``checks_off``: read from their config; nothing when that says nothing)."""
@@ -291,14 +304,7 @@ def plot_sweep(rows: dict[tuple, dict], axis: str, path: Path) -> Path | None:
     for rest, pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
         pts = sorted(pts)
         label = setting_name(*rest[:3]) if axis == "eps" else f"{rest[0]} sigma={rest[1]:g} eps={rest[2]:g}"
-        ax.errorbar(
-            [p[0] for p in pts],
-            [100 * p[1][0] for p in pts],
-            yerr=[100 * p[1][1] for p in pts],
-            marker="o",
-            capsize=3,
-            label=label,
-        )
+        plot_mean_std(ax, pts, label)
     if axis == "m":
         ax.set_xscale("log", base=2)
     ax.set_xlabel("Monte Carlo draws m" if axis == "m" else "eps (pixel units)")

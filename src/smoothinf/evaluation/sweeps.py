@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.config import EvalConfig
-from smoothinf.evaluation.report import pyplot
+from smoothinf.evaluation.report import plot_mean_std, pyplot
 from smoothinf.evaluation.results import ResultsStore, tensor_digest, weights_digest
 from smoothinf.evaluation.sanity import Check
 from smoothinf.evaluation.verdict import evaluate
@@ -188,14 +188,7 @@ def write_compute_report(records: list[dict], out_dir: str | os.PathLike) -> Pat
         series[(a, d)].append((k * d, ms))
     for (a, d), pts in sorted(series.items()):
         pts.sort()
-        ax.errorbar(
-            [p[0] for p in pts],
-            [100 * p[1][0] for p in pts],
-            yerr=[100 * p[1][1] for p in pts],
-            marker="o",
-            capsize=3,
-            label=f"{a}" + ("" if a == "pgd" else f", m={d}"),
-        )
+        plot_mean_std(ax, pts, f"{a}" + ("" if a == "pgd" else f", m={d}"))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("attack compute k x m (gradients per example)")
     ax.set_ylabel("robust accuracy (%)")
