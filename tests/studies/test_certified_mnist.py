@@ -29,7 +29,7 @@ def _tsv(path: Path, rows: list[tuple], skip: int = 100, sigma: float = 0.5) -> 
         "noise": "gaussian",
         "seed": 0,
         "skip": skip,
-        "examples_per_step": 16,
+        "noise_stream": "keyed-by-example/1",
         "device": "cpu",
     }
     Path(str(path) + ".json").write_text(json.dumps(prov))
