@@ -122,12 +122,25 @@ def _images(figure: dict | None) -> str:
     return f"{figure['images']['count']} images x {runs} run{'s' if runs > 1 else ''}"
 
 
+def _certified(figure: dict | None) -> str:
+    """The certified accuracy at the largest of the card's radii that its sigma and n can certify
+    at all (``max_certifiable_radius``), e.g. "99.0 (r 0.25, sigma 0.1)"; "-" without one."""
+    if not figure or not figure.get("value"):
+        return "-"
+    cap = figure.get("max_certifiable_radius", float("inf"))
+    radii = sorted((float(r), v) for r, v in figure["value"].items() if float(r) <= cap and v is not None)
+    if not radii:
+        return f"- (sigma {figure['sigma']:g} certifies at most {cap:.2f})"
+    r, v = radii[-1]
+    return f"{100 * v:.1f} (r {r:g}, sigma {figure['sigma']:g})"
+
+
 def results_table(root: str | os.PathLike | None = None) -> str:
     """The zoo's cards as one Markdown table (accuracies in %, L_inf eps of each card; the README's
     results table is this text)."""
     lines = [
         "| model | clean | worst case, default protocol | AutoAttack, same images | best smoothed row"
-        " (worst case) | certified at L2 0.5 |",
+        " (worst case) | certified, L2 |",
         "|---|---|---|---|---|---|",
     ]
     for name in names(root):
@@ -137,11 +150,11 @@ def results_table(root: str | os.PathLike | None = None) -> str:
         smoothed = "-"
         if best:
             smoothed = f"{_percent(best)} ({setting['vote']} sigma {setting['sigma']:g}, m {setting['m']})"
-        certified = ((c.get("certified") or {}).get("value") or {}).get("0.5")
+        certified = _certified(c.get("certified"))
         lines.append(
             f"| [`{name}`](src/smoothinf/zoo/cards/{name}.json) | {_percent(c.get('clean'))} | "
             f"{_percent(worst, spread=True)} ({_images(worst)}, eps {worst['eps']:g}) | "
             f"{_percent(auto)} ({auto.get('version', '') if auto else ''}) | {smoothed} | "
-            f"{'-' if certified is None else f'{100 * certified:.1f}'} |"
+            f"{certified} |"
         )
     return "\n".join(lines) + "\n"
