@@ -379,7 +379,8 @@ def _reading(done: dict) -> list[str]:
             f" (lr milestones {', '.join(str(m) for m in cfg.get('milestones') or []) or 'none'});"
             f" certified accuracy {_signed(gap[radii[0]], _points)} points at r = {radii[0]:g} and"
             f" {_signed(gap[radii[-1]], _points)} at r = {radii[-1]:g}. The full recipe at this run's"
-            f" {np.mean(secs):.0f} s per epoch would take {hours} of one CPU thread."
+            f" {np.mean(secs):.0f} s per epoch (wall clock on CPU cores other jobs shared) would take"
+            f" {hours}."
             if secs
             else f"- {run['method']}, sigma {sigma:g}: trained {trained} epochs (no epoch times recorded)."
         )
