@@ -38,6 +38,12 @@ METHODS = ("gaussian", "consistency", "macer", "smoothadv", "smoothmix", "smooth
 TSV_NAME = re.compile(r"(?P<method>[a-z_0-9]+?)_sigma(?P<sigma>[0-9.]+)\.tsv")
 
 
+def within(gap: float, tolerance: float) -> bool:
+    """Whether a gap meets a target of ``tolerance`` (fractions; 1e-12 absorbs float rounding of
+    differences such as 0.97 - 0.99)."""
+    return abs(gap) <= tolerance + 1e-12
+
+
 def certify_cap(sigma: float, n: int, alpha: float) -> float:
     """The largest radius CERTIFY can give with ``n`` draws: sigma * Phi^-1 of the one-sided
     Clopper-Pearson lower bound when all n draws agree, which is alpha^(1/n)."""
@@ -348,14 +354,14 @@ def _main_table(done: dict) -> list[str]:
         for r in RADII:
             if r in compared_radii(sigma):
                 g = res["ours"]["accuracy"][r] - res["ref"]["accuracy"][r]["mean"]
-                ok &= abs(g) <= ACCURACY_TOLERANCE + 1e-12
+                ok &= within(g, ACCURACY_TOLERANCE)
                 cells.append(_signed(100 * g, _points))
             else:
                 cells.append("-")
         lines.append(
             f"| {run['method']} | {sigma:g} | {res['images']} | {_f(res['ours']['acr'])} |"
             f" {_f(res['ref_capped']['acr']['mean'])} | {_signed(gap, _f)} |"
-            f" {_met(abs(gap) <= ACR_TOLERANCE)} | " + " | ".join(cells) + f" | {_met(ok)} |"
+            f" {_met(within(gap, ACR_TOLERANCE))} | " + " | ".join(cells) + f" | {_met(ok)} |"
         )
     return lines + [""]
 
@@ -480,8 +486,8 @@ def _acr_table(done: dict) -> list[str]:
             f" {_range(res['ref']['acr'], _f)} | {_range(res['ref_capped']['acr'], _f)} |"
             f" {_range(res['ref_rebounded']['acr'], _f)} |"
             f" {_signed(gap, _f)} ({_signed(gap - h, _f)}, {_signed(gap + h, _f)}) |"
-            f" {_met(abs(gap) <= ACR_TOLERANCE)} | {_signed(gap_rb, _f)} |"
-            f" {_met(abs(gap_rb) <= ACR_TOLERANCE)} |"
+            f" {_met(within(gap, ACR_TOLERANCE))} | {_signed(gap_rb, _f)} |"
+            f" {_met(within(gap_rb, ACR_TOLERANCE))} |"
         )
     return lines + [""]
 
@@ -509,7 +515,7 @@ def _accuracy_table(done: dict) -> list[str]:
             lines.append(
                 f"| {run['method']} | {run['sigma']:g} | {r:g} | {_pct(ours)} ({_pct(lo)}, {_pct(hi)}) |"
                 f" {_range(ref, _pct)} | {_range(res['ref_rebounded']['accuracy'][r], _pct)} |"
-                f" {_signed(100 * gap, _points)} | {_met(abs(gap) <= ACCURACY_TOLERANCE + 1e-12)} |"
+                f" {_signed(100 * gap, _points)} | {_met(within(gap, ACCURACY_TOLERANCE))} |"
                 f" {'yes' if lo <= ref['mean'] <= hi else '**no**'} |"
             )
     return lines + [""]
