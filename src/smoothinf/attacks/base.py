@@ -74,20 +74,26 @@ def _flat_norm(t: torch.Tensor, p: float) -> torch.Tensor:
     return n.view(-1, *([1] * (t.dim() - 1)))
 
 
-def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Project perturbations (N, ...) onto the eps-ball of ``norm`` (linf: clamp, l2: rescale)."""
+def project(delta: torch.Tensor, eps: float, norm: str, inplace: bool = False) -> torch.Tensor:
+    """Project perturbations (N, ...) onto the eps-ball of ``norm`` (linf: clamp, l2: rescale);
+    ``inplace=True`` overwrites ``delta`` with the result (the same numbers)."""
     if norm == "linf":
-        return delta.clamp(-eps, eps)
+        return delta.clamp_(-eps, eps) if inplace else delta.clamp(-eps, eps)
     scale = (eps / _flat_norm(delta, 2).clamp_min(1e-12)).clamp(max=1.0)
-    return delta * scale
+    return delta.mul_(scale) if inplace else delta * scale
 
 
-def clip_to_threat(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+def clip_to_threat(
+    x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, inplace: bool = False
+) -> torch.Tensor:
     """Project ``x_adv`` into the eps-ball around ``x`` and then onto [0, 1].
 
     Clamping to [0, 1] after projecting only moves each pixel towards ``x`` (which lies in [0, 1]),
-    so the result stays inside the ball.
+    so the result stays inside the ball. ``inplace=True`` overwrites ``x_adv`` (a tensor of the
+    caller's that needs no gradient) with the result: the same numbers without temporaries.
     """
+    if inplace:
+        return project(x_adv.sub_(x), eps, norm, inplace=True).add_(x).clamp_(0.0, 1.0)
     return (x + project(x_adv - x, eps, norm)).clamp(0.0, 1.0)
 
 
@@ -105,11 +111,13 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
     return clip_to_threat(x + delta.to(device=x.device, dtype=x.dtype), x, eps, norm)
 
 
-def steepest_step(grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
-    """The steepest-ascent step of length alpha: alpha * sign(g) (linf) or alpha * g/||g||_2 (l2)."""
+def steepest_step(grad: torch.Tensor, alpha: float, norm: str, inplace: bool = False) -> torch.Tensor:
+    """The steepest-ascent step of length alpha: alpha * sign(g) (linf) or alpha * g/||g||_2 (l2);
+    ``inplace=True`` overwrites ``grad`` with it (the same numbers)."""
     if norm == "linf":
-        return alpha * grad.sign()
-    return alpha * grad / _flat_norm(grad, 2).clamp_min(1e-12)
+        return grad.sign_().mul_(alpha) if inplace else alpha * grad.sign()
+    length = _flat_norm(grad, 2).clamp_min(1e-12)
+    return grad.mul_(alpha).div_(length) if inplace else alpha * grad / length
 
 
 # ------------------------------------------------------------------------------- model handling
@@ -254,33 +262,44 @@ def expected_loss(
     per = max(1, min(m, batch_size // max(n, 1)))
     chunks = [(s, min(per, m - s)) for s in range(0, m, per)]
 
-    def forward(xa: torch.Tensor, d: int) -> torch.Tensor:
-        """Logits (d, N, K) of d noisy draws of every example."""
+    def outputs(xa: torch.Tensor, d: int) -> torch.Tensor:
+        """Logits (N * d, K) of d noisy draws of every example, example-major rows."""
         eta = None
         if noise is not None and noise.sigma > 0:
             eta = noise.sample((d,) + tuple(xa.shape), generator, generator.device, xa.dtype).to(xa.device)
         rows = rows_for_draws(xa, d, eta)
         if not per_draw:
-            logits = draw_major(model(rows), d)
+            out = model(rows)
         else:
             with per_draw_noise(model, d, generator):
-                logits = draw_major(model(rows), d)
-        return logits if temperature == 1.0 else logits / temperature
+                out = model(rows)
+        return out if temperature == 1.0 else out / temperature
+
+    def forward(xa: torch.Tensor, d: int) -> torch.Tensor:
+        """Logits (d, N, K) of d noisy draws of every example."""
+        return draw_major(outputs(xa, d), d)
 
     if reduce == "loss":
         grad = loss_sum = prob_sum = None
         for _, d in chunks:
             xa = x.detach().requires_grad_(need_grad)
             with torch.set_grad_enabled(need_grad):
-                logits = forward(xa, d)
-                losses = loss_fn(logits.reshape(d * n, -1), y if d == 1 else y.repeat(d)).view(d, n).sum(0)
+                if d == 1:  # one draw: logits (N, K), no sums over draws (the same numbers)
+                    logits = outputs(xa, d)
+                    losses = loss_fn(logits, y)
+                else:
+                    logits = forward(xa, d)
+                    losses = loss_fn(logits.reshape(d * n, -1), y.repeat(d)).view(d, n).sum(0)
             if need_grad:
                 g = torch.autograd.grad(losses.sum() / m if m > 1 else losses.sum(), xa)[0]
                 grad = g if grad is None else grad.add_(g)
             loss_sum = losses.detach() if loss_sum is None else loss_sum + losses.detach()
             if need_probs:
-                probs = logits.detach().softmax(-1).sum(0)
+                probs = logits.detach().softmax(-1)
+                probs = probs if d == 1 else probs.sum(0)
                 prob_sum = probs if prob_sum is None else prob_sum + probs
+        if m == 1:
+            return grad, loss_sum, prob_sum
         return grad, loss_sum / m, (prob_sum / m if need_probs else None)
 
     # reduce == "softmax": log_pbar = log sum_j softmax(z_j) - log m, (N, K)

@@ -25,30 +25,119 @@ JudgeFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# Bytes of visited points a ``VisitedPoints(shared=True)`` holds by reference before it resolves them
+# (4 MiB: all 20 iterates of a 64-image MNIST PGD-20; larger batches resolve every few steps, which
+# measured as fast as holding them all, without the memory).
+SHARED_POINTS_BYTES = 2**22
+
+
 class VisitedPoints:
     """Candidates of one attack run over N examples: highest surrogate score and last surrogate success.
 
     ``update(adv, score, success)`` with adv (N,C,H,W), score (N,) (higher = stronger), success (N,) bool.
+    By default each update copies the rows it keeps (``torch.where`` into kept buffers: no host sync),
+    so the caller may change ``adv`` in place afterwards. ``shared=True`` is for a caller that never
+    does: the points are then held by reference and resolved in one pass when the candidates are
+    asked for (or once they hold ``SHARED_POINTS_BYTES``), with the same result as update by update.
+    Given ``scores`` (N, K), the surrogate's class scores at ``adv``, it also keeps those of the two
+    points (``candidate_scores``).
     """
 
-    def __init__(self, x: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, shared: bool = False) -> None:
         self.best = x.clone()
         self.best_score = x.new_full((x.shape[0],), float("-inf"))
         self.fooled = x.clone()
         self.any_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self._rows = (-1,) + (1,) * (x.dim() - 1)
+        # class scores at best / fooled: None until every update passes them (then kept per row)
+        self.best_scores: torch.Tensor | None = None
+        self.fooled_scores: torch.Tensor | None = None
+        self._scored = True  # every update so far came with scores
+        self._shared = shared
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
 
     @torch.no_grad()
-    def update(self, adv: torch.Tensor, score: torch.Tensor, success: torch.Tensor) -> None:
+    def update(
+        self,
+        adv: torch.Tensor,
+        score: torch.Tensor,
+        success: torch.Tensor,
+        scores: torch.Tensor | None = None,
+    ) -> None:
+        self._scored = self._scored and scores is not None
+        if self._shared:
+            self._pending.append((adv, score, success, scores))
+            if len(self._pending) * adv.numel() * adv.element_size() >= SHARED_POINTS_BYTES:
+                self._resolve()
+            return
         better = score > self.best_score
-        self.best[better] = adv[better]
+        torch.where(better.view(self._rows), adv, self.best, out=self.best)
         self.best_score = torch.where(better, score, self.best_score)
-        self.fooled[success] = adv[success]
+        torch.where(success.view(self._rows), adv, self.fooled, out=self.fooled)
         self.any_fooled |= success
+        self._keep_scores(better, scores, success, scores)
+
+    def _keep_scores(
+        self,
+        better: torch.Tensor,
+        best_scores: torch.Tensor | None,
+        success: torch.Tensor,
+        fooled_scores: torch.Tensor | None,
+    ) -> None:
+        """Keep the class scores of the rows that got a new best point or a new success."""
+        if not self._scored or best_scores is None or fooled_scores is None:
+            self.best_scores = self.fooled_scores = None
+            return
+        if self.best_scores is None or self.fooled_scores is None:  # rows never kept stay NaN
+            self.best_scores = torch.full_like(best_scores, float("nan"))
+            self.fooled_scores = torch.full_like(fooled_scores, float("nan"))
+        torch.where(better[:, None], best_scores, self.best_scores, out=self.best_scores)
+        torch.where(success[:, None], fooled_scores, self.fooled_scores, out=self.fooled_scores)
+
+    @torch.no_grad()
+    def _resolve(self) -> None:
+        """Apply the held updates at once: per example the first of the highest scores (if above the
+        kept one; NaN never wins) and the last success, as successive updates would keep them."""
+        if not self._pending:
+            return
+        advs, score, success, scores = zip(*self._pending, strict=True)
+        self._pending = []
+        score, success = torch.stack(score), torch.stack(success)  # (P, N)
+        top, first = score.masked_fill(score.isnan(), float("-inf")).max(0)
+        better = top > self.best_score
+        hit = success.any(0)
+        last = success.shape[0] - 1 - success.flip(0).to(torch.uint8).argmax(0)
+        ar = torch.arange(score.shape[1], device=score.device)
+        self.best_score = torch.where(better, score[first, ar], self.best_score)
+        self.any_fooled |= hit
+        # copy each row from the update that won it, visiting only the updates that won some row
+        for s in torch.cat([first[better], last[hit]]).unique().tolist():
+            for kept, won in ((self.best, better & (first == s)), (self.fooled, hit & (last == s))):
+                rows = won.nonzero().squeeze(1)
+                if rows.numel():
+                    kept.index_copy_(0, rows, advs[s].index_select(0, rows))
+        if self._scored:
+            stacked = torch.stack(scores)  # (P, N, K)
+            self._keep_scores(better, stacked[first, ar], hit, stacked[last, ar])
+        else:
+            self._keep_scores(better, None, hit, None)
 
     def candidates(self, last: torch.Tensor) -> list[torch.Tensor]:
         """[last iterate, best-score point, last surrogate success (the last iterate where none)]."""
-        fooled = torch.where(self.any_fooled.view(-1, *([1] * (last.dim() - 1))), self.fooled, last)
+        self._resolve()
+        fooled = torch.where(self.any_fooled.view(self._rows), self.fooled, last)
         return [last, self.best, fooled]
+
+    @torch.no_grad()
+    def candidate_scores(self, last_scores: torch.Tensor) -> list[torch.Tensor] | None:
+        """The class scores (N, K) of ``candidates(last)`` given those of the last iterate: the scores
+        every ``update`` passed, kept with the points; None where some update passed none or some
+        example's best point is still its start (a NaN or -inf score at every step)."""
+        self._resolve()
+        if self.best_scores is None or not bool((self.best_score > float("-inf")).all()):
+            return None
+        fooled = torch.where(self.any_fooled[:, None], self.fooled_scores, last_scores)
+        return [last_scores, self.best_scores, fooled]
 
 
 def margins(
@@ -84,20 +173,28 @@ def select_strongest(
     y: torch.Tensor,
     score_fn: Callable[[torch.Tensor], torch.Tensor],
     targeted: bool = False,
+    known: list[torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per example, the strongest of ``candidates`` (each (N,C,H,W)) by ``score_fn``'s class scores.
 
-    All candidates are scored in one batch (C*N rows). Returns ``(x (N,C,H,W), success (N,) bool,
-    margin (N,))``; among equals the earlier candidate wins.
+    All candidates are scored in one batch (C*N rows), except those whose class scores (N, K) are
+    given in ``known`` (aligned with ``candidates``, None where unknown): a deterministic scorer's
+    scores recorded when the point was visited (``VisitedPoints.candidate_scores``).
+    Returns ``(x (N,C,H,W), success (N,) bool, margin (N,))``; among equals the earlier candidate wins.
     """
-    n = y.shape[0]
-    scores = score_fn(torch.cat(candidates))
-    success, margin = margins(scores, y.repeat(len(candidates)), targeted)
-    success, margin = success.view(len(candidates), n), margin.view(len(candidates), n)
+    n, c = y.shape[0], len(candidates)
+    stacked = torch.cat(candidates).view(c, n, *candidates[0].shape[1:])
+    if known is None:
+        scores = score_fn(stacked.view(c * n, *candidates[0].shape[1:]))
+    else:
+        todo = [p for p, s in zip(candidates, known, strict=True) if s is None]
+        fresh = iter(score_fn(torch.cat(todo)).split(n) if todo else ())
+        scores = torch.cat([s if s is not None else next(fresh) for s in known])
+    success, margin = margins(scores, y.repeat(c), targeted)
+    success, margin = success.view(c, n), margin.view(c, n)
     # Lexicographic key: a success first (the smallest margin among successes), else the smallest margin.
     pick_success = margin.masked_fill(~success, float("inf")).argmin(0)
     pick = torch.where(success.any(0), pick_success, margin.argmin(0))
-    stacked = torch.stack(candidates)
     ar = torch.arange(n, device=y.device)
     return stacked[pick, ar], success[pick, ar], margin[pick, ar]
 

@@ -4,7 +4,8 @@ One loop serves PGD, FGSM (one full step, no random start), EOT-PGD (``eot_iter`
 model's own randomness per step) and, through ``smoothinf.attacks.expectation``, EPGD and SmoothAdv:
 they differ only in the expected loss whose gradient each step follows (``base.expected_loss``).
 Every run returns, per example, the strongest point it visited (``smoothinf.attacks.best``), judged
-by a fresh estimate of the defended classifier (``judge``) or, without one, of the surrogate. When
+by a fresh estimate of the defended classifier (``judge``) or, without one, of the surrogate (a
+deterministic surrogate's scores of the visited points are those its steps saw). When
 that judgement is random, an example leaves the later restarts (APGD-T: targets) only once a second
 judgement of the chosen point, with fresh draws, also finds it a success (``best.confirm``).
 """
@@ -95,6 +96,10 @@ class PGD(Attack):
         self._per_draw = True
         self._weight_values = 0
         self._grad_rows: int | None = None
+        # Deterministic surrogate, no judge (``_scores_reusable``, decided per call): ``_run`` leaves
+        # the candidates' class scores seen at the steps in ``_known`` for ``select_strongest``.
+        self._reuse_scores = False
+        self._known: list[torch.Tensor | None] | None = None
 
     def default_alpha(self) -> float:
         """Madry et al.'s step rule 2.5 eps / steps (made for deterministic models)."""
@@ -151,21 +156,34 @@ class PGD(Attack):
 
     def _track(self, visited: VisitedPoints, adv: torch.Tensor, y: torch.Tensor, loss, probs) -> None:
         """Record the surrogate's verdict at ``adv`` (loss (N,), mean probabilities (N, K))."""
-        hit = probs.argmax(1) == y
-        visited.update(adv, -loss if self.targeted else loss, hit if self.targeted else ~hit)
+        scores = probs if self._reuse_scores else None
+        if self.targeted:
+            visited.update(adv, -loss, probs.argmax(1) == y, scores)
+        else:
+            visited.update(adv, loss, probs.argmax(1) != y, scores)
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, run: int) -> list[torch.Tensor]:
         """One restart: ``steps`` projected steepest-ascent steps from a (random) start; returns the
         candidate points (``VisitedPoints.candidates``)."""
         adv = random_start(x, self.eps, self.norm, gen) if self.random_start else x.clone()
-        visited = VisitedPoints(x)
+        visited = VisitedPoints(x, shared=True)  # every iterate is a new tensor, never changed after
         for _ in range(self.steps):
             grad, loss, probs = self._expected(adv, y, gen, True)
             self._track(visited, adv, y, loss, probs)
-            if self.targeted:
-                grad = -grad
-            adv = clip_to_threat(adv + steepest_step(grad, self.alpha, self.norm), x, self.eps, self.norm)
+            adv = self._step(adv, grad, x)
+        if self._reuse_scores:  # only the last iterate is new to the (deterministic) surrogate
+            self._known = visited.candidate_scores(self._scores(y, gen)(adv))
         return visited.candidates(adv)
+
+    def _step(self, adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The next iterate ``clip_to_threat(adv + steepest_step(+/-grad))``, computed in ``grad``'s
+        buffer when it has its own (the same numbers, without temporaries); ``adv`` is left as is."""
+        if not grad.is_contiguous():  # e.g. an expanded gradient of a sum: no buffer of its own
+            grad = grad.clone()
+        if self.targeted:
+            grad.neg_()
+        step = steepest_step(grad, self.alpha, self.norm, inplace=True)
+        return clip_to_threat(step.add_(adv), x, self.eps, self.norm, inplace=True)
 
     def _scores(self, y: torch.Tensor, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
         """Class scores of candidate points: the judge's, else the surrogate's mean probabilities."""
@@ -186,6 +204,20 @@ class PGD(Attack):
             return is_randomised(self.judge)
         return (self.noise is not None and self.noise.sigma > 0) or is_randomised(self.model)
 
+    def _scores_reusable(self) -> bool:
+        """Whether the candidates may keep the class scores seen at the steps (only the last iterate
+        is then scored anew): the scorer is the surrogate itself (no judge), with one draw (m = 1),
+        deterministic (``_random_scores``) and in eval mode everywhere (no batch statistics or
+        dropout), so a second forward of a visited point gives its scores again (to rounding: a
+        kernel may round a row differently in a batch of another size)."""
+        return (
+            self.judge is None
+            and self.m == 1
+            and not self._random_scores()
+            and isinstance(self.model, nn.Module)
+            and not any(mod.training for mod in self.model.modules())
+        )
+
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         self._per_draw = not isinstance(self.model, nn.Module) or bool(noise_layers(self.model))
         self._weight_values = weight_noise_values(self.model) if isinstance(self.model, nn.Module) else 0
@@ -196,15 +228,19 @@ class PGD(Attack):
         best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
         runs = self.restarts * self.runs_per_restart()
         random_scores = runs > 1 and self._random_scores()
+        self._reuse_scores = self._scores_reusable()
         for run in range(runs):
             idx = (~best_success).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             xi, yi = x[idx], y[idx]
+            self._known = None
             cands = self._run(xi, yi, gen, run)
+            known = self._known
             if run > 0:
                 cands.append(best[idx])  # the judge compares this run's points with the best so far
-            best[idx], hit, _ = select_strongest(cands, yi, self._scores(yi, gen), self.targeted)
+                known = None if known is None else [*known, None]
+            best[idx], hit, _ = select_strongest(cands, yi, self._scores(yi, gen), self.targeted, known)
             if random_scores and run + 1 < runs:  # the picking vote is biased: stop on a fresh one only
                 hit = confirm(best[idx], yi, hit, lambda xc, yc: self._scores(yc, gen)(xc), self.targeted)
             best_success[idx] = hit
