@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from smoothinf.models.linear import LinearClassifier
 
 
 class Linear2(torch.nn.Module):
@@ -29,3 +33,28 @@ def argmax_data(model: nn.Module, n: int = 12, side: int = 4):
     with torch.no_grad():
         y = model(x).argmax(1)
     return x, y
+
+
+UNIT = torch.full((1, 4, 4), 0.25)  # a unit vector in pixel space (16 pixels of 1/4)
+
+
+def halfspace(classes: int = 2) -> LinearClassifier:
+    """Class 1 iff the signed distance d = <x - 0.5, UNIT> > 0; smoothed with Gaussian noise of std
+    sigma and one draw (hard vote, m = 1) it is right on class 1 with probability Phi(d / sigma).
+    ``classes`` > 2 adds classes whose logit is always -10 (never predicted; for DLR losses)."""
+    model = LinearClassifier(classes, 1, [0.0], [1.0], input_size=4)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.weight[1] = UNIT.flatten()
+        model.fc.bias.fill_(-10.0)
+        model.fc.bias[:2] = torch.tensor([0.0, -0.5 * float(UNIT.sum())])
+    return model.eval()
+
+
+def at_distance(d: torch.Tensor) -> torch.Tensor:
+    """Images (len(d), 1, 4, 4) at signed distances d from the half-space's boundary."""
+    return 0.5 + d.view(-1, 1, 1, 1) * UNIT
+
+
+def phi(t: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(t / math.sqrt(2)))

@@ -3,15 +3,13 @@ randomised rows, checks on by default, the strongest attack of a cascade, and un
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
 from smoothinf.evaluation import EvalConfig, evaluate, protocol, write_report
 from smoothinf.evaluation.report import aggregate, markdown_table
-from smoothinf.models.linear import LinearClassifier
+from support import at_distance, halfspace, phi
 
 SIGMA = 0.25
 
@@ -26,29 +24,6 @@ def _data(model: nn.Module, n: int):
     x = torch.rand((n, 1, 4, 4), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         return x, model(x).argmax(1)
-
-
-UNIT = torch.full((1, 4, 4), 0.25)  # a unit vector in pixel space (16 pixels of 1/4)
-
-
-def _halfspace() -> LinearClassifier:
-    """Class 1 iff the signed distance d = <x - 0.5, UNIT> > 0; smoothed with Gaussian noise of std
-    sigma and one draw (hard vote, m = 1) it is right on class 1 with probability Phi(d / sigma)."""
-    model = LinearClassifier(2, 1, [0.0], [1.0], input_size=4)
-    with torch.no_grad():
-        model.fc.weight.zero_()
-        model.fc.weight[1] = UNIT.flatten()
-        model.fc.bias.copy_(torch.tensor([0.0, -0.5 * float(UNIT.sum())]))
-    return model.eval()
-
-
-def _at_distance(d: torch.Tensor) -> torch.Tensor:
-    """Images (len(d), 1, 4, 4) at signed distances d from the half-space's boundary."""
-    return 0.5 + d.view(-1, 1, 1, 1) * UNIT
-
-
-def _phi(t: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1 + torch.erf(t / math.sqrt(2)))
 
 
 def test_the_rand_cross_check_returns_a_perturbed_point_for_every_example():
@@ -128,7 +103,7 @@ def _moves_to(distance: float):
     """An 'attack' that moves every example of the half-space to signed distance ``distance``."""
 
     def attack(xb, yb, generator=None):
-        return _at_distance(torch.full((xb.shape[0],), distance))
+        return at_distance(torch.full((xb.shape[0],), distance))
 
     return attack
 
@@ -138,8 +113,8 @@ def test_the_strongest_attack_of_a_cascade_is_the_one_whose_points_matter(monkey
     examples. Counting what each fooled of what the earlier attacks had left (old rule) names PGD
     (0.69 against 0.3 per example); without PGD's points the worst case barely moves, without APGD's
     it rises to 0.3: the strongest is apgd-ce under the rule "without"."""
-    model = _halfspace()
-    x, y = _at_distance(torch.full((40,), 2.4 * SIGMA)), torch.ones(40, dtype=torch.long)
+    model = halfspace()
+    x, y = at_distance(torch.full((40,), 2.4 * SIGMA)), torch.ones(40, dtype=torch.long)
     attacks = {"pgd": _moves_to(-0.52 * SIGMA), "apgd-ce": _moves_to(-3.0 * SIGMA)}  # Phi: 0.3, 0.001
     monkeypatch.setattr(protocol, "build_attacks", lambda *a, **k: dict(attacks))
     cfg = EvalConfig(checkpoint="unused", votes=["hard"], sigmas=[SIGMA], ms=[1], eps=[0.3], runs=1)
@@ -162,10 +137,10 @@ def test_folding_a_check_that_changes_nothing_keeps_the_worst_case_unbiased(monk
     worst case is its clean P(correct) = Phi(d / sigma), 0.834 on average. Folding the check as
     min(robust, p), a minimum of two noisy estimates, lowered it by 10.0 of 200 examples to 0.7825
     (old code); offered to ``WorstCase`` it moves by sampling error only (1.8 examples, 0.8234)."""
-    model = _halfspace()
+    model = halfspace()
     d = SIGMA * torch.linspace(0.2, 2.0, 200)
-    x, y = _at_distance(d), torch.ones(200, dtype=torch.long)
-    truth = float(_phi(d / SIGMA).mean())
+    x, y = at_distance(d), torch.ones(200, dtype=torch.long)
+    truth = float(phi(d / SIGMA).mean())
 
     def unchanged(xb, yb, generator=None):
         return xb.clone()
@@ -192,7 +167,7 @@ def test_judging_is_part_of_the_identity_and_old_records_are_marked(tmp_path):
     records carry no judging as (old judging) and says which rule its strongest column follows."""
     from smoothinf.errors import ConfigError
 
-    old = EvalConfig(checkpoint="c", check_examples=0, judging=1)
+    old = EvalConfig(checkpoint="c", check_examples=0, judging=1, crafting="per-row")
     assert old.fingerprint() == "61745d43ad8629cd"
     assert EvalConfig(checkpoint="c", check_examples=0).fingerprint() != old.fingerprint()
     with pytest.raises(ConfigError, match="judging 1 names the old judging rules"):

@@ -3,6 +3,8 @@ function behind both it and the config-driven grid (``evaluate(..., config=)``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -22,6 +24,8 @@ RECORD_KEYS = sorted(
     [
         "run",
         "seed",
+        "judge_seed",
+        "crafted_with",
         "vote",
         "sigma",
         "m",
@@ -109,7 +113,9 @@ def test_grid_records_are_pinned_to_those_before_the_row_refactor():
         }
         assert checks == want[8]
         assert [t["examples"] for t in r["attack_time"].values()] == want[9]
-        assert r["strongest"] == "pgd" and r["fingerprint"] == "1730c0beecac3aec"
+        # crafting "shared" re-keys the configuration; "per-row" keeps the fingerprint it had before
+        assert r["strongest"] == "pgd" and r["fingerprint"] == "991cd3a14769731d"
+        assert dataclasses.replace(cfg, crafting="per-row").fingerprint() == "1730c0beecac3aec"
         assert r["config"] == cfg.to_dict()
 
 

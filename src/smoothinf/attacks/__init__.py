@@ -18,18 +18,12 @@ from smoothinf.attacks.base import (
 )
 from smoothinf.attacks.expectation import EPGD, ExpectationPGD, SmoothAdv
 from smoothinf.attacks.fgsm import FGSM
-from smoothinf.attacks.judge import (
-    RobustResult,
-    defended_predict,
-    detect_randomised,
-    is_randomised,
-    judged_correct,
-    robust_accuracy,
-)
+from smoothinf.attacks.judge import defended_predict, detect_randomised, is_randomised, judged_correct
 from smoothinf.attacks.nattack import NAttack
 from smoothinf.attacks.pgd import PGD
 from smoothinf.attacks.presets import PRESETS, preset_attacks
 from smoothinf.attacks.registry import build_attack, list_attacks
+from smoothinf.attacks.robustness import RobustResult, robust_accuracies, robust_accuracy
 from smoothinf.attacks.transfer import TransferAttack
 
 __all__ = [
@@ -59,5 +53,6 @@ __all__ = [
     "preset_attacks",
     "project",
     "random_start",
+    "robust_accuracies",
     "robust_accuracy",
 ]

@@ -378,20 +378,29 @@ class Attack:
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Adversarial examples (N,C,H,W) in [0,1] within the eps-ball around ``x`` (never modified)."""
-        module = self.model if isinstance(self.model, nn.Module) else nn.Module()
-        device = model_device(module)
-        check_images(x, "x", device)
-        check_labels(y, x.shape[0])
         if x.shape[0] == 0:
+            self._checked(x, y)
             return x.clone()
+        x_adv = self._run_checked(self._perturb, x, y, generator)
+        # Exact threat-model guarantee whatever the subclass did (also kills tiny float drift).
+        return clip_to_threat(x_adv.detach(), x.detach(), self.eps, self.norm)
+
+    def _checked(self, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+        """Validate (x, y) against the model's device; returns the module whose modes ``attack_mode`` sets."""
+        module = self.model if isinstance(self.model, nn.Module) else nn.Module()
+        check_images(x, "x", model_device(module))
+        check_labels(y, x.shape[0])
+        return module
+
+    def _run_checked(self, fn: Callable, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None):
+        """``fn(x, y, generator)`` on validated, detached inputs (N >= 1) in the attack's mode."""
+        module = self._checked(x, y)
         with attack_mode(module, self.eval_mode):
             if self._num_classes is None:  # one forward, on the first call only
                 self._num_classes = num_classes_of(self.model, x)
             check_labels(y, x.shape[0], self._num_classes)
             gen = ensure_generator(generator, x.device)
-            x_adv = self._perturb(x.detach(), y.detach(), gen)
-        # Exact threat-model guarantee whatever the subclass did (also kills tiny float drift).
-        return clip_to_threat(x_adv.detach(), x.detach(), self.eps, self.norm)
+            return fn(x.detach(), y.detach(), gen)
 
     def attack(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None

@@ -20,20 +20,17 @@ chosen point was right.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from smoothinf.errors import SmoothinfError
-from smoothinf.models.inputs import check_model_input
 from smoothinf.noise import noise_layers
 from smoothinf.smoothing import SmoothedClassifier
 from smoothinf.smoothing.votes import accumulate_votes
-from smoothinf.utils import check_images, check_labels, model_device
+from smoothinf.utils import model_device
 
 AttackFn = Callable[..., torch.Tensor]
 CLEAN = "clean"  # the source name of an example whose chosen point is the clean image
@@ -265,146 +262,3 @@ class WorstCase:
             rest = torch.cat([stacked[:i], stacked[i + 1 :]])
             out[name] = float(rest.min(0).values.mean()) if rest.numel() else 0.0
         return out
-
-
-@dataclass
-class RobustResult:
-    """Per-example and aggregate results of ``robust_accuracy`` (accuracies are fractions in [0, 1]).
-
-    Per-example tensors are float (N,) in [0, 1]: the fraction of ``judgements`` judgements that
-    were right (exactly 0 or 1 for a deterministic defence or one judgement)."""
-
-    clean_correct: torch.Tensor  # (N,) float: P(defended correct on x)
-    robust: torch.Tensor  # (N,) float: P(correct) at each example's strongest point, fresh judgements
-    correct: dict[str, torch.Tensor] = field(default_factory=dict)  # attack -> (N,) float
-    clean_accuracy: float = 0.0
-    accuracy: dict[str, float] = field(default_factory=dict)  # attack -> robust accuracy
-    worst_case_accuracy: float = 0.0
-    mean_accuracy: float = 0.0  # mean over attacks of their robust accuracies
-    adversarial: dict[str, torch.Tensor] = field(default_factory=dict)  # attack -> x_adv (N,C,H,W)
-    attacked: dict[str, int] = field(default_factory=dict)  # attack -> examples it ran on
-    seconds: dict[str, float] = field(default_factory=dict)  # attack -> wall seconds, crafting + judging
-    strongest: str | None = None  # see ``strongest_rule``
-    strongest_rule: str = "alone"  # "alone": lowest accuracy on its own; "without": see ``without``
-    without: dict[str, float] = field(default_factory=dict)  # attack -> worst case without its points
-    worst: WorstCase | None = None  # the per-example chosen points and their estimates
-
-    def to_dict(self) -> dict[str, float | dict[str, float] | int | str | None]:
-        """JSON-friendly summary (no tensors)."""
-        return {
-            "n": int(self.robust.numel()),
-            "clean_accuracy": self.clean_accuracy,
-            "accuracy": dict(self.accuracy),
-            "worst_case_accuracy": self.worst_case_accuracy,
-            "mean_accuracy": self.mean_accuracy,
-            "strongest": self.strongest,
-            "strongest_rule": self.strongest_rule,
-            "attacked": dict(self.attacked),
-            "seconds": dict(self.seconds),
-        }
-
-
-def robust_accuracy(
-    defended: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attacks: Mapping[str, AttackFn],
-    generator: torch.Generator | None = None,
-    batch_size: int = 256,
-    keep_adversarial: bool = False,
-    cascade: bool = False,
-    judgements: int = 16,
-    on_attack: Callable[[str], None] | None = None,
-) -> RobustResult:
-    """Run every attack on the examples the defended classifier gets right and judge with it.
-
-    Args:
-        defended: the classifier under evaluation (judge), e.g. a SmoothedClassifier.
-        x: (N, C, H, W) in [0, 1]; y: (N,) labels.
-        attacks: name -> attack callable ``(x, y, generator) -> x_adv``; attacks may use a surrogate
-            (base model, EPGD on the noise, a transfer source): success is never judged by it.
-        batch_size: examples per attack call.
-        keep_adversarial: also return each attack's x_adv (x where it was not run).
-        cascade: run each attack only on the examples whose chosen point some judgement still got
-            right (AutoAttack's practice): ``accuracy[name]`` is then the worst case after the attacks
-            up to ``name`` (cumulative); otherwise each attack runs on every example some clean
-            judgement got right and ``accuracy[name]`` is its own accuracy.
-        judgements: independent judgements per point of a randomised defence (``is_randomised``;
-            see the module docstring); a deterministic defence is judged once.
-        on_attack: called with each attack's name as it starts (e.g. to show it in a progress bar).
-
-    The worst case ``robust`` is each example's strongest point valued with fresh judgements
-    (``WorstCase``). ``strongest`` names the attack that alone leaves the lowest accuracy
-    (``strongest_rule = "alone"``) or, in a cascade, the one without whose points the worst case
-    over the judged points rises most (``"without"``).
-    """
-    if not isinstance(attacks, Mapping):
-        raise SmoothinfError("attacks must be a mapping name -> attack")
-    device = model_device(defended) if isinstance(defended, nn.Module) else x.device
-    check_model_input(defended, x, y) if isinstance(defended, nn.Module) else check_images(x, "x", device)
-    check_labels(y, x.shape[0])
-    modes = [(m, m.training) for m in defended.modules()] if isinstance(defended, nn.Module) else []
-    if isinstance(defended, nn.Module):
-        detect_randomised(defended, x)
-        defended.eval()
-    try:
-        clean = judged_correct(defended, x, y, generator, judgements)
-        worst = WorstCase(defended, x, y, generator, judgements, clean)
-        correct: dict[str, torch.Tensor] = {}
-        adversarial: dict[str, torch.Tensor] = {}
-        attacked: dict[str, int] = {}
-        seconds: dict[str, float] = {}
-        idx = clean.nonzero().squeeze(1)  # attack only what the defence classifies correctly
-        for name, attack in attacks.items():
-            if cascade:
-                idx = worst.alive()
-            start = time.perf_counter()
-            if on_attack is not None:
-                on_attack(name)
-            own = worst.value.clone() if not cascade else None
-            x_adv_all = x.clone() if keep_adversarial else None
-            # (split() of an empty index yields one empty batch: skip it)
-            for ib in idx.split(batch_size) if idx.numel() else ():
-                x_adv = attack(x[ib], y[ib], generator)
-                if x_adv.shape != x[ib].shape:
-                    raise SmoothinfError(f"attack {name!r} returned shape {tuple(x_adv.shape)}")
-                sel = worst.offer(name, ib, x_adv)
-                if own is not None:
-                    own[ib] = sel
-                if x_adv_all is not None:
-                    x_adv_all[ib] = x_adv.to(x.device)
-            correct[name] = worst.value.clone() if cascade else own
-            if worst.value.is_cuda:  # time the kernels, not their launch
-                torch.cuda.synchronize(worst.value.device)
-            attacked[name] = int(idx.numel())
-            seconds[name] = time.perf_counter() - start
-            if x_adv_all is not None:
-                adversarial[name] = x_adv_all
-    finally:
-        for m, t in modes:
-            m.training = t
-    n = max(int(x.shape[0]), 1)
-    accuracy = {k: v.sum().item() / n for k, v in correct.items()}
-    without = worst.without()
-    if not accuracy:
-        strongest, rule = None, "alone"
-    elif cascade and without:
-        strongest, rule = max(without, key=lambda k: (without[k], -list(without).index(k))), "without"
-    else:
-        strongest, rule = min(accuracy, key=accuracy.get), "alone"
-    return RobustResult(
-        clean_correct=clean,
-        robust=worst.value,
-        correct=correct,
-        clean_accuracy=clean.sum().item() / n,
-        accuracy=accuracy,
-        worst_case_accuracy=worst.value.sum().item() / n,
-        mean_accuracy=sum(accuracy.values()) / len(accuracy) if accuracy else clean.sum().item() / n,
-        adversarial=adversarial,
-        attacked=attacked,
-        seconds=seconds,
-        strongest=strongest,
-        strongest_rule=rule,
-        without=without,
-        worst=worst,
-    )

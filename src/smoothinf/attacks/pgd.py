@@ -20,8 +20,10 @@ from torch import nn
 from smoothinf.attacks.base import (
     Attack,
     LossFn,
+    attack_mode,
     check_positive_int,
     clip_to_threat,
+    ensure_generator,
     expected_loss,
     random_start,
     resolve_loss,
@@ -218,11 +220,60 @@ class PGD(Attack):
             and not any(mod.training for mod in self.model.modules())
         )
 
-    def _perturb(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def single_run(self) -> bool:
+        """Whether a call is one run of ``steps`` steps (one restart, no APGD-T targets): the
+        defended classifier then only picks each example's point among the run's candidates, so
+        several classifiers can share one crafting (``craft``, then ``pick`` per classifier)."""
+        return self.restarts * self.runs_per_restart() == 1
+
+    def craft(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
+        """The candidate points of one run (``single_run``), each (N,C,H,W): the last iterate, the
+        point of highest surrogate loss and the last surrogate success, for ``pick`` to choose from
+        with any judge. ``pick(x, craft(x, y, g), y, g)`` returns what ``self(x, y, g)`` does."""
+        if not self.single_run():
+            raise ConfigError(f"{self!r} runs several times; only a single run's candidates can be shared")
+        if x.shape[0] == 0:
+            self._checked(x, y)
+            return [x.clone() for _ in range(3)]
+        return self._run_checked(self._craft, x, y, generator)
+
+    def _craft(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        self._prepare(x)
+        self._reuse_scores = False  # ``pick`` scores every candidate
+        return self._run(x, y, gen, 0)
+
+    def pick(
+        self,
+        x: torch.Tensor,
+        candidates: list[torch.Tensor],
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        judge: nn.Module | JudgeFn | None = None,
+    ) -> torch.Tensor:
+        """Per example, the strongest of ``candidates`` (from ``craft`` on x (N,C,H,W)) by ``judge``'s
+        class scores (default: the attack's judge, else its surrogate), clipped to the threat model."""
+        self._checked(x, y)
+        if x.shape[0] == 0:
+            return x.clone()
+        gen = ensure_generator(generator, x.device)
+        judge = self.judge if judge is None else judge
+        module = self.model if isinstance(self.model, nn.Module) else nn.Module()
+        with attack_mode(module, self.eval_mode):
+            score = (lambda xc: judge_scores(judge, xc, gen)) if judge is not None else self._scores(y, gen)
+            best = select_strongest(candidates, y, score, self.targeted)[0]
+        return clip_to_threat(best, x.detach(), self.eps, self.norm)
+
+    def _prepare(self, x: torch.Tensor) -> None:
+        """Per-call state: how draws are batched and chunked for inputs like ``x``."""
         self._per_draw = not isinstance(self.model, nn.Module) or bool(noise_layers(self.model))
         self._weight_values = weight_noise_values(self.model) if isinstance(self.model, nn.Module) else 0
         module = self.batch_size is None and isinstance(self.model, nn.Module)
         self._grad_rows = grad_chunk_rows(self.model, x) if module else None  # None on the CPU
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        self._prepare(x)
         n = x.shape[0]
         best = x.clone()
         best_success = torch.zeros(n, dtype=torch.bool, device=x.device)

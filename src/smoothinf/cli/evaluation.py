@@ -11,6 +11,7 @@ from pathlib import Path
 from smoothinf.cli import add_common_args, count
 from smoothinf.errors import SmoothinfError
 from smoothinf.evaluation import EvalConfig, ResultsStore, evaluate, read_results, write_report
+from smoothinf.evaluation.config import CRAFTING
 from smoothinf.evaluation.loading import load_checkpoint_and_examples, protocol_inputs
 from smoothinf.evaluation.slices import merge_slices
 from smoothinf.quickstart import QuickstartConfig, run_quickstart
@@ -74,6 +75,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=count(1),
         default=None,
         help="judgements per point of a randomised defence (default 16): correctness = fraction right",
+    )
+    p.add_argument(
+        "--crafting",
+        choices=CRAFTING,
+        default=None,
+        help="shared (default): the attacks and cross-checks that do not depend on the vote or m run once "
+        "per sigma and every vote and m is judged on their points; per-row: each row crafts its own",
     )
     p.add_argument("--runs", type=count(1), default=None)
     p.add_argument("--results", default=None, help="JSONL results file (appended; resumable)")
@@ -181,6 +189,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "convergence_check": args.convergence_check,
         "square_queries": args.square_queries,
         "judgements": args.judgements,
+        "crafting": args.crafting,
         "runs": args.runs,
         "seed": args.seed,
     }

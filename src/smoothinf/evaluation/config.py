@@ -21,6 +21,11 @@ of judgements and valued on an independent fresh set (issue 38); 1 = the minimum
 estimates (records written before; read, never resumed)."""
 CHECK_EXAMPLES = 100
 """Default examples of the cross-checks (capped by the examples evaluated)."""
+CRAFTING = ("shared", "per-row")
+"""How rows get their attacks: "shared" crafts the attacks and cross-checks that do not depend on
+the vote or m once per (run, sigma, eps) and judges every vote and m on their points; "per-row"
+crafts for every row (records written before sharing existed)."""
+"""Default examples of the cross-checks (capped by the examples evaluated)."""
 
 
 def checks_switched_off(settings: Mapping[str, object]) -> dict[str, str]:
@@ -55,6 +60,7 @@ _IDENTITY = (
     "judgements",
     "temperatures",
     "judging",
+    "crafting",
 )
 
 
@@ -93,6 +99,9 @@ class EvalConfig:
     ``judging``: the version of the judging rules (``JUDGING``; part of the identity, left out of the
     fingerprint at 1 so that records written before it existed keep theirs and read as judging 1);
     ``evaluate`` measures with ``JUDGING`` only.
+    ``crafting``: "shared" (default) crafts once per (run, sigma, eps) what every vote and m of that
+    sigma can share and judges each row on it; "per-row" crafts for each row (``CRAFTING``; left out
+    of the fingerprint and identity at "per-row", so records written before it existed keep theirs).
     """
 
     checkpoint: str = ""
@@ -122,6 +131,7 @@ class EvalConfig:
     cascade: bool | None = None
     judgements: int = 16
     judging: int = JUDGING
+    crafting: str = "shared"
     noise: str = "gaussian"
     runs: int = 3
     seed: int = 0
@@ -163,6 +173,8 @@ class EvalConfig:
         if self.apgd_steps < 1 or self.square_queries < 1 or self.check_examples < 0:
             raise ConfigError("apgd_steps and square_queries must be >= 1 and check_examples >= 0")
         check_temperatures(self.temperatures)
+        if self.crafting not in CRAFTING:
+            raise ConfigError(f"crafting must be one of {', '.join(CRAFTING)}, got {self.crafting!r}")
         if self.judging not in (1, JUDGING):
             raise ConfigError(f"judging must be 1 (old records) or {JUDGING}, got {self.judging}")
 
@@ -186,6 +198,8 @@ class EvalConfig:
             ident["first_example"] = self.first_example
         if self.judging == 1:  # absent at 1: records from before judging 2 keep their fingerprint
             del ident["judging"]
+        if self.crafting == "per-row":  # absent: records from before shared crafting keep theirs
+            del ident["crafting"]
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,10 +26,17 @@ from smoothinf.attacks import (
     TransferAttack,
     is_randomised,
     judged_correct,
-    robust_accuracy,
+    robust_accuracies,
 )
 from smoothinf.attacks.judge import detect_randomised
 from smoothinf.attacks.presets import preset_attacks
+from smoothinf.attacks.robustness import (
+    OWN,
+    POINTS,
+    RobustResult,
+    craft_and_offer,
+    crafting_share,
+)
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.config import JUDGING, EvalConfig
 from smoothinf.evaluation.results import COUNTED_CHECKS
@@ -159,24 +167,35 @@ def _budgets(attacks: dict[str, object]) -> dict[str, dict]:
     return {k: a.budget() for k, a in attacks.items() if callable(getattr(a, "budget", None))}
 
 
+@dataclass
+class _Row:
+    """One row of a group in ``evaluate_rows``: its setting, defended classifier, judging generator,
+    attacks (name -> attack, judged by ``defended``) and, once attacked, the robust result."""
+
+    setting: Setting
+    defended: nn.Module
+    generator: torch.Generator
+    judge_seed: int
+    attacks: dict[str, object]
+    result: RobustResult | None = None
+    checks: dict = field(default_factory=dict)
+
+
 def _checks(
     cfg: EvalConfig,
     model: nn.Module,
-    defended: nn.Module,
-    vote: str,
-    sigma: float,
+    rows: list[_Row],
     eps: float,
     x: torch.Tensor,
     y: torch.Tensor,
-    result,
-    gen: torch.Generator,
-) -> tuple[dict, torch.Tensor]:
-    """The cross-checks of one row on its first ``k = min(cfg.check_examples, N)`` examples, run
+) -> None:
+    """The cross-checks of each row on its first ``k = min(cfg.check_examples, N)`` examples, run
     only on those some judgement of their chosen point still got right (``WorstCase.alive``): the
     official AutoAttack (``autoattack_for``; flag: it finds more), a black-box Square attack (flag:
     gradient masking suspected) and, for randomised rows (smoothed with input noise, or a weight-noise
     model's votes and own forward), ``result.strongest`` with twice the steps and draws (flag: not
-    converged).
+    converged). A group's rows (one sigma, several votes and m) share each check's crafting as their
+    attacks do (``craft_and_offer``): AutoAttack and Square attack the same surrogate for every vote.
 
     Each check's points are offered to ``result.worst`` (``WorstCase.offer``: judged once to
     choose, the chosen ones valued with fresh judgements), so the worst case stays an unbiased
@@ -185,71 +204,95 @@ def _checks(
     sum of its points' selection estimates (what its points alone leave). A check flags when
     ``extra`` exceeds the judge's Monte Carlo error: 0 for a deterministic defence; else how far two
     fresh judgements of the strongest attack's points differ, summed over the examples, at least
-    one example. Every check's finds count (``COUNTED_CHECKS``); returns
-    ``(checks, worst case (N,) float)``."""
-    worst = result.worst
+    one example. Every check's finds count (``COUNTED_CHECKS``); fills each row's ``checks``."""
     k = min(cfg.check_examples, x.shape[0])
-    checks: dict = {}
     if k == 0:
-        return checks, worst.value.clone()
-    alive = worst.alive()
-    idx = alive[alive < k]
-    strongest = result.strongest
+        return
+    idx, tolerance = [], []
+    for row in rows:
+        alive = row.result.worst.alive()
+        i = alive[alive < k]
+        idx.append(i)
+        t = 0.0
+        if is_randomised(row.defended) and i.numel():
+            t = 1.0
+            if row.result.strongest in row.result.adversarial:  # two fresh judgements of the same points
+                points, yi = row.result.adversarial[row.result.strongest][i], y[i]
+                judge = [
+                    judged_correct(row.defended, points, yi, row.generator, cfg.judgements) for _ in (0, 1)
+                ]
+                t = max(1.0, float((judge[0] - judge[1]).abs().sum()))
+        tolerance.append(t)
 
-    def judge(points: torch.Tensor) -> torch.Tensor:
-        return judged_correct(defended, points, y[idx], gen, cfg.judgements)
-
-    tolerance = 0.0
-    if is_randomised(defended) and idx.numel():
-        tolerance = 1.0
-        if strongest in result.adversarial:  # two fresh judgements of the same points
-            points = result.adversarial[strongest][idx]
-            tolerance = max(1.0, float((judge(points) - judge(points)).abs().sum()))
-
-    def run(name: str, points: Callable[[], dict[str, torch.Tensor]], **fields) -> None:
-        """Fold the points of check ``name`` (``points()``: label -> (len(idx), C, H, W), run only
-        when some example is left) into the worst case and record its entry."""
+    def run(name: str, members: list[int], attacks: list, share: str, **fields) -> None:
+        """Check ``name`` for rows ``members``: ``attacks`` (one per member; each returns points or a
+        dict label -> points) crafted as ``share`` says, each point folded into its row's worst case."""
         start = time.time()
-        before, robust_before = float(worst.value[idx].sum()), float(worst.value[:k].sum())
-        own = torch.ones(idx.numel(), device=worst.value.device)
-        if idx.numel():
-            for label, x_adv in points().items():
-                own = torch.minimum(own, worst.offer(label, idx, x_adv))
-        found = before - float(worst.value[idx].sum())
-        checks[name] = {
-            **fields,
-            "n": k,
-            "attacked": int(idx.numel()),
-            "robust_before": round(robust_before, 4),
-            "extra": round(found, 4),
-            "own_robust": round(float(own.sum()), 4),
-            "tolerance": round(tolerance, 4),
-            "flag": found > tolerance,
-            "seconds": time.time() - start,
-        }
+        worst = [rows[i].result.worst for i in members]
+        before = [float(w.value[idx[i]].sum()) for w, i in zip(worst, members, strict=True)]
+        robust_before = [float(w.value[:k].sum()) for w in worst]
+        own = [torch.ones(idx[i].numel(), device=x.device) for i in members]
+        position = [torch.full((k,), -1, dtype=torch.long, device=x.device) for _ in members]
+        for j, i in enumerate(members):
+            position[j][idx[i]] = torch.arange(idx[i].numel(), device=x.device)
 
+        def offer(j: int, rows_j: torch.Tensor, points) -> None:
+            found = points if isinstance(points, dict) else {name: points}
+            for label, x_adv in found.items():
+                where = position[j][rows_j]
+                own[j][where] = torch.minimum(own[j][where], worst[j].offer(label, rows_j, x_adv))
+
+        gens = [rows[i].generator for i in members]
+        craft_and_offer(share, attacks, [idx[i] for i in members], x, y, gens, offer)
+        seconds = (time.time() - start) / len(members)
+        for j, i in enumerate(members):
+            found = before[j] - float(worst[j].value[idx[i]].sum())
+            rows[i].checks[name] = {
+                **fields,
+                "n": k,
+                "attacked": int(idx[i].numel()),
+                "robust_before": round(robust_before[j], 4),
+                "extra": round(found, 4),
+                "own_robust": round(float(own[j].sum()), 4),
+                "tolerance": round(tolerance[i], 4),
+                "flag": found > tolerance[i],
+                "seconds": seconds,
+                "shared": len(members),
+            }
+
+    everyone = list(range(len(rows)))
+    share = POINTS if len(rows) > 1 else OWN  # AutoAttack and Square do not depend on the vote or m
+    vote, sigma, _ = rows[0].setting
     if cfg.autoattack_check:
         aa = autoattack_for(model, vote, sigma, eps, cfg)
 
-        def aa_points() -> dict[str, torch.Tensor]:
+        def aa_points(xa: torch.Tensor, ya: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
             if aa.best_loss:  # each of rand's attacks offers its best-loss points to the judge
-                found = aa.best_loss_points(x[idx], y[idx], gen)
+                found = aa.best_loss_points(xa, ya, gen)
                 return {f"autoattack:{name}": points for name, points in found.items()}
-            return {"autoattack": aa(x[idx], y[idx], gen)}
+            return {"autoattack": aa(xa, ya, gen)}
 
-        run("autoattack", aa_points, version=aa.description())
+        run("autoattack", everyone, [aa_points] * len(rows), share, version=aa.description())
     if cfg.blackbox_check:
         square = autoattack_for(model, vote, sigma, eps, cfg, attacks=["square"])
         run(
-            "blackbox",
-            lambda: {"blackbox": square(x[idx], y[idx], gen)},
-            attack=f"square ({cfg.square_queries} queries)",
+            "blackbox", everyone, [square] * len(rows), share, attack=f"square ({cfg.square_queries} queries)"
         )
-    if cfg.convergence_check and is_randomised(defended) and strongest is not None:
-        doubled = build_attacks(model, cfg, vote, sigma, eps, defended, None, scale=2).get(strongest)
-        if doubled is not None and idx.numel():
-            run("convergence", lambda: {"convergence": doubled(x[idx], y[idx], gen)}, attack=strongest)
-    return checks, worst.value.clone()
+    if cfg.convergence_check:
+        doubled: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            if is_randomised(row.defended) and row.result.strongest is not None and idx[i].numel():
+                doubled.setdefault(row.result.strongest, []).append(i)
+        for strongest, members in doubled.items():
+            attacks = [
+                build_attacks(model, cfg, *rows[i].setting[:2], eps, rows[i].defended, None, scale=2).get(
+                    strongest
+                )
+                for i in members
+            ]
+            if any(a is None for a in attacks):
+                continue
+            run("convergence", members, attacks, crafting_share(attacks), attack=strongest)
 
 
 Setting = tuple[str, float, int]
@@ -289,6 +332,29 @@ def prepare_inputs(
     return x, y
 
 
+def judge_seed(seed: int, setting: Setting, first: bool) -> int:
+    """The seed of a row's judging generator: ``seed`` (= cfg.seed + run, which also drives the
+    crafting) for the first row of a group, else a 62-bit hash of (seed, setting), so the other rows
+    of a group judge with noise independent of the crafting's and of each other's."""
+    if first:
+        return seed
+    vote, sigma, m = setting
+    digest = hashlib.sha256(f"{seed}/{vote}/{float(sigma)!r}/{int(m)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 2
+
+
+def row_groups(cfg: EvalConfig, settings: list[Setting]) -> list[list[Setting]]:
+    """``settings`` (in order) grouped into the rows that share crafting: with ``cfg.crafting``
+    "shared", the smoothed settings of one sigma (every vote and m); the base model's row and, with
+    "per-row", every row alone."""
+    groups: dict[object, list[Setting]] = {}
+    for i, setting in enumerate(settings):
+        vote, sigma, _ = setting
+        key = ("sigma", float(sigma)) if cfg.crafting == "shared" and vote != "none" else ("row", i)
+        groups.setdefault(key, []).append(setting)
+    return list(groups.values())
+
+
 def evaluate_row(
     cfg: EvalConfig,
     model: nn.Module,
@@ -301,45 +367,104 @@ def evaluate_row(
     source: nn.Module | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> RowResult:
-    """Evaluate one row of the protocol: base ``model`` defended by ``setting`` (``build_defended``),
-    attacked under ``cfg``'s attacks at ``eps`` (pixel units, L_inf) on (x, y) ((N, C, H, W) in
-    [0, 1] and (N,) labels, on the model's device: ``prepare_inputs``), judged by the defended
-    classifier, then cross-checked (``_checks``). The generator is seeded ``cfg.seed + run``.
-    ``source``: the transfer attack's source model; ``on_step`` is called with each attack's name as
-    it starts, then with "cross-checks"."""
-    vote, sigma, m = setting
+    """One row of the protocol alone: ``evaluate_rows`` with one setting."""
+    return evaluate_rows(cfg, model, x, y, run, [setting], eps, source=source, on_step=on_step)[0]
+
+
+def evaluate_rows(
+    cfg: EvalConfig,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    run: int,
+    settings: list[Setting],
+    eps: float,
+    *,
+    source: nn.Module | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> list[RowResult]:
+    """Evaluate rows of the protocol that share their crafting (``row_groups``: one sigma's votes and
+    m, or one row): base ``model`` defended by each setting (``build_defended``), attacked under
+    ``cfg``'s attacks at ``eps`` (pixel units, L_inf) on (x, y) ((N, C, H, W) in [0, 1] and (N,)
+    labels, on the model's device: ``prepare_inputs``), judged by each defended classifier, then
+    cross-checked (``_checks``). Attacks that do not depend on the vote or m run once for the group
+    (``smoothinf.attacks.robust_accuracies``); every row is judged on its own examples with its own
+    generator (``judge_seed``; the first row's, seeded ``cfg.seed + run``, also drives the crafting),
+    so one row alone gives exactly what it gave before rows shared crafting.
+    Each record's ``seconds`` is its share of the group's wall time (shared work split evenly, so
+    the records of a group sum to its wall time). ``source``: the transfer attack's source model;
+    ``on_step`` is called with each attack's name as it starts, then with "cross-checks"."""
     seed = cfg.seed + run
-    gen = torch.Generator(device=x.device).manual_seed(seed)
     start = time.time()
-    defended = build_defended(model, vote, sigma, m, cfg.noise)
-    attacks = build_attacks(model, cfg, vote, sigma, eps, defended, source)
-    result = robust_accuracy(
-        defended,
+    rows = []
+    for i, setting in enumerate(settings):
+        vote, sigma, m = setting
+        jseed = judge_seed(seed, setting, i == 0)
+        defended = build_defended(model, vote, sigma, m, cfg.noise)
+        rows.append(
+            _Row(
+                setting,
+                defended,
+                torch.Generator(device=x.device).manual_seed(jseed),
+                jseed,
+                build_attacks(model, cfg, vote, sigma, eps, defended, source),
+            )
+        )
+    results = robust_accuracies(
+        [r.defended for r in rows],
         x,
         y,
-        attacks,
-        gen,
+        [r.attacks for r in rows],
+        [r.generator for r in rows],
         batch_size=cfg.batch_size,
-        keep_adversarial=cfg.check_examples > 0 and is_randomised(defended),  # checks' tolerance
+        keep_adversarial=cfg.check_examples > 0 and any(is_randomised(r.defended) for r in rows),
         cascade=cfg.cascades(),
         judgements=cfg.judgements,
         on_attack=on_step,
     )
-    attack_seconds = time.time() - start
+    for row, result in zip(rows, results, strict=True):
+        row.result = result
+    attack_seconds = (time.time() - start) / len(rows)
     if on_step is not None:
         on_step("cross-checks")
-    checks, robust = _checks(cfg, model, defended, vote, sigma, eps, x, y, result, gen)
-    acc = result.accuracy
+    _checks(cfg, model, rows, eps, x, y)
+    seconds = (time.time() - start) / len(rows)
+    shared_with = [setting_label(r.setting) for r in rows]
+    return [_record(cfg, run, seed, r, eps, x, shared_with, seconds, attack_seconds) for r in rows]
+
+
+def setting_label(setting: Setting) -> str:
+    """A setting as "vote/sigma/m", e.g. "hard/0.25/32" (records' ``crafted_with``)."""
+    vote, sigma, m = setting
+    return f"{vote}/{float(sigma):g}/{int(m)}"
+
+
+def _record(
+    cfg: EvalConfig,
+    run: int,
+    seed: int,
+    row: _Row,
+    eps: float,
+    x: torch.Tensor,
+    shared_with: list[str],
+    seconds: float,
+    attack_seconds: float,
+) -> RowResult:
+    vote, sigma, m = row.setting
+    result = row.result
+    robust = result.worst.value.clone()
     record = {
         "run": run,
         "seed": seed,
+        "judge_seed": row.judge_seed,
+        "crafted_with": shared_with,
         "vote": vote,
         "sigma": float(sigma),
         "m": int(m),
         "eps": float(eps),
         "n": int(x.shape[0]),
         "clean": result.clean_accuracy,
-        "attacks": acc,
+        "attacks": result.accuracy,
         "worst_case": robust.sum().item() / max(int(x.shape[0]), 1),
         "robust": [round(v, 6) for v in robust.tolist()],
         "worst_case_attacks": result.worst_case_accuracy,
@@ -348,14 +473,18 @@ def evaluate_row(
         "strongest_rule": result.strongest_rule,
         "without": {name: round(v, 6) for name, v in result.without.items()},
         "cascade": cfg.cascades(),
-        "budget": _budgets(attacks),
-        "checks": checks,
+        "budget": _budgets(row.attacks),
+        "checks": row.checks,
         "checks_off": cfg.checks_off(),
         "judging": cfg.judging,
-        "seconds": time.time() - start,
+        "seconds": seconds,
         "attack_seconds": attack_seconds,
         "attack_time": {
-            name: {"examples": result.attacked[name], "seconds": round(result.seconds[name], 3)}
+            name: {
+                "examples": result.attacked[name],
+                "seconds": round(result.seconds[name], 3),
+                "shared": result.shared[name],
+            }
             for name in result.seconds
         },
         "fingerprint": cfg.fingerprint(),

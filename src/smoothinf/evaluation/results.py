@@ -172,6 +172,8 @@ def evaluation_identity(
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY}
     if not settings.get("first_example"):  # absent at 0: files from before slices keep their identity
         settings.pop("first_example", None)
+    if settings.get("crafting", "per-row") == "per-row":  # absent: files from before shared crafting
+        settings.pop("crafting", None)
     if settings.get("transfer_source"):
         settings["transfer_source"] = source_sha256 or settings["transfer_source"]
     return {

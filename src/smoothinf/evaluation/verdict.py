@@ -1,5 +1,5 @@
 """The one entry point: ``evaluate(model, x, y, eps=...)`` runs the protocol
-(``smoothinf.evaluation.protocol.evaluate_row`` per row) and returns a ``Report`` (accuracies,
+(``smoothinf.evaluation.protocol.evaluate_rows`` per group of rows) and returns a ``Report`` (accuracies,
 per-image P(correct), flags, budgets, seconds; printable, saved as JSON and read back).
 
 Called with keywords it rates one model: the base model and, with ``sigma`` (or a
@@ -24,7 +24,7 @@ from smoothinf.attacks.presets import DEFAULT_DRAWS, DEFAULT_STEPS, PRESETS
 from smoothinf.distributed import gather_json, init_distributed
 from smoothinf.errors import ConfigError
 from smoothinf.evaluation.config import CHECK_EXAMPLES, EvalConfig
-from smoothinf.evaluation.protocol import evaluate_row, grid_jobs, prepare_inputs
+from smoothinf.evaluation.protocol import Setting, evaluate_rows, grid_jobs, prepare_inputs, row_groups
 from smoothinf.evaluation.report import (
     aggregate,
     checks_off_text,
@@ -132,7 +132,8 @@ class Report:
     @property
     def config(self) -> EvalConfig:
         """The ``EvalConfig`` that ``evaluate(..., config=)`` runs to the same records."""
-        return EvalConfig(**self.records[0]["config"])
+        # records written before a field existed measured with its old value
+        return EvalConfig(**{"judging": 1, "crafting": "per-row", **self.records[0]["config"]})
 
     @property
     def base(self) -> Row:
@@ -377,6 +378,19 @@ def _keyword_config(
     return base, cfg
 
 
+def row_jobs(
+    cfg: EvalConfig, jobs: list[tuple[int, Setting, float]]
+) -> list[tuple[int, list[Setting], float]]:
+    """``jobs`` ((run, setting, eps) rows) as (run, settings, eps) groups that share crafting
+    (``row_groups``), in the order of each group's first row."""
+    by_run_eps: dict[tuple[int, float], list[Setting]] = {}
+    for run, setting, eps in jobs:
+        by_run_eps.setdefault((run, eps), []).append(setting)
+    groups = [(run, g, eps) for (run, eps), settings in by_run_eps.items() for g in row_groups(cfg, settings)]
+    first = {(run, s, eps): i for i, (run, s, eps) in enumerate(jobs)}
+    return sorted(groups, key=lambda job: first[(job[0], job[1][0], job[2])])
+
+
 def _run_grid(
     cfg: EvalConfig,
     model: nn.Module,
@@ -385,10 +399,11 @@ def _run_grid(
     store: ResultsStore | None,
     progress: bool,
 ) -> list[dict]:
-    """Every (run, setting, eps) row of ``cfg`` (``grid_jobs``) as ``evaluate_row``'s record, in grid
-    order: rows already in ``store`` are read back, new ones appended as they finish. Under
-    torchrun each rank takes every world-th new row on all examples (so every record is computed
-    exactly as one process would: same seed, data and draws) and every rank gets them all."""
+    """Every (run, setting, eps) row of ``cfg`` (``grid_jobs``) as ``evaluate_rows``' record, in grid
+    order: rows already in ``store`` are read back, the others run in groups that share crafting
+    (``row_jobs``) and are appended as each group finishes. Under torchrun each rank takes every
+    world-th group on all examples (so every record is computed exactly as one process would: same
+    seeds, data and draws) and every rank gets them all."""
     jobs = grid_jobs(cfg)
     order = {(run, v, float(s), int(m), float(e)): i for i, (run, (v, s, m), e) in enumerate(jobs)}
     stored = {row_key(r): r for r in store.records} if store is not None else {}
@@ -399,17 +414,18 @@ def _run_grid(
 
         source, _ = load_checkpoint(cfg.transfer_source, device=x.device)
     dist_info = init_distributed(x.device)
-    mine = todo[dist_info.rank :: dist_info.world_size]
+    mine = row_jobs(cfg, todo)[dist_info.rank :: dist_info.world_size]
     new = []
     bar = tqdm(mine, desc="evaluate", disable=not progress or not dist_info.is_main)
-    for run, setting, eps in bar:
-        row = f"run {run}, {setting_name(*setting)}, eps {eps:g}"
-        bar.set_postfix_str(row)
-        on_step = lambda s, r=row: bar.set_postfix_str(f"{r}: {s}")  # noqa: E731
-        record = evaluate_row(cfg, model, x, y, run, setting, eps, source=source, on_step=on_step).record
-        new.append(record)
-        if store is not None and not dist_info.enabled:
-            store.append(record)
+    for run, settings, eps in bar:
+        label = f"run {run}, {' + '.join(setting_name(*s) for s in settings)}, eps {eps:g}"
+        bar.set_postfix_str(label)
+        on_step = lambda s, r=label: bar.set_postfix_str(f"{r}: {s}")  # noqa: E731
+        rows = evaluate_rows(cfg, model, x, y, run, settings, eps, source=source, on_step=on_step)
+        for row in rows:
+            new.append(row.record)
+            if store is not None and not dist_info.enabled:
+                store.append(row.record)
     if dist_info.enabled:
         new = gather_json(new, dist_info)
         if store is not None and dist_info.is_main:
