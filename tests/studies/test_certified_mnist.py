@@ -14,7 +14,7 @@ from certified_mnist.reference import rows_json
 CAP = 0.5 * NormalDist().inv_cdf(0.001 ** (1 / 10_000))  # all 10,000 draws agree
 
 
-def _tsv(path: Path, rows: list[tuple], skip: int = 100, sigma: float = 0.5) -> None:
+def _tsv(path: Path, rows: list[tuple], skip: int = 100, sigma: float = 0.5, n: int = 10_000) -> None:
     lines = ["idx\tlabel\tpredict\tradius\tcorrect\ttime"]
     lines += [f"{i}\t{y}\t{p}\t{r:.4f}\t{int(p == y)}\t0.100" for i, y, p, r in rows]
     path.write_text("\n".join(lines) + "\n")
@@ -24,7 +24,7 @@ def _tsv(path: Path, rows: list[tuple], skip: int = 100, sigma: float = 0.5) -> 
         "data": {"name": "mnist", "split": "test", "sha256": "1" * 64},
         "sigma": sigma,
         "n0": 100,
-        "n": 10_000,
+        "n": n,
         "alpha": 0.001,
         "noise": "gaussian",
         "seed": 0,
@@ -201,6 +201,36 @@ def test_page(study):
         "python -m smoothinf certify -c runs/mnist_lenet_gaussian_sigma050/model.safetensors --split test"
         " --sigma 0.5 --n0 100 --n 10000 --alpha 0.001 --skip 100 --seed 0" in page
     )
+
+
+def test_a_full_recipe_run_is_set_beside_the_trimmed_run_it_replaced(study):
+    """The trimmed Gaussian run moves to trimmed/; a run of all 90 epochs with N 100,000 takes its
+    place: the page reads it as the full recipe and tabulates trimmed, full re-bounded to the trimmed
+    N, full, and the reference on the same images."""
+    res, ref = study
+    old = res / "trimmed"
+    (old / "models").mkdir(parents=True)
+    for name in ("gaussian_sigma0.5.tsv", "gaussian_sigma0.5.tsv.json"):
+        (res / name).rename(old / name)
+    (res / "models" / "mnist_lenet_gaussian_sigma050").rename(
+        old / "models" / "mnist_lenet_gaussian_sigma050"
+    )
+    model = res / "models" / "mnist_lenet_gaussian_sigma050"
+    model.mkdir()
+    (model / "config.yaml").write_text("objective: gaussian\nsigma: 0.5\nepochs: 90\nseed: 0\n")
+    (model / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e, "epoch_loop_seconds": 30.0}) + "\n" for e in range(1, 91))
+    )
+    _tsv(res / "gaussian_sigma0.5.tsv", [(0, 0, 0, 1.5), (100, 5, 5, 0.9), (200, 0, 0, 0.3)], n=100_000)
+    page = build_page(res, ref)
+    assert "recipe with the reference's N on the same images does: gaussian at sigma 0.5 (section" in page
+    trimmed = _row(page, "What the trims cost", "| trimmed (2 of 8 (recipe 90) epochs, N 10,000) |")
+    full = _row(page, "What the trims cost", "| full (90 of 90 (recipe 90) epochs, N 100,000) |")
+    rebounded = _row(page, "What the trims cost", "| full, re-bounded to N 10,000 |")
+    assert trimmed[1:] == ["0.533", "66.7", "33.3", "33.3"] and full[1:] == ["0.900", "100.0", "66.7", "33.3"]
+    # the same votes bounded with 10,000 draws: every radius shrinks, 0.3 may fall to an abstention
+    assert 0 < float(rebounded[1]) < 0.9
+    assert _row(page, "What the trims cost", "| reference |")[1] == f"{(2.7 / 3 + 1.8 / 3) / 2:.3f}"
 
 
 def test_committed_page_matches_the_committed_files():
