@@ -167,7 +167,7 @@ def test_judging_is_part_of_the_identity_and_old_records_are_marked(tmp_path):
     records carry no judging as (old judging) and says which rule its strongest column follows."""
     from smoothinf.errors import ConfigError
 
-    old = EvalConfig(checkpoint="c", check_examples=0, judging=1, crafting="per-row")
+    old = EvalConfig(checkpoint="c", check_examples=0, judging=1, crafting="per-row", stop_decided=False)
     assert old.fingerprint() == "61745d43ad8629cd"
     assert EvalConfig(checkpoint="c", check_examples=0).fingerprint() != old.fingerprint()
     with pytest.raises(ConfigError, match="judging 1 names the old judging rules"):

@@ -63,11 +63,15 @@ def _untimed(record: dict) -> dict:
 def test_grid_records_are_pinned_to_those_before_the_row_refactor():
     """A tiny grid (base + hard-vote row, 2 runs, Square and doubled-budget checks) gives the
     records the protocol gave before its rows became ``evaluate_row`` (values computed with that
-    code): same keys, seeds, accuracies, strongest attacks, checks and fingerprint."""
+    code): same keys, seeds, accuracies, strongest attacks, checks and fingerprint. Every attack
+    takes every step (``stop_decided`` off: the stop changes a run's draws once it retires an
+    example); one row alone is unchanged by shared crafting."""
     model = linear10()
     x, y = argmax_data(model, 8)
     setting = dict(votes=["hard"], sigmas=[SIGMA], ms=[4], runs=2)
-    cfg = EvalConfig(checkpoint="unused", square_queries=20, autoattack_check=False, **setting, **GRID)
+    cfg = EvalConfig(
+        checkpoint="unused", square_queries=20, autoattack_check=False, stop_decided=False, **setting, **GRID
+    )
     records = evaluate(model, x, y, config=cfg).records
     base_attacks = {"pgd": 0.5, "apgd-ce": 0.5, "apgd-t": 0.5}
     base_without = {"pgd": 1.0, "apgd-ce": 0.5, "apgd-t": 0.5}
@@ -113,9 +117,11 @@ def test_grid_records_are_pinned_to_those_before_the_row_refactor():
         }
         assert checks == want[8]
         assert [t["examples"] for t in r["attack_time"].values()] == want[9]
-        # crafting "shared" re-keys the configuration; "per-row" keeps the fingerprint it had before
+        # crafting "shared" re-keys the configuration; "per-row" without the stop on decided
+        # examples keeps the fingerprint it had before
         assert r["strongest"] == "pgd" and r["fingerprint"] == "991cd3a14769731d"
-        assert dataclasses.replace(cfg, crafting="per-row").fingerprint() == "1730c0beecac3aec"
+        old = dataclasses.replace(cfg, crafting="per-row", stop_decided=False)
+        assert old.fingerprint() == "1730c0beecac3aec"
         assert r["config"] == cfg.to_dict()
 
 

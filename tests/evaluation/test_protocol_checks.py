@@ -77,7 +77,9 @@ def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model(
     pytest.importorskip("pyautoattack")
     model = linear10()
     x, y = argmax_data(model, 8)
-    cfg = _soft_vote_config()
+    # every step taken (stop_decided off): the attacks' own convergence, which the stop would mix
+    # with the different draws of a run whose batch shrank (test_stopping_on_decided_examples_...)
+    cfg = _soft_vote_config(stop_decided=False)
     base, smooth = evaluate(model, x, y, config=cfg).records
     assert base["checks"]["autoattack"]["version"] == "standard"
     assert smooth["checks"]["autoattack"]["version"].startswith("rand (official APGD-CE + APGD-DLR")
@@ -92,6 +94,19 @@ def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model(
     assert smooth["checks"]["autoattack"]["tolerance"] >= 1 and base["checks"]["autoattack"]["tolerance"] == 0
     assert smooth["budget"]["apgd-ce"]["gradients"] == 20 * 4
     assert "convergence" not in base["checks"]  # deterministic rows: AutoAttack is the check
+
+
+def test_stopping_on_decided_examples_leaves_no_image_for_the_checks_to_find():
+    """With the default stop on decided examples, AutoAttack and the doubled budget find less than
+    one image more than the preset on the linear model (within the judge's tolerance: no flag)."""
+    pytest.importorskip("pyautoattack")
+    model = linear10()
+    x, y = argmax_data(model, 8)
+    base, smooth = evaluate(model, x, y, config=_soft_vote_config()).records
+    assert smooth["config"]["stop_decided"]
+    for check in ("autoattack", "convergence"):
+        assert smooth["checks"][check]["extra"] < 1 and not smooth["checks"][check]["flag"]
+    assert base["checks"]["autoattack"]["extra"] == 0
 
 
 def test_weight_noise_rows_get_the_convergence_check():

@@ -90,6 +90,7 @@ class APGD(ExpectationPGD):
         restarts: runs from fresh random starts (each on the examples not yet fooled).
         rho: fraction of loss increases below which the step halves. momentum: APGD's alpha.
         judge: classifier picking each example's strongest visited point with fresh noise.
+        stop_decided: as in PGD (checks at the checkpoints within the first 60% of the steps).
     """
 
     name = "apgd"
@@ -115,6 +116,7 @@ class APGD(ExpectationPGD):
         judge: nn.Module | JudgeFn | None = None,
         batch_size: int | None = None,
         eval_mode: bool = True,
+        stop_decided: bool = False,
     ) -> None:
         if isinstance(target_classes, bool) or not isinstance(target_classes, int) or target_classes < 0:
             raise ConfigError(f"target_classes must be an integer >= 0, got {target_classes!r}")
@@ -141,6 +143,7 @@ class APGD(ExpectationPGD):
             judge=judge,
             batch_size=batch_size,
             eval_mode=eval_mode,
+            stop_decided=stop_decided,
         )
         self.loss_name = loss if isinstance(loss, str) else self.loss_name
         self.target_classes = target_classes
@@ -180,8 +183,16 @@ class APGD(ExpectationPGD):
         visited = VisitedPoints(x)
         adv = random_start(x, self.eps, self.norm, gen)
 
+        stop = self._run_stop(x, gen, checkpoints(self.steps))
+
         def evaluate(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            grad, loss, probs = self._expected(point, labels, gen, True, loss_fn=loss_fn)
+            if stop is None or stop.rows is None:
+                grad, loss, probs = self._expected(point, labels, gen, True, loss_fn=loss_fn)
+            else:  # only the examples not yet decided: the others keep a zero gradient
+                rows = stop.rows
+                part, loss, probs = self._expected(point[rows], labels[rows], gen, True, loss_fn=loss_fn)
+                grad = torch.zeros_like(point).index_put_((rows,), part)
+                loss, probs = stop.widen(loss, probs, y)
             hit = probs.argmax(1) == y
             visited.update(point, sign * loss, hit if self.targeted else ~hit)
             return sign * grad, sign * loss
@@ -198,6 +209,8 @@ class APGD(ExpectationPGD):
             z = clip_to_threat(adv + steepest_step(grad, step, self.norm), x, self.eps, self.norm)
             a = 1.0 if k == 0 else self.momentum
             nxt = clip_to_threat(adv + a * (z - adv) + (1 - a) * (adv - prev), x, self.eps, self.norm)
+            if stop is not None and stop.rows is not None:  # decided examples stay where they are
+                nxt = torch.where(stop.active.view(shape), nxt, adv)
             prev, adv = adv, nxt
             if k == self.steps - 1:
                 break  # the last iterate is judged as a candidate; no gradient needed
@@ -217,4 +230,8 @@ class APGD(ExpectationPGD):
                 increases.zero_()
                 best_at_mark = best_loss.clone()
                 last_mark = k + 1
+            if stop is not None and k + 1 in stop.marks:
+                stop.check(visited, y)
+                if stop.done:
+                    break
         return visited.candidates(adv)

@@ -122,6 +122,11 @@ class VisitedPoints:
         else:
             self._keep_scores(better, None, hit, None)
 
+    def last_success(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last surrogate success (N,C,H,W), whether there was one (N,) bool) so far."""
+        self._resolve()
+        return self.fooled, self.any_fooled
+
     def candidates(self, last: torch.Tensor) -> list[torch.Tensor]:
         """[last iterate, best-score point, last surrogate success (the last iterate where none)]."""
         self._resolve()

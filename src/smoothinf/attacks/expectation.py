@@ -41,6 +41,7 @@ class ExpectationPGD(PGD):
             reduce="softmax" follows the hard vote's tally (see ``expected_loss``).
         judge: classifier that picks each example's strongest visited point with fresh noise;
             default: the SmoothedClassifier passed as ``model`` (else the surrogate expectation).
+        stop_decided: as in PGD.
     """
 
     name = "epgd"
@@ -65,6 +66,7 @@ class ExpectationPGD(PGD):
         judge: nn.Module | JudgeFn | None = None,
         batch_size: int | None = None,
         eval_mode: bool = True,
+        stop_decided: bool = False,
     ) -> None:
         if not is_positive_number(temperature):
             raise ConfigError(f"temperature must be a number > 0 and finite, got {temperature!r}")
@@ -95,6 +97,7 @@ class ExpectationPGD(PGD):
             judge=judge if judge is not None else (model if s_noise is not None else None),
             batch_size=batch_size,
             eval_mode=eval_mode,
+            stop_decided=stop_decided,
         )
         self.noise = noise
         self.reduce = reduce

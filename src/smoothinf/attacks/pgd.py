@@ -30,6 +30,7 @@ from smoothinf.attacks.base import (
     steepest_step,
 )
 from smoothinf.attacks.best import JudgeFn, VisitedPoints, confirm, judge_scores, select_strongest
+from smoothinf.attacks.decided import RunStop, stop_marks
 from smoothinf.attacks.judge import is_randomised
 from smoothinf.errors import ConfigError
 from smoothinf.noise.distributions import NoiseDistribution
@@ -55,6 +56,8 @@ class PGD(Attack):
         batch_size: bound on the rows of one forward (draws are chunked above it; default: see
             ``Attack.rows_per_forward``, and on CUDA also the rows whose saved activations fit half
             the free GPU memory, ``smoothinf.noise.grad_chunk_rows``).
+        stop_decided: with a judge, an untargeted run stops spending steps on the examples every
+            judge already gets wrong at their last surrogate success (``smoothinf.attacks.decided``).
     """
 
     name = "pgd"
@@ -75,6 +78,7 @@ class PGD(Attack):
         judge: nn.Module | JudgeFn | None = None,
         batch_size: int | None = None,
         eval_mode: bool = True,
+        stop_decided: bool = False,
     ) -> None:
         super().__init__(model, eps, norm, targeted=targeted, eval_mode=eval_mode, batch_size=batch_size)
         self.steps = check_positive_int(steps, "steps")
@@ -91,6 +95,8 @@ class PGD(Attack):
         if judge is not None and not callable(judge):
             raise ConfigError("judge must be a classifier (module or callable returning class scores)")
         self.judge = judge
+        self.stop_decided = bool(stop_decided)
+        self._stop_judges: list = []  # the judges of the current call (``_run_stop``)
         # The expectation the step follows: none here (EOT over the model's own noise only).
         self.noise: NoiseDistribution | None = None
         self.reduce = "loss"
@@ -169,10 +175,21 @@ class PGD(Attack):
         candidate points (``VisitedPoints.candidates``)."""
         adv = random_start(x, self.eps, self.norm, gen) if self.random_start else x.clone()
         visited = VisitedPoints(x, shared=True)  # every iterate is a new tensor, never changed after
-        for _ in range(self.steps):
-            grad, loss, probs = self._expected(adv, y, gen, True)
-            self._track(visited, adv, y, loss, probs)
-            adv = self._step(adv, grad, x)
+        stop = self._run_stop(x, gen)
+        for k in range(self.steps):
+            if stop is None or stop.rows is None:
+                grad, loss, probs = self._expected(adv, y, gen, True)
+                self._track(visited, adv, y, loss, probs)
+                adv = self._step(adv, grad, x)
+            else:  # only the examples not yet decided take the step
+                rows = stop.rows
+                grad, loss, probs = self._expected(adv[rows], y[rows], gen, True)
+                self._track(visited, adv, y, *stop.widen(loss, probs, y))
+                adv = adv.index_put((rows,), self._step(adv[rows], grad, x[rows]))
+            if stop is not None and k + 1 in stop.marks:
+                stop.check(visited, y)
+                if stop.done:
+                    break
         if self._reuse_scores:  # only the last iterate is new to the (deterministic) surrogate
             self._known = visited.candidate_scores(self._scores(y, gen)(adv))
         return visited.candidates(adv)
@@ -227,17 +244,27 @@ class PGD(Attack):
         return self.restarts * self.runs_per_restart() == 1
 
     def craft(
-        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        judges: list | None = None,
     ) -> list[torch.Tensor]:
         """The candidate points of one run (``single_run``), each (N,C,H,W): the last iterate, the
         point of highest surrogate loss and the last surrogate success, for ``pick`` to choose from
-        with any judge. ``pick(x, craft(x, y, g), y, g)`` returns what ``self(x, y, g)`` does."""
+        with any judge. ``pick(x, craft(x, y, g), y, g)`` returns what ``self(x, y, g)`` does.
+        ``judges`` (default: the attack's judge) decide, with ``stop_decided``, which examples the
+        run may stop on: those every one of them gets wrong."""
         if not self.single_run():
             raise ConfigError(f"{self!r} runs several times; only a single run's candidates can be shared")
         if x.shape[0] == 0:
             self._checked(x, y)
             return [x.clone() for _ in range(3)]
-        return self._run_checked(self._craft, x, y, generator)
+        self._stop_judges = list(judges) if judges is not None else self._own_judges()
+        try:
+            return self._run_checked(self._craft, x, y, generator)
+        finally:
+            self._stop_judges = []
 
     def _craft(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
         self._prepare(x)
@@ -272,8 +299,22 @@ class PGD(Attack):
         module = self.batch_size is None and isinstance(self.model, nn.Module)
         self._grad_rows = grad_chunk_rows(self.model, x) if module else None  # None on the CPU
 
+    def _own_judges(self) -> list:
+        return [self.judge] if self.judge is not None else []
+
+    def _run_stop(
+        self, x: torch.Tensor, gen: torch.Generator, marks: list[int] | None = None
+    ) -> RunStop | None:
+        """The decided-example checks of one run on x (None: no checks: ``stop_decided`` off, no
+        judge, or a targeted run)."""
+        checks = stop_marks(self.steps, marks)
+        if not (self.stop_decided and self._stop_judges and checks) or self.targeted:
+            return None
+        return RunStop(x.shape[0], x.device, checks, self._stop_judges, gen)
+
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         self._prepare(x)
+        self._stop_judges = self._own_judges()
         n = x.shape[0]
         best = x.clone()
         best_success = torch.zeros(n, dtype=torch.bool, device=x.device)

@@ -60,13 +60,15 @@ def preset_attacks(
     norm: str = "linf",
     restarts: int = 1,
     temperatures: Sequence[float] = (),
+    stop_decided: bool = False,
 ) -> dict[str, PGD]:
     """The attacks of preset ``name`` for base ``model`` smoothed with ``noise`` (None / sigma 0: unsmoothed).
 
     ``judge`` is the defended classifier (picks each example's strongest visited point); ``steps``
     and ``draws`` (per step) set the APGD budget, times ``scale``; ``restarts`` per APGD attack;
     ``temperatures`` add a tempered APGD-CE per T, last (the caller picks the rows that need it:
-    ``smoothinf.evaluation.protocol.counts_argmaxes``).
+    ``smoothinf.evaluation.protocol.counts_argmaxes``); ``stop_decided``: the judged APGD runs stop
+    spending steps on examples the judge already gets wrong (``smoothinf.attacks.decided``).
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown attack preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -79,11 +81,11 @@ def preset_attacks(
     randomised = noise is not None or is_randomised(model)
     if randomised:
         m = draws
-        common = dict(noise=noise, m=m, judge=judge, restarts=restarts)
+        common = dict(noise=noise, m=m, judge=judge, restarts=restarts, stop_decided=stop_decided)
         attacks["apgd-ce"] = APGD(model, eps, steps, norm, reduce="softmax", loss="ce", **common)
         attacks["apgd-dlr"] = APGD(model, eps, steps, norm, reduce="loss", loss="dlr", **common)
     else:
-        common = dict(judge=judge, restarts=restarts)
+        common = dict(judge=judge, restarts=restarts, stop_decided=stop_decided)
         attacks["apgd-ce"] = APGD(model, eps, steps, norm, loss="ce", **common)
         attacks["apgd-t"] = APGD(model, eps, steps, norm, loss="dlr", target_classes=9, **common)
     for t in check_temperatures(temperatures):

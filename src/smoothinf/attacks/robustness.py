@@ -244,7 +244,7 @@ def craft_and_offer(
     first = attacks[0]
     for ub in batches(torch.unique(torch.cat(list(idx)))):
         crafted = (
-            first.craft(x[ub], y[ub], generators[0])
+            first.craft(x[ub], y[ub], generators[0], judges=[a.judge for a in attacks])
             if share == CANDIDATES
             else first(x[ub], y[ub], generators[0])
         )

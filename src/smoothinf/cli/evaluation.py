@@ -83,6 +83,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="shared (default): the attacks and cross-checks that do not depend on the vote or m run once "
         "per sigma and every vote and m is judged on their points; per-row: each row crafts its own",
     )
+    p.add_argument(
+        "--no-stop-decided",
+        dest="stop_decided",
+        action="store_false",
+        default=None,
+        help="judged attack runs take every step on every image (default: an image every judge already "
+        "gets wrong in 16 fresh judgements leaves the run at an early checkpoint)",
+    )
     p.add_argument("--runs", type=count(1), default=None)
     p.add_argument("--results", default=None, help="JSONL results file (appended; resumable)")
     p.add_argument("--report-dir", default=None, help="write report.md, tables and plots here")
@@ -190,6 +198,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "square_queries": args.square_queries,
         "judgements": args.judgements,
         "crafting": args.crafting,
+        "stop_decided": args.stop_decided,
         "runs": args.runs,
         "seed": args.seed,
     }

@@ -61,6 +61,7 @@ _IDENTITY = (
     "temperatures",
     "judging",
     "crafting",
+    "stop_decided",
 )
 
 
@@ -102,6 +103,9 @@ class EvalConfig:
     ``crafting``: "shared" (default) crafts once per (run, sigma, eps) what every vote and m of that
     sigma can share and judges each row on it; "per-row" crafts for each row (``CRAFTING``; left out
     of the fingerprint and identity at "per-row", so records written before it existed keep theirs).
+    ``stop_decided``: the judged APGD / EPGD / SmoothAdv runs stop spending steps on the examples
+    that every row sharing the run already gets wrong in 16 fresh judgements
+    (``smoothinf.attacks.decided``; left out of the fingerprint and identity when off).
     """
 
     checkpoint: str = ""
@@ -132,6 +136,7 @@ class EvalConfig:
     judgements: int = 16
     judging: int = JUDGING
     crafting: str = "shared"
+    stop_decided: bool = True
     noise: str = "gaussian"
     runs: int = 3
     seed: int = 0
@@ -200,6 +205,8 @@ class EvalConfig:
             del ident["judging"]
         if self.crafting == "per-row":  # absent: records from before shared crafting keep theirs
             del ident["crafting"]
+        if not self.stop_decided:  # absent when off: records from before it keep theirs
+            del ident["stop_decided"]
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

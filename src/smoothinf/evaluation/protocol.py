@@ -94,6 +94,7 @@ def build_attacks(
                     attack_m=cfg.attack_m,
                     scale=scale,
                     temperatures=cfg.temperatures if counts_argmaxes(model, vote, sigma) else (),
+                    stop_decided=cfg.stop_decided,
                 )
             )
         elif name == "fgsm":
@@ -110,6 +111,7 @@ def build_attacks(
                 reduce="softmax",
                 restarts=cfg.restarts,
                 judge=judge,
+                stop_decided=cfg.stop_decided,
             )
         elif name == "transfer":
             attacks[name] = TransferAttack(PGD(source, eps, steps=steps, restarts=cfg.restarts))
@@ -121,7 +123,16 @@ def build_attacks(
             attacks[name] = autoattack_for(model, vote, sigma, eps, cfg)
         elif vote != "none":  # expectation attacks coincide with PGD on the unsmoothed model
             cls = EPGD if name == "epgd" else SmoothAdv
-            attacks[name] = cls(model, noise, draws, eps, steps=steps, restarts=cfg.restarts, judge=judge)
+            attacks[name] = cls(
+                model,
+                noise,
+                draws,
+                eps,
+                steps=steps,
+                restarts=cfg.restarts,
+                judge=judge,
+                stop_decided=cfg.stop_decided,
+            )
     return attacks
 
 

@@ -174,6 +174,8 @@ def evaluation_identity(
         settings.pop("first_example", None)
     if settings.get("crafting", "per-row") == "per-row":  # absent: files from before shared crafting
         settings.pop("crafting", None)
+    if not settings.get("stop_decided", False):  # absent when off: files from before it
+        settings.pop("stop_decided", None)
     if settings.get("transfer_source"):
         settings["transfer_source"] = source_sha256 or settings["transfer_source"]
     return {

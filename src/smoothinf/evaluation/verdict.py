@@ -133,7 +133,8 @@ class Report:
     def config(self) -> EvalConfig:
         """The ``EvalConfig`` that ``evaluate(..., config=)`` runs to the same records."""
         # records written before a field existed measured with its old value
-        return EvalConfig(**{"judging": 1, "crafting": "per-row", **self.records[0]["config"]})
+        old = {"judging": 1, "crafting": "per-row", "stop_decided": False}
+        return EvalConfig(**{**old, **self.records[0]["config"]})
 
     @property
     def base(self) -> Row:
