@@ -76,6 +76,46 @@ def autoattack_row(model, x, y, sigma: float, m: int, args) -> tuple[float, dict
     return seconds, {v: r.worst_case_accuracy for v, r in zip(VOTES, results, strict=True)}
 
 
+def base_rows(models: list[str], x, y, args) -> list[str]:
+    """The unsmoothed row of each model: the protocol's (cross-checks off) against the official
+    AutoAttack for it (``standard`` on a deterministic model, ``rand`` on a weight-noise one),
+    judged by the model itself; a table."""
+    lines = [
+        "",
+        "### The base model's row",
+        "",
+        "| model | protocol (s) | AutoAttack (s) | version | protocol / AA | worst: protocol / AA |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in models:
+        model = zoo.load(name)
+        cfg = EvalConfig(
+            checkpoint="zoo",
+            max_examples=int(x.shape[0]),
+            eps=[args.eps],
+            votes=[],
+            runs=1,
+            seed=args.seed,
+            check_examples=0,
+            apgd_steps=args.apgd_steps,
+            attack_m=args.attack_m,
+            device="cpu",
+        )
+        (record,) = evaluate(model, x, y, config=cfg).records
+        aa = autoattack_for(model, "none", 0.0, args.eps, cfg)
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(args.seed)
+        result = robust_accuracies([model], x, y, [{"autoattack": aa}], [gen], batch_size=500)[0]
+        seconds = time.perf_counter() - start
+        lines.append(
+            f"| {name} | {record['seconds']:.1f} | {seconds:.1f} | {aa.version} |"
+            f" {record['seconds'] / seconds:.2f}x | {100 * record['worst_case']:.1f} /"
+            f" {100 * result.worst_case_accuracy:.1f} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["mnist_cnn_small_pgd_at_30ep"])
@@ -87,11 +127,15 @@ def main() -> None:
     p.add_argument("--attack-m", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--base-rows", action="store_true", help="only the base models' rows against AutoAttack")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist", "test")[0]
     x, y = data.images[: args.examples], data.labels[: args.examples]
+    if args.base_rows:
+        emit("\n".join(base_rows(args.models, x, y, args)), args.out)
+        return
     lines = [
         f"## Both votes of one sigma (cpu: {platform.processor() or platform.machine()},"
         f" torch {torch.__version__}, {args.threads} thread(s))",
