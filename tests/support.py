@@ -58,3 +58,19 @@ def at_distance(d: torch.Tensor) -> torch.Tensor:
 
 def phi(t: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1 + torch.erf(t / math.sqrt(2)))
+
+
+class CountingForward(nn.Module):
+    """Wraps a model and counts its forwards with gradients on (``calls``; one per attack step and
+    chunk) and the rows they saw (``rows``): the attack steps' work."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.calls += 1
+            self.rows += x.shape[0]
+        return self.model(x)

@@ -8,23 +8,9 @@ import torch
 from smoothinf.attacks import APGD, PGD, judged_correct
 from smoothinf.attacks.decided import decided, stop_marks
 from smoothinf.smoothing import SmoothedClassifier
-from support import at_distance, halfspace
+from support import CountingForward, at_distance, halfspace
 
 SIGMA = 0.1
-
-
-class CountingRows(torch.nn.Module):
-    """Counts the rows its forwards see with gradients on (the attack steps' work)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.rows = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            self.rows += x.shape[0]
-        return self.model(x)
 
 
 def _attack(cls, model, judge, stop: bool, steps: int = 20):
@@ -56,7 +42,7 @@ def test_decided_examples_leave_the_run_and_stay_fooled(cls):
     judge = SmoothedClassifier(base, SIGMA, 16, "hard")
     rows, points = {}, {}
     for stop in (False, True):
-        model = CountingRows(base)
+        model = CountingForward(base)
         attack = _attack(cls, model, SmoothedClassifier(model, SIGMA, 16, "hard"), stop)
         points[stop] = attack(x, y, torch.Generator().manual_seed(0))
         rows[stop] = model.rows

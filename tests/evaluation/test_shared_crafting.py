@@ -13,7 +13,7 @@ from smoothinf.errors import ConfigError
 from smoothinf.evaluation import EvalConfig, evaluate
 from smoothinf.evaluation.protocol import judge_seed, row_groups
 from smoothinf.smoothing import SmoothedClassifier
-from support import UNIT, at_distance, halfspace, linear10, phi
+from support import UNIT, CountingForward, at_distance, halfspace, linear10, phi
 
 SIGMA = 0.25
 EPS = 0.05
@@ -55,24 +55,6 @@ def test_both_votes_judge_one_crafting_and_reach_the_half_spaces_closed_form():
     assert base["worst_case"] == pytest.approx(float((d > SHIFT).float().mean()))
 
 
-class CountingBackward(torch.nn.Module):
-    """A model that counts its backward passes (one per attack step and chunk)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.backwards = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        if out.requires_grad:
-            out.register_hook(self._count)
-        return out
-
-    def _count(self, grad: torch.Tensor) -> None:
-        self.backwards += 1
-
-
 def test_shared_crafting_runs_the_steps_of_one_row_only():
     """Examples far from the boundary are never fooled, so every attack runs on all of them in every
     row: shared, the soft row adds no gradient to the hard row's (its attacks are a subset of the
@@ -81,10 +63,10 @@ def test_shared_crafting_runs_the_steps_of_one_row_only():
     x, y = at_distance(d), torch.ones(12, dtype=torch.long)
 
     def backwards(**kw) -> int:
-        model = CountingBackward(halfspace(10))
+        model = CountingForward(halfspace(10))
         model.smoothinf_randomised = False  # skip the two-forward probe
         evaluate(model, x, y, config=_config(sigmas=[SIGMA], ms=[4], check_examples=0, **kw))
-        return model.backwards
+        return model.calls
 
     hard_only = backwards(votes=["hard"])
     assert backwards(votes=["hard", "soft"]) == hard_only

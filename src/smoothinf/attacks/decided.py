@@ -8,7 +8,8 @@ success: an example leaves the run when every judge gets that point wrong in ``S
 fresh judgements (one judgement first, the other ones only where it was wrong: the check costs
 about one vote per example still right). Its candidates stay what they were; the final pick and
 the protocol's judging are unchanged, so the worst case stays unbiased and only strength an
-example might still have gained after the check is given up (benchmarks/results/convergence*.md).
+example might still have gained after the check is given up (measured against runs that take every
+step: benchmarks/results/shared_crafting.md).
 
 The check draws from a generator of its own (seeded from the run's generator's seed), so a run in
 which no example is decided takes exactly the draws it took without the check.
