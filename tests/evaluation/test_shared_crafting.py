@@ -62,15 +62,15 @@ def test_shared_crafting_runs_the_steps_of_one_row_only():
     d = torch.full((12,), 1.5)
     x, y = at_distance(d), torch.ones(12, dtype=torch.long)
 
-    def backwards(**kw) -> int:
+    def gradient_forwards(**kw) -> int:
         model = CountingForward(halfspace(10))
         model.smoothinf_randomised = False  # skip the two-forward probe
         evaluate(model, x, y, config=_config(sigmas=[SIGMA], ms=[4], check_examples=0, **kw))
         return model.calls
 
-    hard_only = backwards(votes=["hard"])
-    assert backwards(votes=["hard", "soft"]) == hard_only
-    per_row = backwards(votes=["hard", "soft"], crafting="per-row")
+    hard_only = gradient_forwards(votes=["hard"])
+    assert gradient_forwards(votes=["hard", "soft"]) == hard_only
+    per_row = gradient_forwards(votes=["hard", "soft"], crafting="per-row")
     steps = 20 + 5 + 5  # PGD-20, APGD-CE and APGD-DLR at 5 steps, one chunk each
     assert per_row - hard_only == steps
 
