@@ -59,7 +59,8 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     measure("PGD-40 (step 0.01, random start)", {"pgd40": PGD(model, 0.3, alpha=0.01, steps=40)})
-    measure("default preset (PGD-20, APGD-CE, APGD-T), cascade", preset_attacks("default", model, 0.3), True)
+    white_box = preset_attacks("default", model, 0.3, square_queries=0)
+    measure("default preset (PGD-20, APGD-CE, APGD-T), cascade", white_box, True)
     measure(
         "AutoAttack standard (official)",
         {"aa": AutoAttackAdapter(model, "linf", 0.3, "standard", seed=0, batch_size=args.aa_batch)},

@@ -84,8 +84,9 @@ def base_rows(models: list[str], x, y, args) -> list[str]:
         "",
         "### The base model's row",
         "",
-        "| model | protocol (s) | AutoAttack (s) | version | protocol / AA | worst: protocol / AA |",
-        "|---|---|---|---|---|---|",
+        "| model | protocol (s) | AutoAttack (s) | version | protocol / AA | worst: protocol / AA |"
+        " protocol's attacks, cumulative |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in models:
         model = zoo.load(name)
@@ -111,6 +112,7 @@ def base_rows(models: list[str], x, y, args) -> list[str]:
             f"| {name} | {record['seconds']:.1f} | {seconds:.1f} | {aa.version} |"
             f" {record['seconds'] / seconds:.2f}x | {100 * record['worst_case']:.1f} /"
             f" {100 * result.worst_case_accuracy:.1f} |"
+            f" {', '.join(f'{k} {100 * v:.1f}' for k, v in record['attacks'].items())} |"
         )
         print(lines[-1], flush=True)
     return lines

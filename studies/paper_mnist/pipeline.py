@@ -189,6 +189,7 @@ def adaptive_preset(
             scale=scale,
             restarts=restarts,
             temperatures=temperatures,
+            square_queries=0,  # the study runs its own Square on every row (``setting_attacks``)
         )
     )
 

@@ -194,8 +194,11 @@ def test_default_preset_by_row_kind():
     doubled = preset_attacks("default", model, 0.3, noise=0.1, judge=g, scale=2)
     assert doubled["apgd-ce"].budget()["gradients"] == 4 * 3200
     plain = preset_attacks("default", model, 0.3)
-    assert set(plain) == {"pgd", "apgd-ce", "apgd-t"}
+    assert list(plain) == ["pgd", "apgd-ce", "apgd-t", "square"]  # Square last, on what APGD leaves
     assert plain["apgd-t"].budget()["restarts"] == 9
+    assert plain["square"].budget() == {"queries": 5000, "p_init": 0.8}
+    assert preset_attacks("default", model, 0.3, scale=2)["square"].queries == 10000
+    assert list(preset_attacks("default", model, 0.3, square_queries=0)) == ["pgd", "apgd-ce", "apgd-t"]
     with pytest.raises(ConfigError, match="preset"):
         preset_attacks("strong", model, 0.3)
 
@@ -215,7 +218,8 @@ def test_default_preset_tempered_attacks():
     doubled = preset_attacks("default", model, 0.3, noise=0.1, judge=g, scale=2, temperatures=[0.5])
     assert doubled["apgd-ce-t0.5"].budget()["gradients"] == 4 * 3200
     plain = preset_attacks("default", model, 0.3, temperatures=[0.5])  # the caller's choice
-    assert list(plain) == ["pgd", "apgd-ce", "apgd-t", "apgd-ce-t0.5"] and plain["apgd-ce-t0.5"].m == 1
+    assert list(plain) == ["pgd", "apgd-ce", "apgd-t", "apgd-ce-t0.5", "square"]
+    assert plain["apgd-ce-t0.5"].m == 1
     for bad in ([0.5, 0.5], [0], [-1.0], [float("nan")], [True]):
         with pytest.raises(ConfigError, match="^temperatures must be distinct numbers > 0"):
             preset_attacks("default", model, 0.3, noise=0.1, temperatures=bad)

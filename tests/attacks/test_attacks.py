@@ -263,7 +263,7 @@ def test_transfer_equals_source_attack_and_registry():
     assert torch.equal(TransferAttack(PGD(src, 0.1, steps=3))(x, y, gen(4)), direct)
     built = build_attack("transfer", tgt, 0.1, source=src, source_attack="pgd", steps=3)
     assert torch.equal(built(x, y, gen(4)), direct)
-    registered = {"fgsm", "pgd", "apgd", "epgd", "smoothadv", "nattack", "transfer", "autoattack"}
+    registered = {"fgsm", "pgd", "apgd", "epgd", "smoothadv", "nattack", "square", "transfer", "autoattack"}
     assert set(list_attacks()) == registered
 
 

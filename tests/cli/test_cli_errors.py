@@ -380,6 +380,15 @@ def test_attack_data_root_is_a_deprecated_alias(ws, capsys):
     assert "deprecated" not in capsys.readouterr().err
 
 
+def test_attack_square_from_the_command_line(ws, capsys):
+    """`smoothinf attack --attack square` runs the Square attack with --max-queries queries."""
+    ckpt = str(ws / "run" / "model.safetensors")
+    args = ["attack", "--checkpoint", ckpt, "--attack", "square", "--max-examples", "4", "--json"]
+    assert main([*args, "--max-queries", "20", "--eps", "0.3"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["n"] == 4 and out["robust_accuracy"] <= out["clean_accuracy"]
+
+
 def test_refused_pickle_raises_without_a_torch_warning(ws):
     from smoothinf.errors import CheckpointError
     from smoothinf.models.legacy import read_torch_file

@@ -64,12 +64,21 @@ def test_checks_run_by_default_on_a_deterministic_row_and_switching_them_off_is_
 
     model = _linear10()
     x, y = _data(model, 12)
-    common = dict(checkpoint="unused", votes=[], eps=[0.05], apgd_steps=10, runs=1, square_queries=50)
+    common = dict(
+        checkpoint="unused",
+        votes=[],
+        eps=[0.05],
+        apgd_steps=10,
+        runs=1,
+        square_queries=50,
+        preset_square_queries=40,
+    )
     (rec,) = evaluate(model, x, y, config=EvalConfig(**common)).records
     checks = rec["checks"]
     assert set(checks) == {"autoattack", "blackbox"} and rec["checks_off"] == {}
     assert checks["autoattack"]["version"] == "standard"
-    assert checks["blackbox"]["attack"] == "square (50 queries)"
+    # a deterministic row's preset ends with Square: the black-box check reads its finds
+    assert checks["blackbox"]["attack"] == "square (40 queries, one of the row's attacks)"
     assert checks["autoattack"]["n"] == checks["blackbox"]["n"] == 12  # capped by the examples
     assert checks["autoattack"]["attacked"] > 0  # examples the preset left robust were checked
     assert checks["autoattack"]["tolerance"] == 0  # deterministic: any find flags
@@ -167,7 +176,14 @@ def test_judging_is_part_of_the_identity_and_old_records_are_marked(tmp_path):
     records carry no judging as (old judging) and says which rule its strongest column follows."""
     from smoothinf.errors import ConfigError
 
-    old = EvalConfig(checkpoint="c", check_examples=0, judging=1, crafting="per-row", stop_decided=False)
+    old = EvalConfig(
+        checkpoint="c",
+        check_examples=0,
+        judging=1,
+        crafting="per-row",
+        stop_decided=False,
+        preset_square_queries=0,
+    )
     assert old.fingerprint() == "61745d43ad8629cd"
     assert EvalConfig(checkpoint="c", check_examples=0).fingerprint() != old.fingerprint()
     with pytest.raises(ConfigError, match="judging 1 names the old judging rules"):

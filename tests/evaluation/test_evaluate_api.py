@@ -65,12 +65,19 @@ def test_grid_records_are_pinned_to_those_before_the_row_refactor():
     records the protocol gave before its rows became ``evaluate_row`` (values computed with that
     code): same keys, seeds, accuracies, strongest attacks, checks and fingerprint. Every attack
     takes every step (``stop_decided`` off: the stop changes a run's draws once it retires an
-    example); one row alone is unchanged by shared crafting."""
+    example) and the base row's preset has no Square (``preset_square_queries`` 0, as it was); one
+    row alone is unchanged by shared crafting."""
     model = linear10()
     x, y = argmax_data(model, 8)
     setting = dict(votes=["hard"], sigmas=[SIGMA], ms=[4], runs=2)
     cfg = EvalConfig(
-        checkpoint="unused", square_queries=20, autoattack_check=False, stop_decided=False, **setting, **GRID
+        checkpoint="unused",
+        square_queries=20,
+        autoattack_check=False,
+        stop_decided=False,
+        preset_square_queries=0,
+        **setting,
+        **GRID,
     )
     records = evaluate(model, x, y, config=cfg).records
     base_attacks = {"pgd": 0.5, "apgd-ce": 0.5, "apgd-t": 0.5}

@@ -177,7 +177,7 @@ def test_default_preset_adds_tempered_attacks_to_hard_votes(synthetic_model):
     by_vote = {r["vote"]: r for r in with_t}
     assert set(by_vote["hard"]["attacks"]) == {"pgd", "apgd-ce", "apgd-dlr", "apgd-ce-t0.5", "apgd-ce-t0.25"}
     assert set(by_vote["soft"]["attacks"]) == {"pgd", "apgd-ce", "apgd-dlr"}
-    assert set(by_vote["none"]["attacks"]) == {"pgd", "apgd-ce", "apgd-t"}
+    assert set(by_vote["none"]["attacks"]) == {"pgd", "apgd-ce", "apgd-t", "square"}
     assert by_vote["hard"]["budget"]["apgd-ce-t0.25"] == by_vote["hard"]["budget"]["apgd-ce"]
     for a, b in zip(with_t, without, strict=True):
         assert {k: a["attacks"][k] for k in b["attacks"]} == b["attacks"]

@@ -28,11 +28,8 @@ class Masked(nn.Module):
         return z.detach() + 0.0 * z
 
 
-def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
-    pytest.importorskip("pyautoattack")
-    model = Masked().eval()
-    x, y = argmax_data(model, side=16)
-    cfg = EvalConfig(
+def _masked_config(**changes) -> EvalConfig:
+    fields = dict(
         checkpoint="unused",
         votes=[],
         eps=[EPS],
@@ -43,8 +40,41 @@ def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
         autoattack_check=False,
         convergence_check=False,
         square_queries=300,
+        preset_square_queries=300,
     )
-    (rec,) = evaluate(model, x, y, config=cfg).records
+    return EvalConfig(**{**fields, **changes})
+
+
+def test_preset_square_rates_a_masked_model_by_what_it_finds_and_flags_the_masking():
+    """A deterministic row's preset ends with Square: on a model whose gradients are zero, the
+    white-box attacks leave it robust, Square (300 queries) fools it, the worst case is Square's, and
+    the black-box check, read from Square's finds beyond the white-box attacks, flags the masking."""
+    model = Masked().eval()
+    x, y = argmax_data(model, side=16)
+    (rec,) = evaluate(model, x, y, config=_masked_config()).records
+    bb = rec["checks"]["blackbox"]
+    assert rec["clean"] == 1.0
+    assert list(rec["attacks"]) == ["pgd", "apgd-ce", "apgd-t", "square"]
+    # Zero gradients: the white-box attacks only fool where a random start happens to.
+    assert rec["attacks"]["apgd-t"] >= 0.9
+    found = round((rec["attacks"]["apgd-t"] - rec["attacks"]["square"]) * rec["n"])
+    assert found >= 3 and bb["extra"] == found and bb["flag"] and bb["tolerance"] == 0
+    assert bb["attack"] == "square (300 queries, one of the row's attacks)"
+    assert rec["worst_case"] == rec["worst_case_attacks"] == rec["attacks"]["square"]
+    assert rec["budget"]["square"] == {"queries": 300, "p_init": 0.8}
+    assert rec["attack_time"]["square"]["examples"] == round(rec["attacks"]["apgd-t"] * rec["n"])
+    row = next(iter(aggregate([rec]).values()))
+    assert row_flags(row).startswith("gradient masking suspected (+")
+    assert "square (300 queries, one of the row's attacks)" in checks_table(aggregate([rec]))
+
+
+def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
+    """Without the preset's Square (preset_square_queries 0, as records before it), the black-box
+    check runs AutoAttack's Square after the white-box attacks and counts its finds."""
+    pytest.importorskip("pyautoattack")
+    model = Masked().eval()
+    x, y = argmax_data(model, side=16)
+    (rec,) = evaluate(model, x, y, config=_masked_config(preset_square_queries=0)).records
     bb = rec["checks"]["blackbox"]
     assert rec["clean"] == 1.0
     # Zero gradients: the white-box attacks only fool where a random start happens to.

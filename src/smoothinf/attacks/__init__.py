@@ -1,4 +1,4 @@
-"""Attacks: FGSM, PGD (EOT), APGD over noise, EPGD, SmoothAdv, transfer, NAttack, AutoAttack; judging.
+"""Attacks: FGSM, PGD (EOT), APGD over noise, EPGD, SmoothAdv, transfer, NAttack, Square, AutoAttack; judging.
 
 Every attack is ``attack(x, y, generator=None) -> x_adv`` with x, x_adv (N, C, H, W) in [0, 1] and
 ``||x_adv - x||_p <= eps`` (pixel units); ``robust_accuracy`` judges them with the defended classifier.
@@ -24,6 +24,7 @@ from smoothinf.attacks.pgd import PGD
 from smoothinf.attacks.presets import PRESETS, preset_attacks
 from smoothinf.attacks.registry import build_attack, list_attacks
 from smoothinf.attacks.robustness import RobustResult, robust_accuracies, robust_accuracy
+from smoothinf.attacks.square import Square
 from smoothinf.attacks.transfer import TransferAttack
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "NAttack",
     "RobustResult",
     "SmoothAdv",
+    "Square",
     "TransferAttack",
     "build_attack",
     "ce_loss",

@@ -8,8 +8,10 @@
   judged by the defended classifier;
 - unsmoothed rows of a randomised model (PNI/CNI weight noise, or one marked randomised by
   ``judge.detect_randomised``): the same two APGD runs, EOT over its own noise only;
-- unsmoothed deterministic rows: APGD-CE and APGD-T (DLR, 9 targets), AutoAttack's white-box pair
-  (the official AutoAttack ``standard`` runs beside it as the cross-check);
+- unsmoothed deterministic rows: APGD-CE and APGD-T (DLR, 9 targets), AutoAttack's white-box pair,
+  then the black-box Square attack (``square_queries`` queries, AutoAttack standard's 5000; 0: off)
+  on what they leave, so a model that masks gradients is rated by what Square finds (the official
+  AutoAttack ``standard`` runs beside it as the cross-check);
 - with ``temperatures`` (``smoothinf evaluate`` passes them to the randomised rows judged by a vote
   that counts argmaxes: hard, weighted, or a weight-noise model's own forward): then APGD-CE on
   the expected softmax of logits / T, once per T, named ``apgd-ce-t<T>``. It follows the hard
@@ -26,10 +28,11 @@ from collections.abc import Sequence
 from torch import nn
 
 from smoothinf.attacks.apgd import APGD
-from smoothinf.attacks.base import is_positive_number
+from smoothinf.attacks.base import Attack, is_positive_number
 from smoothinf.attacks.best import JudgeFn
 from smoothinf.attacks.judge import is_randomised
 from smoothinf.attacks.pgd import PGD
+from smoothinf.attacks.square import DEFAULT_QUERIES, Square
 from smoothinf.errors import ConfigError
 from smoothinf.noise.distributions import NoiseDistribution
 
@@ -61,14 +64,17 @@ def preset_attacks(
     restarts: int = 1,
     temperatures: Sequence[float] = (),
     stop_decided: bool = False,
-) -> dict[str, PGD]:
+    square_queries: int = DEFAULT_QUERIES,
+) -> dict[str, Attack]:
     """The attacks of preset ``name`` for base ``model`` smoothed with ``noise`` (None / sigma 0: unsmoothed).
 
     ``judge`` is the defended classifier (picks each example's strongest visited point); ``steps``
     and ``draws`` (per step) set the APGD budget, times ``scale``; ``restarts`` per APGD attack;
     ``temperatures`` add a tempered APGD-CE per T, last (the caller picks the rows that need it:
     ``smoothinf.evaluation.protocol.counts_argmaxes``); ``stop_decided``: the judged APGD runs stop
-    spending steps on examples the judge already gets wrong (``smoothinf.attacks.decided``).
+    spending steps on examples the judge already gets wrong (``smoothinf.attacks.decided``);
+    ``square_queries``: the Square attack's budget on a deterministic unsmoothed model (times
+    ``scale``; 0: no Square).
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown attack preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -77,7 +83,7 @@ def preset_attacks(
     if noise is not None and noise.sigma <= 0:
         noise = None
     steps, draws = steps * scale, attack_m * scale
-    attacks: dict[str, PGD] = {"pgd": PGD(model, eps, steps=20 * scale, norm=norm)}
+    attacks: dict[str, Attack] = {"pgd": PGD(model, eps, steps=20 * scale, norm=norm)}
     randomised = noise is not None or is_randomised(model)
     if randomised:
         m = draws
@@ -92,6 +98,8 @@ def preset_attacks(
         attacks[tempered_name(t)] = APGD(
             model, eps, steps, norm, reduce="softmax", loss="ce", temperature=t, **common
         )
+    if not randomised and square_queries and norm == "linf":  # last: on what the white-box ones leave
+        attacks["square"] = Square(model, eps, queries=square_queries * scale)
     return attacks
 
 

@@ -13,6 +13,7 @@ from smoothinf.attacks.expectation import EPGD, SmoothAdv
 from smoothinf.attacks.fgsm import FGSM
 from smoothinf.attacks.nattack import NAttack
 from smoothinf.attacks.pgd import PGD
+from smoothinf.attacks.square import Square
 from smoothinf.attacks.transfer import TransferAttack
 from smoothinf.errors import ConfigError
 
@@ -40,6 +41,7 @@ _REGISTRY: dict[str, Callable[..., Any]] = {
     "apgd": lambda model, eps, **kw: APGD(model, eps=eps, **kw),
     "smoothadv": lambda model, eps, **kw: SmoothAdv(model, eps=eps, **kw),
     "nattack": lambda model, eps, **kw: NAttack(model, eps, **kw),
+    "square": lambda model, eps, **kw: Square(model, eps, **kw),
     "transfer": _transfer,
     "autoattack": _autoattack,
 }
@@ -55,8 +57,9 @@ def build_attack(name: str, model: nn.Module, eps: float, **kwargs: Any) -> Any:
 
     fgsm, pgd (PGD options), apgd (noise, m, reduce, loss, target_classes, ...),
     epgd / smoothadv (noise, m + PGD options; a SmoothedClassifier model
-    supplies its noise and m), nattack (population, sigma, lr, max_queries), transfer (source=model,
-    source_attack=name + that attack's options), autoattack (norm, version, seed, batch_size).
+    supplies its noise and m), nattack (population, sigma, lr, max_queries), square (queries,
+    p_init), transfer (source=model, source_attack=name + that attack's options), autoattack (norm,
+    version, seed, batch_size).
     """
     if name not in _REGISTRY:
         raise ConfigError(f"unknown attack {name!r}; choose one of {', '.join(list_attacks())}")

@@ -3,7 +3,7 @@
 With ``--smooth`` the defended classifier is ``SmoothedClassifier(model, sigma, m, vote)``, which
 judges every adversarial example with its own fresh noise; the attacks work on surrogates:
 epgd / smoothadv on the base model and the smoothing noise (``--m-attack`` draws per step), fgsm /
-pgd / autoattack on the differentiable soft-vote smoothed classifier (same sigma, ``--m-attack``
+pgd / square / autoattack on the differentiable soft-vote smoothed classifier (same sigma, ``--m-attack``
 draws), nattack on the defended classifier's scores (black box), transfer on ``--source-checkpoint``.
 """
 
@@ -53,7 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source-checkpoint", default=None, help="transfer: the source model")
     p.add_argument("--source-attack", default="pgd", help="transfer: attack run on the source")
     p.add_argument("--population", type=count(1), default=100, help="nattack population")
-    p.add_argument("--max-queries", type=count(1), default=10000, help="nattack query budget per example")
+    p.add_argument(
+        "--max-queries",
+        type=count(1),
+        default=None,
+        help="query budget per example: nattack (default 10000), square (default 5000)",
+    )
     p.add_argument("--version", default="standard", choices=["standard", "rand"], help="autoattack version")
     p.add_argument("--smooth", action="store_true", help="defend with a SmoothedClassifier")
     p.add_argument("--sigma", type=float, default=None, help="with --smooth (required): noise std, pixels")
@@ -88,6 +93,7 @@ def _build(args: argparse.Namespace, model: nn.Module, defended: nn.Module, eps:
     """The attack object for ``args.attack`` (see the module docstring for surrogates); ``x``, ``y``:
     examples the transfer source must accept."""
     from smoothinf.attacks import build_attack
+    from smoothinf.attacks.square import DEFAULT_QUERIES
     from smoothinf.noise import NoiseDistribution
 
     pgd_kw = dict(alpha=args.alpha, steps=args.steps, norm=args.norm, restarts=args.restarts, loss=args.loss)
@@ -102,9 +108,12 @@ def _build(args: argparse.Namespace, model: nn.Module, defended: nn.Module, eps:
         noise = NoiseDistribution(args.noise, sigma)
         return build_attack(name, model, eps, noise=noise, m=args.m_attack, **pgd_kw)
     if name == "nattack":
+        queries = args.max_queries or 10000
         return build_attack(
-            name, defended, eps, norm=args.norm, population=args.population, max_queries=args.max_queries
+            name, defended, eps, norm=args.norm, population=args.population, max_queries=queries
         )
+    if name == "square":
+        return build_attack(name, soft, eps, norm=args.norm, queries=args.max_queries or DEFAULT_QUERIES)
     if name == "autoattack":
         return build_attack(
             name, soft, eps, norm=args.norm, version=args.version, seed=args.seed, batch_size=args.batch_size

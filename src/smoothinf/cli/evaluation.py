@@ -71,6 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-convergence-check", dest="convergence_check", action="store_false", default=None)
     p.add_argument("--square-queries", type=count(1), default=None, help="queries of the black-box check")
     p.add_argument(
+        "--preset-square-queries",
+        type=count(0),
+        default=None,
+        help="queries of the default preset's Square attack on deterministic rows (default 5000; 0: none)",
+    )
+    p.add_argument(
         "--judgements",
         type=count(1),
         default=None,
@@ -196,6 +202,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "blackbox_check": args.blackbox_check,
         "convergence_check": args.convergence_check,
         "square_queries": args.square_queries,
+        "preset_square_queries": args.preset_square_queries,
         "judgements": args.judgements,
         "crafting": args.crafting,
         "stop_decided": args.stop_decided,

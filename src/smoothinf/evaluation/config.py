@@ -14,7 +14,18 @@ from smoothinf.evaluation.results import COUNTED_CHECKS
 from smoothinf.smoothing import VOTES
 from smoothinf.utils import check_dataclass_types, dataclass_from_yaml
 
-EVAL_ATTACKS = ("default", "fgsm", "pgd", "apgd", "epgd", "smoothadv", "transfer", "nattack", "autoattack")
+EVAL_ATTACKS = (
+    "default",
+    "fgsm",
+    "pgd",
+    "apgd",
+    "epgd",
+    "smoothadv",
+    "transfer",
+    "nattack",
+    "square",
+    "autoattack",
+)
 JUDGING = 2
 """The judging rules this version measures with: 2 = each example's strongest point chosen on one set
 of judgements and valued on an independent fresh set (issue 38); 1 = the minimum over noisy
@@ -62,6 +73,7 @@ _IDENTITY = (
     "judging",
     "crafting",
     "stop_decided",
+    "preset_square_queries",
 )
 
 
@@ -72,11 +84,14 @@ class EvalConfig:
     sigma and eps are in pixel units. The base model ("none" setting) is always included.
     Attacks: default = the recommended converging preset (``smoothinf.attacks.presets``: PGD on the
     base model, and APGD-CE / APGD-DLR through the noise, ``apgd_steps`` x ``attack_m`` draws; APGD-CE
-    and APGD-T for deterministic unsmoothed rows), pgd = PGD on the base model (the paper's setting),
+    and APGD-T, then Square with ``preset_square_queries`` queries, for deterministic unsmoothed
+    rows), pgd = PGD on the base model (the paper's setting),
     apgd = APGD-CE on the expected softmax, epgd / smoothadv = expectation
     attacks through the smoothing noise with ``attack_m`` draws per step, fgsm = single step,
     transfer = PGD on the ``transfer_source`` checkpoint, nattack = black-box NES on the defended
-    classifier's scores, autoattack = the official AutoAttack (version "rand" with EOT on a
+    classifier's scores, square = the Square attack (``preset_square_queries`` queries, or
+    ``square_queries`` when that is 0) on the model, or on the ``attack_m``-draw soft scores of a
+    smoothed row, autoattack = the official AutoAttack (version "rand" with EOT on a
     soft-vote smoothed surrogate for smoothed settings, "standard" for the base model).
     Cross-checks on the first ``check_examples`` examples (default 100, capped by the examples; 0:
     off, an explicit choice that records and reports state): ``autoattack_check`` (the official
@@ -106,6 +121,10 @@ class EvalConfig:
     ``stop_decided``: the judged APGD / EPGD / SmoothAdv runs stop spending steps on the examples
     that every row sharing the run already gets wrong in 16 fresh judgements
     (``smoothinf.attacks.decided``; left out of the fingerprint and identity when off).
+    ``preset_square_queries``: the ``default`` preset's Square attack on deterministic unsmoothed
+    rows (default 5000, AutoAttack standard's; 0: none, as in records written before it existed,
+    and left out of the fingerprint and identity then). Such a row's ``blackbox_check`` is read
+    from that Square's own finds beyond the white-box attacks instead of running Square again.
     """
 
     checkpoint: str = ""
@@ -137,6 +156,7 @@ class EvalConfig:
     judging: int = JUDGING
     crafting: str = "shared"
     stop_decided: bool = True
+    preset_square_queries: int = 5000
     noise: str = "gaussian"
     runs: int = 3
     seed: int = 0
@@ -177,6 +197,8 @@ class EvalConfig:
             raise ConfigError("m, runs, steps and attack_m must be >= 1")
         if self.apgd_steps < 1 or self.square_queries < 1 or self.check_examples < 0:
             raise ConfigError("apgd_steps and square_queries must be >= 1 and check_examples >= 0")
+        if self.preset_square_queries < 0:
+            raise ConfigError(f"preset_square_queries must be >= 0, got {self.preset_square_queries}")
         check_temperatures(self.temperatures)
         if self.crafting not in CRAFTING:
             raise ConfigError(f"crafting must be one of {', '.join(CRAFTING)}, got {self.crafting!r}")
@@ -207,6 +229,8 @@ class EvalConfig:
             del ident["crafting"]
         if not self.stop_decided:  # absent when off: records from before it keep theirs
             del ident["stop_decided"]
+        if not self.preset_square_queries:  # absent at 0: records from before it keep theirs
+            del ident["preset_square_queries"]
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

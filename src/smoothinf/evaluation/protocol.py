@@ -23,6 +23,7 @@ from smoothinf.attacks import (
     AutoAttackAdapter,
     NAttack,
     SmoothAdv,
+    Square,
     TransferAttack,
     is_randomised,
     judged_correct,
@@ -95,6 +96,7 @@ def build_attacks(
                     scale=scale,
                     temperatures=cfg.temperatures if counts_argmaxes(model, vote, sigma) else (),
                     stop_decided=cfg.stop_decided,
+                    square_queries=cfg.preset_square_queries,
                 )
             )
         elif name == "fgsm":
@@ -119,6 +121,10 @@ def build_attacks(
             attacks[name] = NAttack(
                 defended, eps, population=cfg.nattack_population, max_queries=cfg.nattack_queries
             )
+        elif name == "square":
+            target = SmoothedClassifier(model, sigma, draws, "soft", cfg.noise) if smoothed else model
+            queries = (cfg.preset_square_queries or cfg.square_queries) * scale
+            attacks[name] = Square(target, eps, queries=queries)
         elif name == "autoattack":
             attacks[name] = autoattack_for(model, vote, sigma, eps, cfg)
         elif vote != "none":  # expectation attacks coincide with PGD on the unsmoothed model
@@ -285,10 +291,19 @@ def _checks(
 
         run("autoattack", everyone, [aa_points] * len(rows), share, version=aa.description())
     if cfg.blackbox_check:
-        square = autoattack_for(model, vote, sigma, eps, cfg, attacks=["square"])
-        run(
-            "blackbox", everyone, [square] * len(rows), share, attack=f"square ({cfg.square_queries} queries)"
-        )
+        own = [i for i, row in enumerate(rows) if _own_square(row)]
+        for i in own:
+            rows[i].checks["blackbox"] = _square_finds(rows[i])
+        others = [i for i in everyone if i not in own]
+        if others:
+            square = autoattack_for(model, vote, sigma, eps, cfg, attacks=["square"])
+            run(
+                "blackbox",
+                others,
+                [square] * len(others),
+                share if len(others) > 1 else OWN,
+                attack=f"square ({cfg.square_queries} queries)",
+            )
     if cfg.convergence_check:
         doubled: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
@@ -304,6 +319,35 @@ def _checks(
             if any(a is None for a in attacks):
                 continue
             run("convergence", members, attacks, crafting_share(attacks), attack=strongest)
+
+
+def _own_square(row: _Row) -> bool:
+    """Whether a deterministic row's own attacks include the Square attack (the ``default`` preset's,
+    or the named one): its black-box check is then read from Square's finds (``_square_finds``)."""
+    return isinstance(row.attacks.get("square"), Square) and not is_randomised(row.defended)
+
+
+def _square_finds(row: _Row) -> dict:
+    """The black-box check of a deterministic row whose attacks include Square, from its result:
+    ``extra`` is the examples whose worst case only Square's points reach (the worst case without
+    its points minus with them, over all N examples), so the flag (gradient masking suspected) fires
+    as when the check runs Square after the white-box attacks."""
+    result, square = row.result, row.attacks["square"]
+    n = int(result.robust.numel())
+    without = result.without.get("square", result.worst_case_accuracy)
+    found = round((without - result.worst_case_accuracy) * n, 4)
+    return {
+        "attack": f"square ({square.queries} queries, one of the row's attacks)",
+        "n": n,
+        "attacked": int(result.attacked.get("square", 0)),
+        "robust_before": round(without * n, 4),
+        "extra": found,
+        "own_robust": round(float(result.correct["square"].sum()), 4) if "square" in result.correct else n,
+        "tolerance": 0.0,
+        "flag": found > 0,
+        "seconds": round(result.seconds.get("square", 0.0), 3),
+        "shared": 1,
+    }
 
 
 Setting = tuple[str, float, int]

@@ -178,13 +178,20 @@ def row_flags(row: dict) -> str:
 
 
 def budget_table(rows: dict[tuple, dict]) -> str:
-    """Per setting and attack: steps x draws x restarts and gradient evaluations per example."""
-    lines = ["| setting | attack | steps x draws x restarts | gradients per example |", "|---|---|---|---|"]
+    """Per setting and attack: steps x draws x restarts and gradient evaluations per example (a
+    black-box attack: its queries, no gradients)."""
+    lines = [
+        "| setting | attack | steps x draws x restarts (black-box: queries) | gradients per example |",
+        "|---|---|---|---|",
+    ]
     for (vote, sigma, m, eps), row in _in_table_order(rows):
         for name, b in sorted(row.get("budget", {}).items()):
             if b:
                 cells = [f"{setting_name(vote, sigma, m)} eps {eps:g}", name]
-                cells += [f"{b['steps']} x {b['draws']} x {b['restarts']}", str(b["gradients"])]
+                if "queries" in b:
+                    cells += [f"{b['queries']} queries", "0"]
+                else:
+                    cells += [f"{b['steps']} x {b['draws']} x {b['restarts']}", str(b["gradients"])]
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 

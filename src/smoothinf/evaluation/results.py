@@ -176,6 +176,8 @@ def evaluation_identity(
         settings.pop("crafting", None)
     if not settings.get("stop_decided", False):  # absent when off: files from before it
         settings.pop("stop_decided", None)
+    if not settings.get("preset_square_queries", 0):  # absent at 0: files from before it
+        settings.pop("preset_square_queries", None)
     if settings.get("transfer_source"):
         settings["transfer_source"] = source_sha256 or settings["transfer_source"]
     return {

@@ -133,7 +133,7 @@ class Report:
     def config(self) -> EvalConfig:
         """The ``EvalConfig`` that ``evaluate(..., config=)`` runs to the same records."""
         # records written before a field existed measured with its old value
-        old = {"judging": 1, "crafting": "per-row", "stop_decided": False}
+        old = {"judging": 1, "crafting": "per-row", "stop_decided": False, "preset_square_queries": 0}
         return EvalConfig(**{**old, **self.records[0]["config"]})
 
     @property
