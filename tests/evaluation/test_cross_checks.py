@@ -75,7 +75,8 @@ def test_checks_run_by_default_on_a_deterministic_row_and_switching_them_off_is_
     )
     (rec,) = evaluate(model, x, y, config=EvalConfig(**common)).records
     checks = rec["checks"]
-    assert set(checks) == {"autoattack", "blackbox"} and rec["checks_off"] == {}
+    assert set(checks) == {"autoattack", "blackbox", "convergence"} and rec["checks_off"] == {}
+    assert checks["convergence"]["attack"] == "square"  # the preset's Square at twice the queries
     assert checks["autoattack"]["version"] == "standard"
     # a deterministic row's preset ends with Square: the black-box check reads its finds
     assert checks["blackbox"]["attack"] == "square (40 queries, one of the row's attacks)"

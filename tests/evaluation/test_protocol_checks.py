@@ -68,6 +68,23 @@ def test_preset_square_rates_a_masked_model_by_what_it_finds_and_flags_the_maski
     assert "square (300 queries, one of the row's attacks)" in checks_table(aggregate([rec]))
 
 
+def test_a_deterministic_rows_square_is_doubled_by_the_convergence_check():
+    """With the convergence check on, a deterministic row whose preset ends with Square runs Square
+    again at twice the queries on the checked images still robust; its finds count and flag the row
+    as not converged (tolerance 0)."""
+    model = Masked().eval()
+    x, y = argmax_data(model, side=16)
+    cfg = _masked_config(convergence_check=True, preset_square_queries=50)
+    (rec,) = evaluate(model, x, y, config=cfg).records
+    conv = rec["checks"]["convergence"]
+    assert conv["attack"] == "square" and conv["tolerance"] == 0
+    assert conv["attacked"] == round(rec["attacks"]["square"] * rec["n"])  # what Square left robust
+    assert conv["extra"] >= 3 and conv["flag"]  # 50 queries are far from converged in 256 pixels
+    assert rec["worst_case"] == pytest.approx(rec["attacks"]["square"] - conv["extra"] / rec["n"])
+    row = next(iter(aggregate([rec]).values()))
+    assert "not converged (+" in row_flags(row)
+
+
 def test_blackbox_check_flags_masked_gradients_and_counts_its_successes():
     """Without the preset's Square (preset_square_queries 0, as records before it), the black-box
     check runs AutoAttack's Square after the white-box attacks and counts its finds."""
@@ -123,7 +140,9 @@ def test_smoothed_rows_pass_autoattack_and_convergence_checks_on_a_linear_model(
     # a randomised row's flags allow for the judge's Monte Carlo error; a deterministic row's do not
     assert smooth["checks"]["autoattack"]["tolerance"] >= 1 and base["checks"]["autoattack"]["tolerance"] == 0
     assert smooth["budget"]["apgd-ce"]["gradients"] == 20 * 4
-    assert "convergence" not in base["checks"]  # deterministic rows: AutoAttack is the check
+    # a deterministic row's doubled check is its Square at twice the queries (nothing to find here)
+    assert base["checks"]["convergence"]["attack"] == "square"
+    assert base["checks"]["convergence"]["extra"] == 0 and not base["checks"]["convergence"]["flag"]
 
 
 def test_stopping_on_decided_examples_leaves_no_image_for_the_checks_to_find():

@@ -99,7 +99,7 @@ class EvalConfig:
     EOT 20, on an ``attack_m``-draw soft surrogate, whose best-loss points the defended classifier
     judges), ``blackbox_check`` (Square with ``square_queries`` queries: gradient masking),
     ``convergence_check`` (the strongest attack of a randomised row, smoothed or with weight noise,
-    with twice the steps and draws). ``cascade``
+    with twice the steps and draws; a deterministic row's Square with twice the queries). ``cascade``
     (default: on with the ``default`` preset) runs each attack only on the examples the earlier ones
     left robust, as AutoAttack does; per-attack accuracies are then cumulative. ``judgements``: a
     randomised defence (smoothed with sigma > 0, or weight noise) judges every point this many times

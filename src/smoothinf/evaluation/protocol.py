@@ -210,7 +210,8 @@ def _checks(
     only on those some judgement of their chosen point still got right (``WorstCase.alive``): the
     official AutoAttack (``autoattack_for``; flag: it finds more), a black-box Square attack (flag:
     gradient masking suspected) and, for randomised rows (smoothed with input noise, or a weight-noise
-    model's votes and own forward), ``result.strongest`` with twice the steps and draws (flag: not
+    model's votes and own forward), ``result.strongest`` with twice the steps and draws, for a
+    deterministic row whose attacks include Square, Square with twice the queries (flag: not
     converged). A group's rows (one sigma, several votes and m) share each check's crafting as their
     attacks do (``craft_and_offer``): AutoAttack and Square attack the same surrogate for every vote.
 
@@ -309,6 +310,8 @@ def _checks(
         for i, row in enumerate(rows):
             if is_randomised(row.defended) and row.result.strongest is not None and idx[i].numel():
                 doubled.setdefault(row.result.strongest, []).append(i)
+            elif _own_square(row) and idx[i].numel():  # a deterministic row: its Square doubled
+                doubled.setdefault("square", []).append(i)
         for strongest, members in doubled.items():
             attacks = [
                 build_attacks(model, cfg, *rows[i].setting[:2], eps, rows[i].defended, None, scale=2).get(
