@@ -348,7 +348,7 @@ def _square_finds(row: _Row) -> dict:
         "own_robust": round(float(result.correct["square"].sum()), 4) if "square" in result.correct else n,
         "tolerance": 0.0,
         "flag": found > 0,
-        "seconds": round(result.seconds.get("square", 0.0), 3),
+        "seconds": 0.0,  # read from the row's own Square (its time is the attack's)
         "shared": 1,
     }
 
