@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 from statistics import NormalDist
 
+import numpy as np
 import pytest
-from certified_mnist.page import ROOT, build_page, certify_cap, read_runs, rebound
+from certified_mnist.page import ACR_TOLERANCE, ROOT, build_page, certify_cap, read_runs, rebound, within
 from certified_mnist.reference import rows_json
+
+from smoothinf.evaluation.results import weights_digest
+from smoothinf.models import create_model, load_checkpoint, save_checkpoint
 
 CAP = 0.5 * NormalDist().inv_cdf(0.001 ** (1 / 10_000))  # all 10,000 draws agree
 
@@ -33,6 +37,17 @@ def _tsv(path: Path, rows: list[tuple], skip: int = 100, sigma: float = 0.5, n: 
         "device": "cpu",
     }
     Path(str(path) + ".json").write_text(json.dumps(prov))
+
+
+def _full_gaussian(res: Path, rows: list[tuple]) -> None:
+    """A Gaussian sigma 0.5 run of the whole recipe (90 epochs) certified with N 100,000."""
+    model = res / "models" / "mnist_lenet_gaussian_sigma050"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.yaml").write_text("objective: gaussian\nsigma: 0.5\nepochs: 90\nseed: 0\n")
+    (model / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e, "epoch_loop_seconds": 30.0}) + "\n" for e in range(1, 91))
+    )
+    _tsv(res / "gaussian_sigma0.5.tsv", rows, n=100_000)
 
 
 def _run(idx: list[int], labels: list[int], picked: dict[int, tuple[int, float]]) -> dict:
@@ -145,6 +160,11 @@ def test_numbers_on_the_same_images(study):
     assert partial == {"consistency/sigma_0.25": {"images": 2, "expected": 3}}
 
 
+def _points(x: float) -> str:
+    """``x`` as the page writes a signed gain in points."""
+    return ("−" if x < 0 and f"{abs(x):.1f}" != "0.0" else "+") + f"{abs(x):.1f}"
+
+
 def _row(page: str, section: str, start: str) -> list[str]:
     """The cells of the one row of ``section`` (a "## " heading) that starts with ``start``."""
     text = page.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
@@ -155,6 +175,11 @@ def _row(page: str, section: str, start: str) -> list[str]:
 def test_page(study):
     res, ref = study
     page = build_page(res, ref)
+    assert (
+        "ACR within 0.03 of the reference for gaussian, consistency and smoothadv, within 0.05 for macer,"
+        " smoothmix and smoothmix_eta5;" in page
+    )
+    assert "## Fine-tunes from the Gaussian model" not in page  # no fine-tune in the folder
     capped = ((CAP + 0.8) / 3 + 0.6) / 2
     g = _row(page, "Summary", "| gaussian | 0.5 |")
     assert (
@@ -215,13 +240,7 @@ def test_a_full_recipe_run_is_set_beside_the_trimmed_run_it_replaced(study):
     (res / "models" / "mnist_lenet_gaussian_sigma050").rename(
         old / "models" / "mnist_lenet_gaussian_sigma050"
     )
-    model = res / "models" / "mnist_lenet_gaussian_sigma050"
-    model.mkdir()
-    (model / "config.yaml").write_text("objective: gaussian\nsigma: 0.5\nepochs: 90\nseed: 0\n")
-    (model / "metrics.jsonl").write_text(
-        "".join(json.dumps({"epoch": e, "epoch_loop_seconds": 30.0}) + "\n" for e in range(1, 91))
-    )
-    _tsv(res / "gaussian_sigma0.5.tsv", [(0, 0, 0, 1.5), (100, 5, 5, 0.9), (200, 0, 0, 0.3)], n=100_000)
+    _full_gaussian(res, [(0, 0, 0, 1.5), (100, 5, 5, 0.9), (200, 0, 0, 0.3)])
     page = build_page(res, ref)
     assert "recipe with the reference's N on the same images does: gaussian at sigma 0.5 (section" in page
     trimmed = _row(page, "What the trims cost", "| trimmed (2 of 8 (recipe 90) epochs, N 10,000) |")
@@ -231,6 +250,78 @@ def test_a_full_recipe_run_is_set_beside_the_trimmed_run_it_replaced(study):
     # the same votes bounded with 10,000 draws: every radius shrinks, 0.3 may fall to an abstention
     assert 0 < float(rebounded[1]) < 0.9
     assert _row(page, "What the trims cost", "| reference |")[1] == f"{(2.7 / 3 + 1.8 / 3) / 2:.3f}"
+
+
+def test_a_fine_tune_is_set_beside_its_gaussian_start(study, tmp_path):
+    """A full Gaussian run (N 100,000) and a SmoothMix run fine-tuned 3 epochs from its checkpoint
+    (N 10,000) on the same images: the page reads the fine-tune from its config, sets it beside the
+    Gaussian start re-bounded to N 10,000 and gives both gains, ours and the reference's."""
+    res, ref = study
+    ref["settings"]["smoothmix/sigma_0.50"] = {**ref["settings"]["macer/sigma_0.50"], "method": "smoothmix"}
+    _full_gaussian(res, [(0, 0, 0, 1.0), (100, 5, 5, 0.6), (200, 0, 0, 0.53)])
+    # the checkpoint the fine-tune starts from holds the weights the Gaussian table certified
+    init = save_checkpoint(
+        tmp_path / "start.safetensors", create_model("lenet", in_channels=1, input_size=28)
+    )
+    side = res / "gaussian_sigma0.5.tsv.json"
+    digest = weights_digest(load_checkpoint(init)[0])
+    side.write_text(json.dumps({**json.loads(side.read_text()), "weights_sha256": digest}))
+    model = res / "models" / "mnist_lenet_smoothmix_sigma050"
+    model.mkdir()
+    (model / "config.yaml").write_text(
+        f"objective: smoothmix\nsigma: 0.5\nepochs: 3\nlr: 0.001\nmilestones: [3]\ninit: {init}\nseed: 0\n"
+    )
+    (model / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e, "epoch_loop_seconds": 90.0}) + "\n" for e in (1, 2, 3))
+    )
+    _tsv(res / "smoothmix_sigma0.5.tsv", [(0, 0, 0, 0.46), (100, 5, 5, 0.46), (200, 0, 0, 0.46)])
+    page = build_page(res, ref)
+    # the ACR targets: a gap of 0.04 meets SmoothMix's 0.05 and misses Gaussian's 0.03
+    s = _row(page, "Summary", "| smoothmix | 0.5 |")
+    assert s[3:7] == ["0.460", "0.500", "−0.040", "met"]
+    g = _row(page, "Summary", "| gaussian | 0.5 |")
+    gap = 2.13 / 3 - ((min(1.9, certify_cap(0.5, 100_000, 0.001)) + 0.8) / 3 + 0.6) / 2
+    assert 0.03 < -gap < 0.05 and not within(gap, ACR_TOLERANCE["gaussian"])
+    assert g[5:7] == [f"−{-gap:.3f}", "**not met**"]
+    # reading: fine-tuned from its init, no full-recipe time; the Gaussian run is the full recipe
+    [bullet] = [line for line in page.splitlines() if line.startswith("- smoothmix, sigma 0.5:")]
+    assert f"fine-tuned for 3 epochs (lr 0.001, lr milestones 3) from the checkpoint `{init}`" in bullet
+    assert "would take" not in bullet and "full recipe" not in bullet
+    assert "The trimmed rows trained from scratch do not separate the two" in page
+    assert "does: gaussian at sigma 0.5 (section" in page
+    assert "The fine-tuned rows (smoothmix at sigma 0.5) start from the trained checkpoint" in page
+    assert _row(page, "What the smoothinf runs differ in", "| smoothmix | 0.5 |")[3] == "3 (fine-tune)"
+    assert f"--init {init}" in page
+    # the section, after the reading and before the differences; the start's weights are checked
+    section = "Fine-tunes from the Gaussian model"
+    assert (
+        page.index("## Reading the gaps") < page.index(f"## {section}") < page.index("## What the smoothinf")
+    )
+    assert (
+        f"from `{init}`. It holds the weights the Gaussian table certified (tensor sha256 {digest[:12]})."
+        in page
+    )
+    rb = rebound([1.0, 0.6, 0.53], 0.5, 100_000, 10_000, 0.001)
+    start = _row(page, section, "| Gaussian start (90 epochs, N 100,000, re-bounded to N 10,000) |")
+    tuned = _row(page, section, "| smoothmix fine-tune (3 epochs from the start, N 10,000) |")
+    gain = _row(page, section, "| gain (fine-tune − start) |")
+    assert start[1] == f"{rb.sum() / 3:.3f}" and tuned[1:] == ["0.460", "100.0", "0.0", "0.0"]
+    assert gain[1] == f"−{rb.sum() / 3 - 0.46:.3f}"
+    assert (rb > 0).all() and rb[0] < 1  # no abstention, and no radius of 1 left at N 10,000
+    start_ca = [float(np.mean(rb >= r)) for r in (0, 0.5, 1)]
+    assert start[2:] == [f"{100 * x:.1f}" for x in start_ca]
+    assert gain[2:] == [_points(100 * (f - x)) for f, x in zip((1, 0, 0), start_ca, strict=True)]
+    # the reference on the same images, re-bounded to N 10,000: run A (1.9, 0.6, 0.2 correct),
+    # run B (1.0 correct, 0.7 wrong, 0.8 correct); its SmoothMix 0.5 on every image
+    a = rebound([1.9, 0.6, 0.2], 0.5, 100_000, 10_000, 0.001).sum() / 3
+    b = rebound([1.0, 0.8], 0.5, 100_000, 10_000, 0.001).sum() / 3
+    mix = float(rebound([0.5], 0.5, 100_000, 10_000, 0.001)[0])
+    assert _row(page, section, "| reference gaussian (")[1] == f"{(a + b) / 2:.3f}"
+    assert _row(page, section, "| reference smoothmix (")[1] == f"{mix:.3f}"
+    ref_gain = mix - (a + b) / 2
+    assert _row(page, section, "| reference gain (smoothmix − gaussian) |")[1] == (
+        f"{'−' if ref_gain < 0 else '+'}{abs(ref_gain):.3f}"
+    )
 
 
 def test_committed_page_matches_the_committed_files():
