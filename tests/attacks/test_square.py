@@ -53,19 +53,19 @@ def test_square_reaches_the_linear_optimum_and_fools_exactly_the_reachable_examp
     assert bool((after[reachable] < 0).all())
     torch.testing.assert_close(after[~reachable], z[~reachable] - drop, atol=1e-5, rtol=0)
     # fooled examples stop querying; the others spend the whole budget
-    assert int(attack.queries_used[~reachable].min()) == 2000
-    assert int(attack.queries_used[reachable].max()) < 2000
+    assert int(attack.queries_used[~reachable].min()) == 2001  # the clean forward and 2000 queries
+    assert int(attack.queries_used[reachable].max()) < 2001
 
 
 def test_square_is_reproducible_and_skips_examples_already_misclassified():
     model, x, y, _, _ = _linear_case()
     x, y = x[16:], y[16:]  # margins 1.65 .. 2.35: class 1 anywhere in the eps-ball
-    wrong = torch.zeros_like(y)  # with label 0 the first query (the stripes) already fools them
+    wrong = torch.zeros_like(y)  # label 0 is wrong at x itself: one query, x returned
     attack = Square(model, EPS, queries=50)
     a = attack(x, y, torch.Generator().manual_seed(3))
     b = attack(x, y, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
-    attack(x, wrong, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and attack.queries_used.tolist() == [51] * 8  # clean + 50 search queries
+    assert torch.equal(attack(x, wrong, torch.Generator().manual_seed(3)), x)
     assert attack.queries_used.tolist() == [1] * 8
 
 
